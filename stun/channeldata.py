@@ -1,0 +1,78 @@
+"""ChannelData messages (RFC 8656 §12.4, §12.5) and first-byte demultiplexing (RFC 7983).
+
+A ChannelData message is a 4-byte header — channel number (0x4000-0x4FFF, §12) and data length —
+followed by the data. Over UDP the datagram may carry up to 3 bytes of padding after the data and
+must not be shorter than the length claims (§12.5); over a stream the message is always padded to
+a multiple of 4 (§12.5), which the stream deframer handles.
+
+RFC 7983 §7 splits a port shared by several protocols on the first byte: 0-3 STUN, 64-79 TURN
+channels (RFC 8656 narrows the channel range to 0x4000-0x4FFF, first bytes 0x40-0x4F), anything
+else is not ours. :func:`classify` is one table lookup; it runs once per packet.
+
+These functions sit on the relay hot path: precompiled structs, no objects per packet.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+from stun.errors import StunDecodeError
+
+CHANNEL_MIN = 0x4000  # RFC 8656 §12: first valid channel number
+CHANNEL_MAX = 0x4FFF  # RFC 8656 §12: last valid channel number (0x5000-0x7FFF reserved)
+CHANNEL_HEADER = struct.Struct("!HH")
+CHANNEL_HEADER_SIZE = 4
+
+
+class PacketKind(IntEnum):
+    """What the first byte of a packet says it is (RFC 7983 §7)."""
+
+    STUN = 0
+    CHANNEL_DATA = 1
+    OTHER = 2
+
+
+_KINDS: tuple[PacketKind, ...] = tuple(
+    PacketKind.STUN
+    if b <= 3
+    else PacketKind.CHANNEL_DATA
+    if 0x40 <= b <= 0x4F
+    else PacketKind.OTHER
+    for b in range(256)
+)
+
+
+def classify(data: bytes) -> PacketKind:
+    """Classify a packet by its first byte; an empty packet is OTHER."""
+    return _KINDS[data[0]] if data else PacketKind.OTHER
+
+
+def is_valid_channel(number: int) -> bool:
+    """Whether ``number`` is a channel a client may bind (RFC 8656 §12)."""
+    return CHANNEL_MIN <= number <= CHANNEL_MAX
+
+
+def parse_channel_data(data: bytes) -> tuple[int, bytes]:
+    """Split a ChannelData datagram into (channel, application data).
+
+    Raises :class:`StunDecodeError` when the datagram is shorter than its length field claims
+    or the channel number is outside 0x4000-0x4FFF. Trailing padding is ignored (§12.5).
+    """
+    if len(data) < CHANNEL_HEADER_SIZE:
+        raise StunDecodeError("ChannelData shorter than its header")
+    channel, length = CHANNEL_HEADER.unpack_from(data)
+    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        raise StunDecodeError(f"channel number {channel:#06x} outside 0x4000-0x4FFF")
+    end = CHANNEL_HEADER_SIZE + length
+    if end > len(data):
+        raise StunDecodeError("ChannelData shorter than its length field")
+    return channel, data[CHANNEL_HEADER_SIZE:end]
+
+
+def frame_channel_data(channel: int, payload: bytes, *, pad: bool = False) -> bytes:
+    """Build a ChannelData message; ``pad`` rounds it up to 4 bytes, as streams require."""
+    header = CHANNEL_HEADER.pack(channel, len(payload))
+    if pad and len(payload) % 4:
+        return header + payload + bytes(-len(payload) % 4)
+    return header + payload
