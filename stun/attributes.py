@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
@@ -352,7 +352,9 @@ class MessageIntegritySha256:
     @classmethod
     def unpack(cls, value: bytes, xor_key: bytes) -> MessageIntegritySha256:
         if not 16 <= len(value) <= 32 or len(value) % 4:
-            raise AttributeValueError("MESSAGE-INTEGRITY-SHA256 must be 16-32 bytes, a multiple of 4")
+            raise AttributeValueError(
+                "MESSAGE-INTEGRITY-SHA256 must be 16-32 bytes, a multiple of 4"
+            )
         return cls(value)
 
     def pack(self, xor_key: bytes) -> bytes:
@@ -660,7 +662,7 @@ class ReservationToken:
 
 @attrs.frozen
 class Icmp:
-    """ICMP (RFC 8656 §18.13): an ICMP error a relay saw, told to the client in a Data indication."""
+    """ICMP (RFC 8656 §18.13): an ICMP error a relay saw, passed on in a Data indication."""
 
     TYPE: ClassVar[int] = AttributeType.ICMP
     icmp_type: int
@@ -813,7 +815,7 @@ class UnknownAttribute:
     value: bytes
 
     @property
-    def TYPE(self) -> int:  # noqa: N802 - mirrors the ClassVar of known attributes
+    def TYPE(self) -> int:  # mirrors the ClassVar of known attributes
         return self.type
 
     def pack(self, xor_key: bytes) -> bytes:
@@ -821,7 +823,7 @@ class UnknownAttribute:
 
 
 #: The one table of known attributes: wire type -> class.
-ATTRIBUTE_CLASSES: dict[int, type] = {
+ATTRIBUTE_CLASSES: dict[int, Any] = {
     cls.TYPE: cls
     for cls in (
         MappedAddress,

@@ -148,7 +148,7 @@ class Message:
         """The first attribute of class ``kind`` (later duplicates are ignored, RFC 8489 §14)."""
         for attr in self.attributes:
             if type(attr) is kind:
-                return attr  # type: ignore[return-value]
+                return attr  # type: ignore[return-value,unused-ignore]
         return None
 
     def has(self, kind: type) -> bool:
@@ -271,6 +271,13 @@ def _append_mac(buf: bytearray, kind: int, key: bytes, size: int) -> None:
     _append(buf, kind, _mac(kind, key, covered)[:size], b"\x00")
 
 
+def _append_default_macs(buf: bytearray, key: bytes, integrity: Integrity) -> None:
+    if integrity & Integrity.SHA1:
+        _append_mac(buf, _MI, key, 20)
+    if integrity & Integrity.SHA256:
+        _append_mac(buf, _MI256, key, 32)
+
+
 def _append_fingerprint(buf: bytearray) -> None:
     struct.pack_into("!H", buf, 2, len(buf) - HEADER_SIZE + 8)
     crc = (zlib.crc32(buf) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
@@ -307,15 +314,15 @@ def encode(
             _append_mac(buf, attr.TYPE, key, len(attr.pack(xor_key)))
             has_mac = True
         elif kind is Fingerprint:
+            if key is not None and not has_mac:
+                _append_default_macs(buf, key, integrity)  # §14.7: FINGERPRINT stays last
+                has_mac = True
             _append_fingerprint(buf)
             has_fp = True
         else:
             _append(buf, attr.TYPE, attr.pack(xor_key), pad)
     if key is not None and not has_mac:
-        if integrity & Integrity.SHA1:
-            _append_mac(buf, _MI, key, 20)
-        if integrity & Integrity.SHA256:
-            _append_mac(buf, _MI256, key, 32)
+        _append_default_macs(buf, key, integrity)
     if fingerprint and not has_fp:
         _append_fingerprint(buf)
     struct.pack_into("!H", buf, 2, len(buf) - HEADER_SIZE)

@@ -1,0 +1,101 @@
+"""What the sans-I/O core asks the adapters to do: one frozen class per effect.
+
+The core answers every input (a client packet, a peer packet, a relay socket opened, a timer) with
+a list of these. The adapter executes them in order and never decides anything itself.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NamedTuple
+
+import attrs
+
+from stun.addresses import Address
+
+
+class Transport(StrEnum):
+    """The client-facing transport of a 5-tuple (RFC 8656 §2.2)."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+    @property
+    def is_stream(self) -> bool:
+        """TCP and TLS carry a byte stream: ChannelData is padded to 4 bytes (RFC 8656 §12.5)."""
+        return self is not Transport.UDP
+
+
+class FiveTuple(NamedTuple):
+    """Client transport address, server transport address and protocol: names an allocation."""
+
+    transport: Transport
+    client: Address
+    server: Address
+
+
+@attrs.frozen
+class SendToClient:
+    """Send ``data`` to the client over the transport of ``five_tuple``."""
+
+    five_tuple: FiveTuple
+    data: bytes
+
+
+@attrs.frozen
+class SendToPeer:
+    """Send ``data`` from the relay socket bound to ``relay`` to ``peer``."""
+
+    relay: Address
+    peer: Address
+    data: bytes
+
+
+@attrs.frozen
+class OpenRelay:
+    """Bind a UDP relay socket to ``relay`` (exact address and port) and call
+    ``TurnServer.relay_opened(ticket, ok, now)``. With ``reserve`` also bind ``relay.port + 1``
+    and hold it for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2 EVEN-PORT R bit).
+    ``dont_fragment`` asks for the IP DF bit on what the relay sends (RFC 8656 §18.9).
+    ``reserved`` says the socket was already bound by an earlier reservation: adopt it."""
+
+    ticket: int
+    relay: Address
+    reserve: bool = False
+    dont_fragment: bool = False
+    reserved: bool = False
+
+
+@attrs.frozen
+class CloseRelay:
+    """Close the relay socket bound to ``relay`` (an allocation or a reservation ended)."""
+
+    relay: Address
+
+
+@attrs.frozen
+class CloseConnection:
+    """Close the TCP/TLS connection of ``five_tuple`` (its allocation was deleted)."""
+
+    five_tuple: FiveTuple
+
+
+@attrs.frozen
+class AllocationEnded:
+    """An allocation ended; carries what usage accounting and metrics need."""
+
+    five_tuple: FiveTuple
+    relay: Address
+    username: str
+    rest_id: str | None
+    started: float
+    ended: float
+    reason: str
+    packets_to_peer: int
+    bytes_to_peer: int
+    packets_to_client: int
+    bytes_to_client: int
+
+
+Action = SendToClient | SendToPeer | OpenRelay | CloseRelay | CloseConnection | AllocationEnded

@@ -1,0 +1,46 @@
+"""What the core needs to know about its configuration, as one frozen value.
+
+The daemon builds it from :mod:`turnd.config`; tests build it directly. Every limit is named here
+with the reason it exists.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class CoreSettings:
+    """Protocol parameters and limits of one TURN server core."""
+
+    realm: str = "turnd"
+    #: SOFTWARE attribute value; empty: none is sent.
+    software: str = "turnd"
+    #: IPv4 relay address (XOR-RELAYED-ADDRESS of IPv4 allocations); None: no IPv4 relays.
+    relay_ipv4: str | None = "127.0.0.1"
+    #: IPv6 relay address; None: IPv6 allocations are refused with 440.
+    relay_ipv6: str | None = None
+    port_min: int = 49152
+    port_max: int = 65535
+    #: RFC 8656 §7.2: default allocation lifetime.
+    allocation_lifetime: float = 600.0
+    #: RFC 8656 §7.2: an operator's ceiling on requested lifetimes (3600 s recommended).
+    max_allocation_lifetime: float = 3600.0
+    #: RFC 8656 §9: fixed at 300 s by the RFC.
+    permission_lifetime: float = 300.0
+    #: RFC 8656 §12: 10 minutes.
+    channel_lifetime: float = 600.0
+    #: RFC 8656 §7.2: how long a port reserved by EVEN-PORT R=1 is kept (30 s recommended).
+    reservation_lifetime: float = 30.0
+    #: Node-wide allocation ceiling: beyond it 508 Insufficient Capacity.
+    max_allocations: int = 100_000
+    #: One user's allocations: a leaked credential cannot take the whole node (486).
+    max_allocations_per_user: int = 100
+    #: One client IP's allocations: bounds what one host behind many usernames can hold (486).
+    max_allocations_per_ip: int = 200
+    #: Permissions per allocation: bounds memory and the reach of one allocation (508).
+    max_permissions_per_allocation: int = 1000
+    #: Channels per allocation: at most 4096 exist; a lower bound limits memory (508).
+    max_channels_per_allocation: int = 1000
+    #: STUN Binding is answered without credentials (ICE servers are used that way).
+    allow_anonymous_binding: bool = True
