@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from auth.credentials import Authenticator
-from auth.nonce import NonceCheck, NonceManager, SecurityFeature, features_of
+from auth.nonce import NonceManager
 from stun import attributes as at
 from stun.addresses import Address, AddressFamily
 from stun.channeldata import (
@@ -45,14 +45,12 @@ from stun.channeldata import (
     is_valid_channel,
 )
 from stun.errors import REASON_PHRASES, StunDecodeError
-from stun.keys import PasswordAlgorithm
 from stun.message import (
     Header,
     Integrity,
     Message,
     MessageClass,
     Method,
-    check_integrity,
     decode,
     encode,
 )
@@ -67,8 +65,10 @@ from turnd.core.actions import (
     SendToPeer,
 )
 from turnd.core.allocation import Allocation
+from turnd.core.authn import RequestAuthenticator
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.ports import PortPool
+from turnd.core.request import Credential, Request, StunError
 from turnd.core.settings import CoreSettings
 
 UDP_PROTOCOL = 17  # RFC 8656 §18.8: REQUESTED-TRANSPORT value for UDP
@@ -76,41 +76,6 @@ TCP_PROTOCOL = 6  # RFC 6062 §6.2: REQUESTED-TRANSPORT value for TCP
 #: Ports tried for one Allocate before answering 508 (the kernel may refuse ports that another
 #: program holds).
 MAX_BIND_ATTEMPTS = 8
-#: Password algorithms offered in PASSWORD-ALGORITHMS, in preference order (RFC 8489 §14.11).
-OFFERED_ALGORITHMS = (PasswordAlgorithm.SHA256, PasswordAlgorithm.MD5)
-_OFFERED_ENTRIES = tuple(at.PasswordAlgorithmEntry(a) for a in OFFERED_ALGORITHMS)
-
-
-class StunError(Exception):
-    """A request the server refuses: becomes one error response with ``code``."""
-
-    def __init__(self, code: int, reason: str | None = None, *extra: Any) -> None:
-        self.code = code
-        self.reason = reason or REASON_PHRASES.get(code, "Error")
-        self.extra: tuple[Any, ...] = extra
-        super().__init__(f"{code} {self.reason}")
-
-
-@attrs.frozen
-class Credential:
-    """The outcome of a successful authentication: what responses are signed with."""
-
-    username: str
-    realm: str
-    key: bytes
-    sha256: bool
-    rest_id: str | None
-
-
-@attrs.define(slots=True)
-class Request:
-    """One request as handlers see it."""
-
-    five_tuple: FiveTuple
-    message: Message
-    now: float
-    fingerprint: bool
-    credential: Credential | None = None
 
 
 @attrs.define(slots=True)
@@ -151,11 +116,10 @@ class TurnServer:
         rng: Callable[[int], bytes],
     ) -> None:
         self.settings = settings
-        self.authenticator = authenticator
-        self.nonces = nonces
         self.policy = policy
         self._rng = rng
         self.stats: Counter[str] = Counter()
+        self.auth = RequestAuthenticator(authenticator, nonces, self.stats)
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}
         self._pending: dict[int, PendingAllocate] = {}
@@ -334,7 +298,7 @@ class TurnServer:
                 self.stats["drop.unknown_method"] += 1
                 raise StunError(400, "unknown or unsupported method")
             if handler is not TurnServer._binding or not self.settings.allow_anonymous_binding:
-                request.credential = self._authenticate(request)
+                request.credential = self.auth.authenticate(request)
             unknown = message.unknown_required()
             if unknown:
                 raise StunError(420, None, at.UnknownAttributes(unknown))
@@ -367,10 +331,7 @@ class TurnServer:
         cred = request.credential
         if err.code in (401, 438):
             cred = None  # §9.2.4: challenges carry no MESSAGE-INTEGRITY
-            nonce = self.nonces.issue(_nonce_binding(request.five_tuple), request.now)
-            attrs_ += [at.Realm(self.settings.realm), at.Nonce(nonce)]
-            if SecurityFeature.PASSWORD_ALGORITHMS in self.nonces.features:
-                attrs_.append(at.PasswordAlgorithms(_OFFERED_ENTRIES))
+            attrs_ += self.auth.challenge(self.settings.realm, request.five_tuple, request.now)
         elif cred is not None and self.settings.software:
             attrs_.append(at.Software(self.settings.software))
         response = Message(
@@ -392,71 +353,6 @@ class TurnServer:
             (at.ErrorCode(code, f"{REASON_PHRASES[code]}: {reason}"[:120]),),
         )
         return encode(reply)
-
-    # --- authentication (RFC 8489 §9.2.4) ----------------------------------------------------
-
-    def _auth_failure(self, reason: str) -> StunError:
-        self.stats["auth_failure." + reason] += 1
-        return StunError(401)
-
-    def _authenticate(self, request: Request) -> Credential:
-        message = request.message
-        if message.mi_offset is None and message.mi256_offset is None:
-            self.stats["auth.challenges"] += 1
-            raise StunError(401)
-        username_attr = message.get(at.Username)
-        userhash_attr = message.get(at.Userhash)
-        realm_attr = message.get(at.Realm)
-        nonce_attr = message.get(at.Nonce)
-        if (username_attr is None and userhash_attr is None) or not realm_attr or not nonce_attr:
-            self.stats["auth_failure.missing_attributes"] += 1
-            raise StunError(400, "USERNAME or USERHASH, REALM and NONCE are required")
-        check = self.nonces.check(nonce_attr.value, _nonce_binding(request.five_tuple), request.now)
-        if check is not NonceCheck.VALID:
-            self.stats["auth.stale_nonce" if check is NonceCheck.STALE else "auth.bad_nonce"] += 1
-            raise StunError(438)
-        algorithm = self._password_algorithm(message, nonce_attr.value)
-        realm = realm_attr.value
-        if username_attr is not None:
-            username = username_attr.value
-        else:
-            assert userhash_attr is not None
-            found = self.authenticator.userhash_lookup(userhash_attr.value, realm)
-            if found is None:
-                raise self._auth_failure("unknown_userhash")
-            username = found
-        lookup = self.authenticator.lookup(username, realm, algorithm, request.now)
-        if not lookup.keys:
-            raise self._auth_failure(str(lookup.reason or "unknown_user"))
-        for key in lookup.keys:
-            if check_integrity(message, key):
-                return Credential(
-                    username,
-                    realm,
-                    key,
-                    message.mi256_offset is not None,
-                    lookup.rest_id,
-                )
-        raise self._auth_failure("bad_integrity")
-
-    def _password_algorithm(self, message: Message, nonce: str) -> PasswordAlgorithm:
-        """RFC 8489 §9.2.4 downgrade protection and the algorithm the key is derived with."""
-        offered = message.get(at.PasswordAlgorithms)
-        chosen = message.get(at.PasswordAlgorithm)
-        if SecurityFeature.PASSWORD_ALGORITHMS not in features_of(nonce):
-            if chosen is not None or offered is not None:
-                raise StunError(400, "password algorithm attributes without the nonce feature")
-            return PasswordAlgorithm.MD5
-        if offered is None and chosen is None:
-            return PasswordAlgorithm.MD5  # an RFC 5389 client: MD5 keys
-        if offered is None or chosen is None:
-            raise StunError(400, "PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM go together")
-        if offered.algorithms != _OFFERED_ENTRIES:
-            raise StunError(400, "PASSWORD-ALGORITHMS differs from what the server offered")
-        entry = at.PasswordAlgorithmEntry(chosen.algorithm, chosen.parameters)
-        if entry not in _OFFERED_ENTRIES:
-            raise StunError(400, "PASSWORD-ALGORITHM is not one the server offered")
-        return PasswordAlgorithm(chosen.algorithm)
 
     # --- Binding (RFC 8489 §6.3.1) -----------------------------------------------------------
 
@@ -796,13 +692,6 @@ class TurnServer:
         alloc.packets_to_peer += 1
         alloc.bytes_to_peer += length
         return [SendToPeer(alloc.relay, peer, payload)]
-
-
-def _nonce_binding(five_tuple: FiveTuple) -> bytes:
-    """What a nonce is bound to: the client's transport and address (DESIGN.md: stateless
-    nonces bound to the client address, valid on any node that shares the key)."""
-    client = five_tuple.client
-    return f"{five_tuple.transport.value}|{client.host}|{client.port}".encode()
 
 
 #: The one dispatch table: (method, class) -> handler.
