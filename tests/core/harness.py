@@ -2,13 +2,14 @@
 
 No sockets: a test sends bytes into the core and reads the actions it returns. ``OpenRelay`` is
 answered at once (success unless the test says otherwise), so an Allocate completes in one call.
+The peer policy refuses the server's own listener address (``SERVER``) like the daemon's does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -18,7 +19,7 @@ from auth.nonce import NonceManager, SecurityFeature
 from stun import attributes as at
 from stun.addresses import Address
 from stun.channeldata import frame_channel_data, parse_channel_data
-from stun.keys import PasswordAlgorithm, long_term_key
+from stun.keys import PasswordAlgorithm, long_term_key, userhash
 from stun.message import Integrity, Message, MessageClass, Method, decode, encode
 from turnd.core.actions import (
     Action,
@@ -35,8 +36,14 @@ from turnd.core.settings import CoreSettings
 REALM = "example.org"
 SERVER = Address("192.0.2.1", 3478)
 START = 1_800_000_000.0
+CLIENT = Address("203.0.113.5", 50000)
 PEER = Address("198.51.100.7", 40000)
 PEER2 = Address("198.51.100.8", 40001)
+
+
+def core_settings(**changes: Any) -> CoreSettings:
+    """The harness's CoreSettings (realm ``REALM``, IPv4 relay on ``SERVER``) with ``changes``."""
+    return CoreSettings(**{"realm": REALM, "relay_ipv4": SERVER.host, **changes})
 
 
 def counter_rng(seed: int = 1) -> Any:
@@ -64,10 +71,10 @@ class World:
         allow: Iterable[str] = (),
         deny: Iterable[str] = (),
         features: Iterable[SecurityFeature] = (SecurityFeature.PASSWORD_ALGORITHMS,),
-        bind_ok: bool = True,
+        bind_ok: bool | Callable[[OpenRelay], bool] = True,
     ) -> None:
         self.now = START
-        self.settings = settings or CoreSettings(realm=REALM, relay_ipv4="192.0.2.1")
+        self.settings = settings or core_settings()
         self.auth = Authenticator.create(
             self.settings.realm,
             users={"alice": "alice-pw", "bob": "bob-pw"} if users is None else users,
@@ -78,9 +85,10 @@ class World:
             self.settings,
             self.auth,
             self.nonces,
-            PeerPolicy.build(allow=allow, deny=deny),
+            PeerPolicy.build(allow=allow, deny=deny, own_addresses=[SERVER]),
             counter_rng(),
         )
+        #: Whether the adapter manages to bind each OpenRelay (a callable decides per request).
         self.bind_ok = bind_ok
         self.opened: list[OpenRelay] = []
 
@@ -93,7 +101,8 @@ class World:
             out.append(action)
             if isinstance(action, OpenRelay):
                 self.opened.append(action)
-                queue.extend(self.server.relay_opened(action.ticket, self.bind_ok, self.now))
+                ok = self.bind_ok(action) if callable(self.bind_ok) else self.bind_ok
+                queue.extend(self.server.relay_opened(action.ticket, ok, self.now))
         return out
 
     def client_packet(self, five_tuple: FiveTuple, data: bytes) -> list[Action]:
@@ -109,6 +118,26 @@ class World:
 
     def client(self, username: str = "alice", password: str = "alice-pw", **kw: Any) -> Client:
         return Client(self, username, password, **kw)
+
+    def revoke(self, username: str) -> None:
+        """Refuse ``username`` from now on, as the control plane does (DESIGN.md)."""
+        checker = self.server.auth
+        checker.authenticator = checker.authenticator.revoke(username)
+
+    def client_state(self) -> dict[str, Any]:
+        """Everything the core keeps per client or allocation (empty before any allocation)."""
+        server = self.server
+        return {
+            "allocations": dict(server.allocations),
+            "by_relay": dict(server.by_relay),
+            "pending": dict(server._pending),
+            "pending_tuples": set(server._pending_tuples),
+            "reservations": dict(server._reservations),
+            "per_user": +server._per_user,
+            "per_ip": +server._per_ip,
+            "timers": list(server._timers),
+            "taken_ports": {f: set(p.taken) for f, p in server._pools.items()},
+        }
 
 
 def replies(actions: Iterable[Action], five_tuple: FiveTuple | None = None) -> list[bytes]:
@@ -130,9 +159,11 @@ class Client:
     world: World
     username: str
     password: str
-    address: Address = Address("203.0.113.5", 50000)
+    address: Address = CLIENT
     transport: Transport = Transport.UDP
     sha256: bool = False
+    #: Send USERHASH instead of USERNAME (RFC 8489 §9.2.4, §14.4).
+    userhash: bool = False
     fingerprint: bool = True
     nonce: str | None = None
     realm: str | None = None
@@ -143,6 +174,12 @@ class Client:
     @property
     def five_tuple(self) -> FiveTuple:
         return FiveTuple(self.transport, self.address, SERVER)
+
+    @property
+    def relayed(self) -> Address:
+        """The relayed transport address of this client's allocation (fails if none)."""
+        assert self.relay is not None, "no allocation"
+        return self.relay
 
     def new_txid(self) -> bytes:
         self.txid_counter += 1
@@ -157,20 +194,36 @@ class Client:
         self.last_actions = self.world.client_packet(self.five_tuple, data)
         return [decode(r) for r in replies(self.last_actions, self.five_tuple)]
 
-    def build(self, method: Method, attributes: Iterable[Any], txid: bytes | None = None) -> bytes:
+    def credential_attributes(self) -> list[Any]:
+        """USERNAME (or USERHASH), REALM, NONCE and, for a SHA-256 client, the algorithms."""
+        realm = self.realm or REALM
+        name: Any = (
+            at.Userhash(userhash(self.username, realm))
+            if self.userhash
+            else at.Username(self.username)
+        )
+        out = [name, at.Realm(realm), at.Nonce(self.nonce or "")]
+        if self.sha256:
+            entries = (
+                at.PasswordAlgorithmEntry(PasswordAlgorithm.SHA256),
+                at.PasswordAlgorithmEntry(PasswordAlgorithm.MD5),
+            )
+            out += [at.PasswordAlgorithms(entries), at.PasswordAlgorithm(PasswordAlgorithm.SHA256)]
+        return out
+
+    def build(
+        self,
+        method: Method,
+        attributes: Iterable[Any],
+        txid: bytes | None = None,
+        *,
+        credentials: Iterable[Any] | None = None,
+    ) -> bytes:
+        """Encode a request, signed once a NONCE is known; ``credentials`` replaces the
+        attributes of :meth:`credential_attributes` (to send broken ones)."""
         attrs_ = list(attributes)
         if self.nonce is not None:
-            attrs_.append(at.Username(self.username))
-            attrs_ += [at.Realm(self.realm or REALM), at.Nonce(self.nonce)]
-            if self.sha256:
-                entries = (
-                    at.PasswordAlgorithmEntry(PasswordAlgorithm.SHA256),
-                    at.PasswordAlgorithmEntry(PasswordAlgorithm.MD5),
-                )
-                attrs_ += [
-                    at.PasswordAlgorithms(entries),
-                    at.PasswordAlgorithm(PasswordAlgorithm.SHA256),
-                ]
+            attrs_ += self.credential_attributes() if credentials is None else list(credentials)
         message = Message(method, MessageClass.REQUEST, txid or self.new_txid(), tuple(attrs_))
         return encode(
             message,
@@ -178,6 +231,15 @@ class Client:
             integrity=Integrity.SHA256 if self.sha256 else Integrity.SHA1,
             fingerprint=self.fingerprint,
         )
+
+    def fetch_nonce(self) -> Message:
+        """Send an unauthenticated Allocate and keep the REALM and NONCE of its 401."""
+        self.nonce = None
+        [reply] = self.raw(self.build(Method.ALLOCATE, [at.RequestedTransport(17)]))
+        nonce, realm = reply.get(at.Nonce), reply.get(at.Realm)
+        assert nonce is not None and realm is not None, reply
+        self.nonce, self.realm = nonce.value, realm.value
+        return reply
 
     def request(self, method: Method, *attributes: Any, retry: bool = True) -> Message:
         """Send a request; learn REALM/NONCE from a 401/438 and retry once, like a client."""

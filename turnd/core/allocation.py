@@ -92,12 +92,10 @@ class Allocation:
         else:
             binding.expires = expires
 
-    def expire_channel(self, number: int, now: float) -> bool:
-        """Remove binding ``number`` if it has expired; start its reuse delay."""
-        binding = self.channels.get(number)
-        if binding is None or binding.expires > now:
-            return False
-        del self.channels[number]
+    def expire_channel(self, number: int) -> float:
+        """Remove the expired binding ``number`` and start its reuse delay; returns its end."""
+        binding = self.channels.pop(number)
         del self.channel_by_peer[binding.peer]
-        self.cooling[number] = (binding.peer, binding.expires + CHANNEL_REUSE_DELAY)
-        return True
+        until = binding.expires + CHANNEL_REUSE_DELAY
+        self.cooling[number] = (binding.peer, until)
+        return until

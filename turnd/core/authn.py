@@ -4,14 +4,15 @@ Theory of operation, in the order the RFC gives:
 
 1. No MESSAGE-INTEGRITY(-SHA256): 401 with REALM and NONCE (a challenge, nothing stored).
 2. Missing USERNAME/USERHASH, REALM or NONCE: 400.
-3. NONCE not issued by this cluster for this client, or expired: 438 with a fresh NONCE. Nonces
-   are stateless (``auth.nonce``), so a retry that lands on another node validates there too.
-4. Downgrade protection (§9.2.4): when the nonce announces the password-algorithms feature, a
+3. Downgrade protection (§9.2.4): when the nonce announces the password-algorithms feature, a
    client either sends both PASSWORD-ALGORITHMS (identical to what the server offered) and
    PASSWORD-ALGORITHM (one of them), or neither (an RFC 5389 client, MD5 keys); anything else 400.
-5. The key: from USERNAME or USERHASH through ``auth.credentials.Authenticator``; unknown,
+4. The key: from USERNAME or USERHASH through ``auth.credentials.Authenticator``; unknown,
    expired or revoked users get 401. Each candidate key (one per REST secret) is tried with a
    constant-time MAC comparison; none matching: 401.
+5. Only then the NONCE: not issued by this cluster for this client, or expired: 438 with a fresh
+   NONCE. Nonces are stateless (``auth.nonce``), so a retry that lands on another node validates
+   there too.
 
 Every failure is counted in the server's stats under ``auth_failure.<reason>``.
 """
@@ -75,17 +76,16 @@ class RequestAuthenticator:
         if (username_attr is None and userhash_attr is None) or not realm_attr or not nonce_attr:
             self.stats["auth_failure.missing_attributes"] += 1
             raise StunError(400, "USERNAME or USERHASH, REALM and NONCE are required")
-        binding = nonce_binding(request.five_tuple)
-        check = self.nonces.check(nonce_attr.value, binding, request.now)
-        if check is not NonceCheck.VALID:
-            self.stats["auth.stale_nonce" if check is NonceCheck.STALE else "auth.bad_nonce"] += 1
-            raise StunError(438)
-        algorithm = self._password_algorithm(message, nonce_attr.value)
+        username = ""
+        nonce = nonce_attr.value
+        check = self.nonces.check(nonce, nonce_binding(request.five_tuple), request.now)
+        # Feature bits are only trustworthy in a nonce this cluster issued (its MAC covers them).
+        features = features_of(nonce) if check is not NonceCheck.INVALID else self.nonces.features
+        algorithm = self._password_algorithm(message, features)
         realm = realm_attr.value
         if username_attr is not None:
             username = username_attr.value
-        else:
-            assert userhash_attr is not None  # narrowed by the check above
+        elif userhash_attr is not None:
             found = self.authenticator.userhash_lookup(userhash_attr.value, realm)
             if found is None:
                 raise self._failure("unknown_userhash")
@@ -93,18 +93,25 @@ class RequestAuthenticator:
         lookup = self.authenticator.lookup(username, realm, algorithm, request.now)
         if not lookup.keys:
             raise self._failure(str(lookup.reason or "unknown_user"))
-        for key in lookup.keys:
-            if check_integrity(message, key):
-                sha256 = message.mi256_offset is not None
-                return Credential(username, realm, key, sha256, lookup.rest_id)
-        raise self._failure("bad_integrity")
+        key = next((k for k in lookup.keys if check_integrity(message, k)), None)
+        if key is None:
+            raise self._failure("bad_integrity")
+        if check is not NonceCheck.VALID:
+            # Checked after integrity, as §9.2.4 orders it: a client whose MAC is right but whose
+            # nonce expired (or was issued for another address) retries with the fresh one.
+            self.stats["auth.stale_nonce" if check is NonceCheck.STALE else "auth.bad_nonce"] += 1
+            raise StunError(438)
+        sha256 = message.mi256_offset is not None
+        return Credential(username, realm, key, sha256, lookup.rest_id)
 
     @staticmethod
-    def _password_algorithm(message: Message, nonce: str) -> PasswordAlgorithm:
+    def _password_algorithm(
+        message: Message, features: frozenset[SecurityFeature]
+    ) -> PasswordAlgorithm:
         """Step 4 above: downgrade protection and the algorithm the key is derived with."""
         offered = message.get(at.PasswordAlgorithms)
         chosen = message.get(at.PasswordAlgorithm)
-        if SecurityFeature.PASSWORD_ALGORITHMS not in features_of(nonce):
+        if SecurityFeature.PASSWORD_ALGORITHMS not in features:
             if chosen is not None or offered is not None:
                 raise StunError(400, "password algorithm attributes without the nonce feature")
             return PasswordAlgorithm.MD5

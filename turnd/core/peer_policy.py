@@ -9,7 +9,7 @@ range, except the unspecified networks ``0.0.0.0/8`` and ``::/128``, which no co
 open (sending "to 0.0.0.0" reaches the host itself on Linux).
 
 On top of the IP rules, the node's own transport addresses (its listeners, and its relay ports)
-are refused as peers so that the relay cannot be looped into itself.
+are refused as peers, in every form above, so that the relay cannot be looped into itself.
 """
 
 from __future__ import annotations
@@ -116,10 +116,20 @@ class PeerPolicy:
         """Whether data may be relayed to the transport address ``host:port``."""
         if not _ip_allowed(self, host):
             return False
-        if (host, port) in self.own_addresses:
-            return False
         low, high = self.relay_ports
-        return not (host in self.relay_ips and low <= port <= high)
+        # Every form: an IPv4-mapped or NAT64 address reaches the IPv4 one it embeds.
+        for ip in _canonical_forms(host):
+            if (ip, port) in self.own_addresses:
+                return False
+            if ip in self.relay_ips and low <= port <= high:
+                return False
+        return True
+
+
+@lru_cache(maxsize=65536)
+def _canonical_forms(host: str) -> tuple[str, ...]:
+    """The canonical text of ``host`` and of every IPv4 address it embeds (a valid IP)."""
+    return tuple(str(ip) for ip in embedded_addresses(ipaddress.ip_address(host)))
 
 
 @lru_cache(maxsize=65536)

@@ -37,8 +37,6 @@ from stun.addresses import Address, AddressFamily
 from stun.channeldata import (
     CHANNEL_HEADER,
     CHANNEL_HEADER_SIZE,
-    CHANNEL_MAX,
-    CHANNEL_MIN,
     PacketKind,
     classify,
     frame_channel_data,
@@ -91,6 +89,8 @@ class PendingAllocate:
     reserved: bool
     attempts: int
     extra: tuple[Any, ...] = ()
+    #: EVEN-PORT was asked for: a retried bind must pick an even port too (RFC 8656 §7.2).
+    even: bool = False
 
 
 @attrs.define(slots=True)
@@ -206,13 +206,14 @@ class TurnServer:
             self.stats["relay.bind_failures"] += 1
             if pending.reserved or pending.attempts >= MAX_BIND_ATTEMPTS:
                 return self._fail_pending(pending, 508, "could not bind a relay port")
-            # Another program holds the port; pick another (random, so not this one again).
+            # Another program holds the port: pick another while the refused one is still
+            # marked taken (so it is not picked again), then give the refused one back.
+            port = pool.pick(even_pair=pending.even)
+            if port is None:
+                return self._fail_pending(pending, 508, "relay ports exhausted")
             pool.release(pending.relay.port)
             if pending.reserve:
                 pool.release(pending.relay.port + 1)
-            port = pool.pick(even_pair=pending.reserve)
-            if port is None:
-                return self._fail_pending(pending, 508, "relay ports exhausted")
             pool.take(port)
             if pending.reserve:
                 pool.take(port + 1)
@@ -233,27 +234,42 @@ class TurnServer:
         return self._timers[0][0] if self._timers else None
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Expire allocations, permissions, channel bindings and reservations due by ``now``."""
+        """Expire allocations, permissions, channel bindings and reservations due by ``now``.
+
+        Each live object has one timer: a refresh only moves its expiry, and a timer that finds
+        its object refreshed re-arms itself at the new expiry (so clients refreshing often, or
+        naming one peer many times, cannot grow the queue beyond the quotas).
+        """
         actions: list[Action] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, subject, detail = heapq.heappop(timers)
             if kind == "alloc":
                 alloc: Allocation = subject
-                if self.allocations.get(alloc.five_tuple) is alloc and alloc.expires <= now:
+                if self.allocations.get(alloc.five_tuple) is not alloc:
+                    continue
+                if alloc.expires <= now:
                     actions += self._delete(alloc, now, "expired")
+                else:
+                    self._schedule(alloc.expires, "alloc", alloc)
             elif kind == "perm":
-                expiry = subject.permissions.get(detail)
-                if expiry is not None and expiry <= now:
-                    del subject.permissions[detail]
+                expiry = subject.permissions.get(detail, now)
+                if expiry > now:
+                    self._schedule(expiry, "perm", subject, detail)
+                else:
+                    subject.permissions.pop(detail, None)
             elif kind == "chan":
-                if subject.expire_channel(detail, now):
-                    self._schedule(subject.cooling[detail][1], "cool", subject, detail)
+                # One timer per binding, and only this sweep removes bindings: it is there.
+                binding = subject.channels[detail]
+                if binding.expires > now:
+                    self._schedule(binding.expires, "chan", subject, detail)
+                else:
+                    self._schedule(subject.expire_channel(detail), "cool", subject, detail)
             elif kind == "cool":
                 cool = subject.cooling.get(detail)
                 if cool is not None and cool[1] <= now:
                     del subject.cooling[detail]
-            elif kind == "resv":
+            else:  # "resv"
                 resv = self._reservations.get(detail)
                 if resv is not None and resv.expires <= now:
                     del self._reservations[detail]
@@ -405,9 +421,11 @@ class TurnServer:
         lifetime = self._lifetime(message)
         dont_fragment = message.has(at.DontFragment)
         if token is not None:
-            resv = self._reservations.pop(token.token, None)
+            resv = self._reservations.get(token.token)
             if resv is None or resv.expires <= request.now:
+                # An expired one stays for its timer, which releases the port and the socket.
                 raise StunError(508, "unknown or expired reservation token")
+            del self._reservations[token.token]
             relay, reserve, reserved = resv.relay, False, True
         else:
             host = self._relay_hosts[family]
@@ -423,7 +441,16 @@ class TurnServer:
                 pool.take(port + 1)
             relay, reserved = Address(host, port), False
         pending = PendingAllocate(
-            request, cred, relay, lifetime, reserve, dont_fragment, reserved, 1, extra
+            request,
+            cred,
+            relay,
+            lifetime,
+            reserve,
+            dont_fragment,
+            reserved,
+            1,
+            extra,
+            even=even_port is not None,
         )
         ticket = self._next_ticket
         self._next_ticket += 1
@@ -578,8 +605,7 @@ class TurnServer:
             reply = self._response(request, at.Lifetime(0))
             return [SendToClient(request.five_tuple, reply), *actions]
         lifetime = self._lifetime(request.message)
-        alloc.expires = request.now + lifetime
-        self._schedule(alloc.expires, "alloc", alloc)
+        alloc.expires = request.now + lifetime  # its timer re-arms itself (handle_timer)
         return self._reply(request.five_tuple, self._response(request, at.Lifetime(int(lifetime))))
 
     def _peer_addresses(self, request: Request, alloc: Allocation) -> list[Address]:
@@ -596,8 +622,9 @@ class TurnServer:
 
     def _install_permission(self, alloc: Allocation, host: str, now: float) -> None:
         expires = now + self.settings.permission_lifetime
-        alloc.permissions[host] = expires
-        self._schedule(expires, "perm", alloc, host)
+        if host not in alloc.permissions:
+            self._schedule(expires, "perm", alloc, host)
+        alloc.permissions[host] = expires  # a refresh: its timer re-arms itself
 
     def _create_permission(self, request: Request) -> list[Action]:
         """RFC 8656 §9.2: install or refresh a permission per XOR-PEER-ADDRESS, all or none."""
@@ -637,8 +664,9 @@ class TurnServer:
             self.stats["quota.channels"] += 1
             raise StunError(508, "too many channels on this allocation")
         expires = now + self.settings.channel_lifetime
-        alloc.bind_channel(number_attr.number, peer, expires)
-        self._schedule(expires, "chan", alloc, number_attr.number)
+        if number_attr.number not in alloc.channels:
+            self._schedule(expires, "chan", alloc, number_attr.number)
+        alloc.bind_channel(number_attr.number, peer, expires)  # a refresh: timer re-arms itself
         self._install_permission(alloc, peer.host, now)
         return self._reply(request.five_tuple, self._response(request))
 
@@ -674,9 +702,8 @@ class TurnServer:
         """RFC 8656 §12.5: relay a ChannelData message to the channel's peer."""
         if len(data) < CHANNEL_HEADER_SIZE:
             return self._drop("channel_data_short")
+        # classify() let through first bytes 0x40-0x4F only: the channel is in range (§12).
         channel, length = CHANNEL_HEADER.unpack_from(data)
-        if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-            return self._drop("channel_data_bad_number")
         if CHANNEL_HEADER_SIZE + length > len(data):
             return self._drop("channel_data_short")
         alloc = self.allocations.get(five_tuple)

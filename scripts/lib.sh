@@ -1,0 +1,33 @@
+# Shared by scripts/run and scripts/test: a virtual environment in .venv, and Debian packages
+# installed when missing (as root, with apt-get). Sourced, not run.
+
+# Debian's python3 needs python3-venv for "python3 -m venv"; install it when that is missing.
+ensure_venv() {
+  if [ -x .venv/bin/python ]; then
+    return
+  fi
+  if ! python3 -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    ensure_debian_packages python3-venv
+    python3 -m venv .venv
+  fi
+  .venv/bin/python -m pip install -q --upgrade pip
+}
+
+# ensure_debian_packages PKG... : apt-get install the packages that are not installed yet.
+ensure_debian_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "note: Debian packages ${missing[*]} are missing and cannot be installed here (need root and apt-get);" \
+         "tests that need them will be skipped" >&2
+    return 0
+  fi
+  echo "installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+}

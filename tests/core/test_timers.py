@@ -1,0 +1,139 @@
+"""The core's one deadline (STYLE.md: ``next_deadline()`` and ``handle_timer(now)``, no polling)
+and the RFC 8656 lifetimes it enforces: allocations (§7), permissions (§9), channels (§12) and
+EVEN-PORT reservations (§7.2)."""
+
+from __future__ import annotations
+
+from stun import attributes as at
+from tests.core.harness import PEER, World, error_code
+from turnd.core.actions import AllocationEnded, CloseRelay
+
+
+def test_next_deadline_is_none_with_nothing_scheduled() -> None:
+    """A fresh core, and one that only answered challenges and Binding, has no timer."""
+    world = World()
+    assert world.server.next_deadline() is None
+    world.client().fetch_nonce()
+    assert world.server.next_deadline() is None
+    assert world.server.handle_timer(world.now + 10_000) == []
+
+
+def test_next_deadline_is_the_earliest_expiry() -> None:
+    """The deadline is the soonest of every scheduled expiry."""
+    world = World()
+    start = world.now
+    alice = world.client()
+    alice.allocate()
+    assert world.server.next_deadline() == start + 600
+    world.now += 10
+    alice.channel_bind(0x4000, PEER)  # channel at +610, its permission at +310
+    assert world.server.next_deadline() == start + 310
+    world.now += 5
+    alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))  # 437: nothing new
+    bob = world.client("bob", "bob-pw", address=PEER._replace(host="203.0.113.80"))
+    bob.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))  # reservation at +45
+    assert world.server.next_deadline() == start + 15 + world.settings.reservation_lifetime
+
+
+def test_handle_timer_before_the_deadline_does_nothing() -> None:
+    """Waking up early (or spuriously) changes nothing."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    deadline = world.server.next_deadline()
+    assert deadline is not None
+    assert world.server.handle_timer(deadline - 1) == []
+    assert world.server.next_deadline() == deadline
+    assert len(world.server.allocations) == 1
+
+
+def test_handle_timer_is_idempotent() -> None:
+    """Running the timer twice for the same instant does the work once."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    first = world.advance(600)
+    assert [type(a) for a in first] == [CloseRelay, AllocationEnded]
+    assert world.server.handle_timer(world.now) == []
+    assert world.advance(0) == []
+    assert world.server.next_deadline() is None
+
+
+def test_one_late_timer_run_does_all_the_work_due() -> None:
+    """A timer that fires late expires everything due by then, in one call, and leaves nothing
+    scheduled."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    alice.channel_bind(0x4000, PEER)
+    world.advance(10)
+    alice.create_permission(PEER)
+    actions = world.advance(10_000)
+    assert [a.reason for a in actions if isinstance(a, AllocationEnded)] == ["expired"]
+    assert world.server.next_deadline() is None
+
+
+def test_refreshed_allocation_does_not_expire_at_its_old_deadline() -> None:
+    """§7.3: after a Refresh the old expiry is void; the allocation ends at the new one."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    world.advance(300)
+    assert error_code(alice.refresh()) is None
+    assert world.advance(300) == []  # the original deadline
+    assert len(world.server.allocations) == 1
+    assert world.advance(299) == []
+    ended = world.advance(1)
+    assert [a.reason for a in ended if isinstance(a, AllocationEnded)] == ["expired"]
+
+
+def test_deleted_allocation_leaves_no_work_for_its_old_timers() -> None:
+    """A deleted allocation's pending timers fire without effect."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    alice.channel_bind(0x4000, PEER)
+    alice.refresh(0)
+    assert world.advance(10_000) == []
+    assert world.server.next_deadline() is None
+
+
+def test_unused_reservation_expires_and_closes_its_socket() -> None:
+    """§7.2: a port reserved by EVEN-PORT R=1 and never claimed is released after the
+    reservation lifetime (30 s), and its socket closed."""
+    world = World()
+    alice = world.client()
+    reply = alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
+    assert reply.get(at.ReservationToken) is not None
+    reserved = alice.relayed._replace(port=alice.relayed.port + 1)
+    assert world.advance(world.settings.reservation_lifetime - 1) == []
+    assert world.advance(1) == [CloseRelay(reserved)]
+    assert world.server.next_deadline() == world.now - 30 + 600
+
+
+def test_claimed_reservation_timer_does_nothing() -> None:
+    """§7.2: once the token is used the port belongs to the new allocation; the reservation's
+    timer must not close it."""
+    world = World()
+    reply = world.client().allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
+    token = reply.get(at.ReservationToken)
+    assert token is not None
+    bob = world.client("bob", "bob-pw", address=PEER._replace(host="203.0.113.80"))
+    assert error_code(bob.allocate(at.RequestedTransport(17), token)) is None
+    assert world.advance(world.settings.reservation_lifetime) == []
+    assert bob.relayed in world.server.by_relay
+
+
+def test_refreshes_do_not_grow_the_timer_queue() -> None:
+    """DESIGN.md quotas bound memory per allocation: refreshing an allocation, its permissions
+    and channels (even with one peer repeated throughout a request) keeps one timer per object,
+    however often it is done."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    peers = [PEER._replace(port=PEER.port + i) for i in range(200)]  # one IP, 200 ports
+    for _ in range(50):
+        assert error_code(alice.create_permission(*peers)) is None
+        assert error_code(alice.channel_bind(0x4000, PEER)) is None
+        assert error_code(alice.refresh()) is None
+    assert len(world.server._timers) <= 3  # allocation, permission, channel

@@ -1,0 +1,185 @@
+"""``turnd``: run the server, or check a configuration file.
+
+CLI -> Config -> TurnService: flags become overrides on top of the TOML file and ``TURND_*``
+environment variables (see :mod:`turnd.config`). SIGTERM and SIGINT stop cleanly (a second SIGINT
+forces the exit); SIGHUP reloads users and REST secrets without touching allocations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from turnd import logs
+from turnd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from turnd.service import StartupError, TurnService, resolve_secrets
+from turnd.state import StateError
+
+app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    help="turnd: a TURN/STUN relay server (RFC 8489, RFC 8656).",
+)
+
+
+def _config_path(config: str | None) -> str | None:
+    """``--config``, else /etc/turnd/turnd.toml if it exists, else embedded defaults."""
+    if config is not None:
+        return config
+    return DEFAULT_CONFIG_PATH if Path(DEFAULT_CONFIG_PATH).exists() else None
+
+
+def _overrides(**flags: object) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    for path, value in flags.items():
+        if value is None or value == []:
+            continue
+        key = path.replace("__", ".")
+        overrides[key] = ",".join(value) if isinstance(value, list) else str(value)
+    return overrides
+
+
+@app.callback()
+def main_command(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help=f"TOML file [{DEFAULT_CONFIG_PATH}]")
+    ] = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(help="listener transport:port, repeatable (e.g. udp:3478)"),
+    ] = None,
+    address: Annotated[
+        list[str] | None, typer.Option(help="service address to listen on, repeatable")
+    ] = None,
+    realm: Annotated[str | None, typer.Option(help="authentication realm")] = None,
+    relay_address: Annotated[
+        str | None, typer.Option(help="IPv4 address relays bind and advertise")
+    ] = None,
+    relay_port_min: Annotated[int | None, typer.Option(help="lowest relay port")] = None,
+    relay_port_max: Annotated[int | None, typer.Option(help="highest relay port")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="where generated secrets live")] = None,
+    allow_peer: Annotated[
+        list[str] | None, typer.Option(help="peer network to allow despite the deny-list")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
+) -> None:
+    """Run the server (the default when no command is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides = _overrides(
+        server__listen=listen,
+        server__addresses=address,
+        server__realm=realm,
+        relay__address=relay_address,
+        relay__port_min=relay_port_min,
+        relay__port_max=relay_port_max,
+        server__state_dir=state_dir,
+        peers__allow=allow_peer,
+        server__log_level=log_level,
+        server__log_format=log_format,
+    )
+    path = _config_path(config)
+    try:
+        loaded = load_config(path, os.environ, overrides)
+        logs.setup(loaded.server.log_level.value, loaded.server.log_format.value)
+        resolved, notes = resolve_secrets(loaded)
+    except (ConfigError, StateError) as exc:
+        typer.echo(f"turnd: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(_run(resolved, notes, path, overrides))
+
+
+def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str, object]) -> int:
+    try:
+        import uvloop  # libuv event loop: cheaper per datagram than the default loop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            runner.run(_serve(config, notes, path, overrides))
+        except StartupError as exc:
+            typer.echo(f"turnd: {exc}", err=True)
+            return 1
+    return 0
+
+
+async def _serve(
+    config: Config, notes: list[str], path: str | None, overrides: dict[str, object]
+) -> None:
+    service = TurnService(config)
+    await service.start()
+    for note in notes:
+        logs.event(logging.WARNING, "auth.generated_secret", note)
+    if notes:
+        host = service.relay_ipv4
+        port = next((a.port for a in service.udp_addresses), 3478)
+        print(
+            "\nturnd is running. Mint a TURN credential for a client with:\n"
+            f"  turnctl credentials generate --state-dir {config.server.state_dir}"
+            f" --host {host} --ttl 3600\n"
+            f"and use it with the ICE server turn:{host}:{port}?transport=udp\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            os._exit(130)  # second Ctrl-C: the operator wants out now
+        stop.set()
+
+    def on_reload() -> None:
+        try:
+            fresh, _ = resolve_secrets(load_config(path, os.environ, overrides))
+        except (ConfigError, StateError) as exc:
+            logs.event(logging.ERROR, "reload.refused", str(exc))
+            return
+        service.reload_credentials(fresh)
+        logs.event(logging.INFO, "reload.done", "users and REST secrets reloaded")
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+@app.command("check-config")
+def check_config(file: Annotated[str, typer.Argument(help="the TOML file to check")]) -> None:
+    """Validate FILE (and TURND_* variables); name the first bad field."""
+    try:
+        load_config(file, os.environ)
+    except ConfigError as exc:
+        typer.echo(f"{file}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{file}: ok")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from turnd import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

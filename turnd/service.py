@@ -1,0 +1,477 @@
+"""The asyncio shell around the core: sockets in, core calls, actions out, one timer.
+
+Everything that decides lives in :mod:`turnd.core`; this module receives datagrams, stamps them
+with the wall clock (nonces and REST credentials carry Unix times shared by every node), calls the
+core, and executes the actions it returns. A packet that makes the core raise is logged and counted
+under ``internal_errors`` — never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from auth.credentials import Authenticator
+from auth.nonce import NonceManager, SecurityFeature
+from auth.users_file import load_users_file
+from stun.addresses import Address, AddressFamily
+from turnd.config import Config, Transport as ListenerTransport
+from turnd.core.actions import (
+    Action,
+    AllocationEnded,
+    CloseConnection,
+    CloseRelay,
+    FiveTuple,
+    OpenRelay,
+    SendToClient,
+    SendToPeer,
+    Transport,
+)
+from turnd.core.peer_policy import PeerPolicy
+from turnd.core.server import TurnServer
+from turnd.core.settings import CoreSettings
+from turnd.logs import event
+from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
+
+# Linux socket options for the DF bit (RFC 8656 §18.9); not all are exported by ``socket``.
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+#: Socket buffer asked for on listeners and relays: bursts of a few hundred packets must not be
+#: dropped by the kernel while the event loop is busy (the kernel caps it at net.core.rmem_max).
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why and what to do."""
+
+
+@attrs.frozen
+class ListenerReport:
+    """What happened to one configured listener at start."""
+
+    transport: str
+    address: str
+    port: int
+    ok: bool
+    reason: str = ""
+
+
+def bind_failure_reason(exc: OSError, port: int) -> str:
+    """A sentence an operator can act on for a failed bind."""
+    if exc.errno == errno.EACCES and port < 1024:
+        return (
+            f"permission denied: port {port} is privileged; run as root or grant "
+            "CAP_NET_BIND_SERVICE (the systemd unit does)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use by another program"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this host"
+    return exc.strerror or str(exc)
+
+
+def detect_relay_address() -> str:
+    """The first global IPv4 address of this host, or 127.0.0.1 if there is none."""
+    try:
+        from pyroute2 import IPRoute  # imported here: the package works without it
+    except ImportError:
+        return "127.0.0.1"
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            address = msg.get_attr("IFA_ADDRESS")
+            if address and not ipaddress.ip_address(address).is_loopback:
+                return str(address)
+    return "127.0.0.1"
+
+
+class _ClientDatagrams(asyncio.DatagramProtocol):
+    """A UDP listener: every datagram goes to ``TurnServer.handle_client``."""
+
+    def __init__(self, service: TurnService, server: Address) -> None:
+        self.service = service
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        service = self.service
+        five_tuple = FiveTuple(Transport.UDP, Address(addr[0], addr[1]), self.server)
+        try:
+            actions = service.core.handle_client(five_tuple, data, time.time())
+        except Exception:
+            service.internal_error("client_datagram")
+            return
+        if actions:
+            service.execute(actions)
+
+    def error_received(self, exc: Exception) -> None:
+        self.service.core.stats["socket.listener_errors"] += 1
+
+
+class _RelayDatagrams(asyncio.DatagramProtocol):
+    """A relay socket: every datagram goes to ``TurnServer.handle_peer``."""
+
+    def __init__(self, service: TurnService, relay: Address) -> None:
+        self.service = service
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        service = self.service
+        try:
+            actions = service.core.handle_peer(self.relay, Address(addr[0], addr[1]), data, time.time())
+        except Exception:
+            service.internal_error("peer_datagram")
+            return
+        if actions:
+            service.execute(actions)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for what the relay sent (port unreachable and the like).
+        self.service.core.stats["socket.relay_errors"] += 1
+
+
+def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> TurnServer:
+    """A core from the configuration (secrets already resolved into ``config``)."""
+    server, relay, limits = config.server, config.relay, config.limits
+    settings = CoreSettings(
+        realm=server.realm,
+        software=server.software,
+        relay_ipv4=relay_ipv4,
+        relay_ipv6=None,
+        port_min=relay.port_min,
+        port_max=relay.port_max,
+        allocation_lifetime=float(relay.allocation_lifetime),
+        max_allocation_lifetime=float(relay.max_allocation_lifetime),
+        permission_lifetime=float(relay.permission_lifetime),
+        channel_lifetime=float(relay.channel_lifetime),
+        max_allocations=limits.max_allocations,
+        max_allocations_per_user=limits.max_allocations_per_user,
+        max_allocations_per_ip=limits.max_allocations_per_ip,
+        max_permissions_per_allocation=limits.max_permissions_per_allocation,
+        max_channels_per_allocation=limits.max_channels_per_allocation,
+        allow_anonymous_binding=config.auth.allow_anonymous_binding,
+    )
+    own = [
+        (str(address), listener.port)
+        for address in server.addresses
+        for listener in server.listen
+        if not ipaddress.ip_address(address).is_unspecified
+    ]
+    policy = PeerPolicy.build(
+        allow=[str(n) for n in config.peers.allow],
+        deny=[str(n) for n in config.peers.deny],
+        own_addresses=own,
+        relay_ips=[relay_ipv4],
+        relay_ports=(relay.port_min, relay.port_max),
+    )
+    nonce_key = config.auth.nonce_key
+    assert nonce_key is not None, "resolve_secrets() fills in the nonce key"
+    nonces = NonceManager(
+        nonce_key.reveal().encode(),
+        features=(SecurityFeature.PASSWORD_ALGORITHMS,),
+        lifetime=float(config.auth.nonce_lifetime),
+    )
+    return TurnServer(settings, build_authenticator(config), nonces, policy, rng)
+
+
+def build_authenticator(config: Config) -> Authenticator:
+    """Static users (config and users file) and REST secrets of ``config``."""
+    users: dict[str, Any] = {name: secret.reveal() for name, secret in config.auth.users.items()}
+    if config.auth.users_file:
+        users.update(load_users_file(config.auth.users_file))
+    return Authenticator.create(
+        config.server.realm,
+        users=users,
+        rest_secrets=[secret.reveal() for secret in config.auth.secrets],
+    )
+
+
+class TurnService:
+    """Listeners, relay sockets, the core and its timer."""
+
+    def __init__(self, config: Config, *, relay_ipv4: str | None = None) -> None:
+        self.config = config
+        self.relay_ipv4 = relay_ipv4 or self._relay_address(config)
+        self.core = build_core(config, self.relay_ipv4, os.urandom)
+        self.reports: list[ListenerReport] = []
+        self._listeners: dict[Address, asyncio.DatagramTransport] = {}
+        self._relays: dict[Address, asyncio.DatagramTransport] = {}
+        self._reserved: dict[Address, socket.socket] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _relay_address(config: Config) -> str:
+        configured = config.relay_address()
+        return str(configured) if configured is not None else detect_relay_address()
+
+    @property
+    def udp_addresses(self) -> list[Address]:
+        """The bound UDP listener addresses (with the real port when 0 was asked)."""
+        return list(self._listeners)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every UDP listener; fail only if none binds."""
+        self._loop = asyncio.get_running_loop()
+        for address in self.config.server.addresses:
+            for listener in self.config.server.listen:
+                if listener.transport is not ListenerTransport.UDP:
+                    self._report(
+                        listener.transport.value,
+                        str(address),
+                        listener.port,
+                        False,
+                        "TCP and TLS listeners are not implemented yet",
+                    )
+                    continue
+                await self._start_udp(str(address), listener.port)
+        if not self._listeners:
+            raise StartupError(
+                "no listener could be started: "
+                + "; ".join(f"{r.transport} {r.address}:{r.port}: {r.reason}" for r in self.reports)
+            )
+        event(
+            logging.INFO,
+            "service.started",
+            relay_address=self.relay_ipv4,
+            relay_ports=f"{self.config.relay.port_min}-{self.config.relay.port_max}",
+            realm=self.config.server.realm,
+        )
+
+    async def _start_udp(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _set_buffers(sock)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            self._report("udp", host, port, False, bind_failure_reason(exc, port))
+            return
+        bound = Address(host, sock.getsockname()[1])
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _ClientDatagrams(self, bound), sock=sock
+        )
+        self._listeners[bound] = transport
+        self._report("udp", host, bound.port, True)
+
+    def _report(self, transport: str, host: str, port: int, ok: bool, reason: str = "") -> None:
+        self.reports.append(ListenerReport(transport, host, port, ok, reason))
+        if ok:
+            event(logging.INFO, "listener.started", transport=transport, address=host, port=port)
+        else:
+            event(
+                logging.WARNING,
+                "listener.failed",
+                transport=transport,
+                address=host,
+                port=port,
+                reason=reason,
+            )
+
+    async def stop(self) -> None:
+        """Close every socket; allocations end with the process."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for transport in [*self._listeners.values(), *self._relays.values()]:
+            transport.close()
+        for sock in self._reserved.values():
+            sock.close()
+        self._listeners.clear()
+        self._relays.clear()
+        self._reserved.clear()
+        await asyncio.sleep(0)
+        event(logging.INFO, "service.stopped", allocations=len(self.core.allocations))
+
+    def reload_credentials(self, config: Config) -> None:
+        """Swap users and REST secrets without touching allocations."""
+        self.core.auth.authenticator = build_authenticator(config)
+        self.config = config
+
+    def internal_error(self, where: str) -> None:
+        """A bug surfaced while handling one packet: log it, count it, carry on."""
+        self.core.stats["internal_errors"] += 1
+        logging.getLogger("turnd").exception("internal error while handling a %s", where)
+
+    # --- executing actions -------------------------------------------------------------------
+
+    def execute(self, actions: list[Action]) -> None:
+        """Carry out what the core asked, in order, then re-arm the timer if needed."""
+        for action in actions:
+            kind = type(action)
+            if kind is SendToPeer:
+                assert isinstance(action, SendToPeer)
+                relay = self._relays.get(action.relay)
+                if relay is None:
+                    self.core.stats["drop.relay_socket_missing"] += 1
+                else:
+                    relay.sendto(action.data, action.peer)
+            elif kind is SendToClient:
+                assert isinstance(action, SendToClient)
+                five_tuple = action.five_tuple
+                listener = self._listeners.get(five_tuple.server)
+                if listener is None:
+                    self.core.stats["drop.listener_missing"] += 1
+                else:
+                    listener.sendto(action.data, five_tuple.client)
+            elif kind is OpenRelay:
+                assert isinstance(action, OpenRelay)
+                self._open_relay(action)
+            elif kind is CloseRelay:
+                assert isinstance(action, CloseRelay)
+                self._close_relay(action.relay)
+            elif kind is AllocationEnded:
+                assert isinstance(action, AllocationEnded)
+                self._allocation_ended(action)
+            elif kind is CloseConnection:
+                pass  # no stream transports yet
+        self._arm_timer()
+
+    def _open_relay(self, action: OpenRelay) -> None:
+        relay = action.relay
+        if action.reserved:
+            sock: socket.socket | None = self._reserved.pop(relay, None)
+            if sock is None:
+                self._relay_result(action.ticket, False)
+                return
+        else:
+            sock = _bind_relay(relay)
+            if sock is None:
+                self._relay_result(action.ticket, False)
+                return
+            if action.reserve:
+                spare = _bind_relay(Address(relay.host, relay.port + 1))
+                if spare is None:
+                    sock.close()
+                    self._relay_result(action.ticket, False)
+                    return
+                self._reserved[Address(relay.host, relay.port + 1)] = spare
+        if action.dont_fragment and relay.family is AddressFamily.IPV4:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+        task = asyncio.get_running_loop().create_task(self._adopt_relay(action.ticket, relay, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _adopt_relay(self, ticket: int, relay: Address, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _RelayDatagrams(self, relay), sock=sock
+            )
+        except OSError:
+            sock.close()
+            self._relay_result(ticket, False)
+            return
+        self._relays[relay] = transport
+        self._relay_result(ticket, True)
+
+    def _relay_result(self, ticket: int, ok: bool) -> None:
+        try:
+            actions = self.core.relay_opened(ticket, ok, time.time())
+        except Exception:
+            self.internal_error("relay result")
+            return
+        self.execute(actions)
+
+    def _close_relay(self, relay: Address) -> None:
+        transport = self._relays.pop(relay, None)
+        if transport is not None:
+            transport.close()
+        sock = self._reserved.pop(relay, None)
+        if sock is not None:
+            sock.close()
+
+    def _allocation_ended(self, ended: AllocationEnded) -> None:
+        event(
+            logging.INFO,
+            "allocation.ended",
+            username=ended.username,
+            client=str(ended.five_tuple.client),
+            relay=str(ended.relay),
+            reason=ended.reason,
+            seconds=round(ended.ended - ended.started, 1),
+            packets_to_peer=ended.packets_to_peer,
+            bytes_to_peer=ended.bytes_to_peer,
+            packets_to_client=ended.packets_to_client,
+            bytes_to_client=ended.bytes_to_client,
+        )
+
+    # --- the one timer -----------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None or (self._timer_when is not None and self._timer_when <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer_when = deadline
+        self._timer = loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        try:
+            actions = self.core.handle_timer(time.time())
+        except Exception:
+            self.internal_error("timer")
+            actions = []
+        self.execute(actions)
+
+
+def _set_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass
+
+
+def _bind_relay(relay: Address) -> socket.socket | None:
+    family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        _set_buffers(sock)
+        sock.bind((relay.host, relay.port))
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def resolve_secrets(config: Config) -> tuple[Config, list[str]]:
+    """Fill in generated secrets from the state directory; return notes for the operator."""
+    notes: list[str] = []
+    auth = config.auth
+    from turnd.config import Secret
+
+    state_dir = config.server.state_dir
+    if auth.nonce_key is None:
+        key, _ = read_or_create_secret(state_dir, NONCE_KEY_FILE)
+        auth = attrs.evolve(auth, nonce_key=Secret(key))
+    if not auth.secrets and not auth.users and not auth.users_file:
+        secret, created = read_or_create_secret(state_dir, REST_SECRET_FILE)
+        auth = attrs.evolve(auth, secrets=(Secret(secret),))
+        where = os.path.join(state_dir, REST_SECRET_FILE)
+        notes.append(
+            f"no users or REST secrets configured: using the REST secret in {where}"
+            + (" (generated now)" if created else "")
+        )
+    return attrs.evolve(config, auth=auth), notes
