@@ -1,0 +1,123 @@
+"""Start a real turnd process for tests: loopback only, a temporary config, port 0 listeners.
+
+The daemon logs JSON to a file; :func:`start_turnd` waits for its ``service.started`` line and
+reads the bound ports from the ``listener.started`` lines, so tests never guess ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+USER = "alice"
+PASSWORD = "s3cret"
+REST_SECRET = "restsecret-for-tests"
+REALM = "turnd.test"
+#: How long a daemon may take to start before the test fails (a slow CI machine, not a timing
+#: assertion: start-up takes well under a second).
+START_TIMEOUT = 30.0
+
+
+@attrs.define
+class Daemon:
+    """A running turnd."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    config_path: Path
+    host: str
+    udp_ports: list[int]
+
+    @property
+    def port(self) -> int:
+        return self.udp_ports[0]
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        return events
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def write_config(directory: Path, extra: str = "", *, listen: str = '["udp:0"]') -> Path:
+    """A loopback-only config with one static user, one REST secret and loopback peers allowed."""
+    path = directory / "turnd.toml"
+    path.write_text(
+        f"""
+[server]
+realm = "{REALM}"
+listen = {listen}
+addresses = ["127.0.0.1"]
+state_dir = "{directory / "state"}"
+log_format = "json"
+log_level = "info"
+
+[auth]
+users = {{ {USER} = "{PASSWORD}" }}
+secrets = ["{REST_SECRET}"]
+
+[peers]
+allow = ["127.0.0.0/8", "::1/128"]
+{extra}
+"""
+    )
+    return path
+
+
+def start_turnd(directory: Path, extra: str = "", args: tuple[str, ...] = ()) -> Daemon:
+    """Start turnd with :func:`write_config` and wait until it serves."""
+    config = write_config(directory, extra)
+    log_path = directory / "turnd.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "turnd", "--config", str(config), *args],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        if '"service.started"' in text:
+            ports = [
+                e["port"]
+                for e in map(json.loads, (ln for ln in text.splitlines() if ln.startswith("{")))
+                if e.get("event") == "listener.started" and e.get("transport") == "udp"
+            ]
+            return Daemon(process, log_path, config, "127.0.0.1", ports)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"turnd did not start:\n{log_path.read_text()}")
+
+
+@contextmanager
+def running_turnd(directory: Path, extra: str = "") -> Iterator[Daemon]:
+    daemon = start_turnd(directory, extra)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

@@ -1,0 +1,90 @@
+"""aioice's TURN client (an implementation nobody here wrote) relaying through turnd."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncio_dgram
+import pytest
+
+from auth.credentials import mint_rest_credentials
+from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon, start_turnd
+
+turn = pytest.importorskip("aioice.turn", reason="aioice is not installed (pip install -e .[test])")
+
+pytestmark = pytest.mark.interop
+
+#: Bound on every wait, so a broken relay fails the test instead of hanging it.
+WAIT = 10.0
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    running = start_turnd(tmp_path_factory.mktemp("turnd"))
+    yield running
+    assert running.stop() == 0
+
+
+class _Collect(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.put_nowait((data, addr))
+
+
+async def _echo(stream: asyncio_dgram.DatagramServer) -> None:
+    while True:
+        data, addr = await stream.recv()
+        await stream.send(data, addr)
+
+
+async def _relay_round_trips(daemon: Daemon, username: str, password: str) -> list[bytes]:
+    peer = await asyncio_dgram.bind(("127.0.0.1", 0))
+    echo = asyncio.create_task(_echo(peer))
+    transport, protocol = await turn.create_turn_endpoint(
+        _Collect, ("127.0.0.1", daemon.port), username, password
+    )
+    try:
+        relayed = transport.get_extra_info("sockname")
+        assert relayed[0] == "127.0.0.1"
+        payloads = [f"message {i}".encode() * (i + 1) for i in range(20)]
+        answers = []
+        for payload in payloads:
+            transport.sendto(payload, peer.sockname)
+            data, addr = await asyncio.wait_for(protocol.received.get(), WAIT)
+            assert tuple(addr[:2]) == tuple(peer.sockname[:2])
+            answers.append(data)
+        return answers
+    finally:
+        transport.close()
+        echo.cancel()
+        peer.close()
+
+
+def test_aioice_long_term_user_relays_through_channel(daemon: Daemon) -> None:
+    """aioice allocates, binds a channel and every payload comes back from the echo peer."""
+    answers = asyncio.run(_relay_round_trips(daemon, USER, PASSWORD))
+    assert answers == [f"message {i}".encode() * (i + 1) for i in range(20)]
+
+
+def test_aioice_rest_credential_relays(daemon: Daemon) -> None:
+    """A REST credential minted from the shared secret works for aioice too."""
+    username, password = mint_rest_credentials(REST_SECRET, time.time(), 600, "aioice")
+    answers = asyncio.run(_relay_round_trips(daemon, username, password))
+    assert len(answers) == 20 and answers[0] == b"message 0"
+
+
+def test_aioice_wrong_password_is_refused(daemon: Daemon) -> None:
+    """A wrong password ends in 401: aioice's allocation fails with that error code."""
+    from aioice.stun import TransactionFailed
+
+    async def attempt() -> None:
+        await turn.create_turn_endpoint(_Collect, ("127.0.0.1", daemon.port), USER, "wrong")
+
+    with pytest.raises(TransactionFailed) as failure:
+        asyncio.run(attempt())
+    assert failure.value.response.attributes["ERROR-CODE"][0] == 401

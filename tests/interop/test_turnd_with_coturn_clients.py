@@ -1,0 +1,130 @@
+"""coturn's client tools against turnd on loopback: relaying must be lossless and byte-exact.
+
+turnutils_uclient exits 0 even when everything is lost, so every test checks the numbers it
+prints: packets sent = sessions × messages, received = sent, bytes equal, nothing lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon, start_turnd
+from tests.interop.coturn_tools import (
+    PEER,
+    STUNCLIENT,
+    UCLIENT,
+    EchoPeer,
+    UclientReport,
+    needs_tools,
+    run_stunclient,
+    run_uclient,
+    start_peer,
+    uclient_sessions,
+)
+
+pytestmark = [pytest.mark.interop, needs_tools(UCLIENT, PEER)]
+
+MESSAGES = 30
+LENGTH = 120
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    running = start_turnd(tmp_path_factory.mktemp("turnd"))
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[EchoPeer]:
+    with start_peer(("127.0.0.1",)) as echo:
+        yield echo
+
+
+def assert_lossless(report: UclientReport, sessions: int) -> None:
+    """Every packet of every session came back, with every byte."""
+    expected = sessions * MESSAGES
+    assert report.sent_packets == expected, report.describe()
+    assert report.received_packets == expected, report.describe()
+    assert report.lost_packets == 0, report.describe()
+    assert report.send_dropped == 0, report.describe()
+    assert report.sent_bytes == report.received_bytes == expected * LENGTH, report.describe()
+
+
+def test_uclient_udp_channels_relay_every_packet(daemon: Daemon, peer: EchoPeer) -> None:
+    """ChannelBind + ChannelData over UDP with a long-term user: 0 lost, bytes equal."""
+    report = run_uclient(
+        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
+        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH,
+    )  # fmt: skip
+    assert_lossless(report, uclient_sessions(1))
+
+
+def test_uclient_send_indications_relay_every_packet(daemon: Daemon, peer: EchoPeer) -> None:
+    """CreatePermission + Send/Data indications (-s): 0 lost, bytes equal."""
+    report = run_uclient(
+        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
+        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, send_indications=True,
+    )  # fmt: skip
+    assert_lossless(report, uclient_sessions(1))
+
+
+def test_uclient_rest_secret_credentials(daemon: Daemon, peer: EchoPeer) -> None:
+    """REST ephemeral credentials computed from the shared secret (-W) relay like a user's."""
+    report = run_uclient(
+        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
+        user=USER, secret=REST_SECRET, messages=MESSAGES, length=LENGTH,
+    )  # fmt: skip
+    assert_lossless(report, uclient_sessions(1))
+
+
+def test_uclient_several_clients_at_once(daemon: Daemon, peer: EchoPeer) -> None:
+    """Four clients (eight allocations) at once, channels and Send mixed by uclient: 0 lost."""
+    report = run_uclient(
+        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
+        user=USER, password=PASSWORD, clients=4, messages=MESSAGES, length=LENGTH,
+    )  # fmt: skip
+    assert_lossless(report, uclient_sessions(4))
+
+
+def test_uclient_client_to_client_through_two_relays(daemon: Daemon) -> None:
+    """Two allocations of this server talking to each other (-y): relay-to-relay works."""
+    report = run_uclient(
+        "127.0.0.1", daemon.port, None, None,
+        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH,
+        client_to_client=True, rtcp=False,
+    )  # fmt: skip
+    assert_lossless(report, uclient_sessions(1, rtcp=False, client_to_client=True))
+
+
+def test_uclient_wrong_password_cannot_allocate(daemon: Daemon, peer: EchoPeer) -> None:
+    """A wrong password gets 401: uclient cannot allocate and relays nothing."""
+    from tests.interop.coturn_tools import UclientError
+
+    with pytest.raises(UclientError) as failure:
+        run_uclient(
+            "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
+            user=USER, password="wrong", messages=5, length=LENGTH,
+        )  # fmt: skip
+    assert "Cannot complete Allocation" in failure.value.output
+
+
+@needs_tools(STUNCLIENT)
+def test_stunclient_binding_reports_reflexive_address(daemon: Daemon) -> None:
+    """turnutils_stunclient's Binding request is answered with its own address."""
+    report = run_stunclient("127.0.0.1", daemon.port)
+    assert report.mapped is not None
+    assert report.mapped.host == "127.0.0.1"
+    assert 0 < report.mapped.port < 65536
+
+
+def test_daemon_counted_the_traffic(daemon: Daemon, tmp_path: Path) -> None:
+    """The allocations uclient made ended with their traffic logged in allocation.ended lines."""
+    # Allocations end when uclient deletes them (Refresh with LIFETIME 0) at the end of a run.
+    ended = [e for e in daemon.log_events() if e.get("event") == "allocation.ended"]
+    assert ended, "uclient's allocations should have been deleted and logged"
+    assert any(e["packets_to_peer"] >= MESSAGES for e in ended)
+    assert all(e["reason"] in ("deleted", "expired") for e in ended)
