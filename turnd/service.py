@@ -9,6 +9,7 @@ under ``internal_errors`` — never fatal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -24,7 +25,8 @@ from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
-from turnd.config import Config, Transport as ListenerTransport
+from turnd.config import Config, Secret
+from turnd.config import Transport as ListenerTransport
 from turnd.core.actions import (
     Action,
     AllocationEnded,
@@ -125,7 +127,9 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         service = self.service
         try:
-            actions = service.core.handle_peer(self.relay, Address(addr[0], addr[1]), data, time.time())
+            actions = service.core.handle_peer(
+                self.relay, Address(addr[0], addr[1]), data, time.time()
+            )
         except Exception:
             service.internal_error("peer_datagram")
             return
@@ -168,8 +172,6 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         allow=[str(n) for n in config.peers.allow],
         deny=[str(n) for n in config.peers.deny],
         own_addresses=own,
-        relay_ips=[relay_ipv4],
-        relay_ports=(relay.port_min, relay.port_max),
     )
     nonce_key = config.auth.nonce_key
     assert nonce_key is not None, "resolve_secrets() fills in the nonce key"
@@ -437,10 +439,8 @@ class TurnService:
 
 def _set_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
+        with contextlib.suppress(OSError):  # the kernel caps it; a refusal is harmless
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-        except OSError:
-            pass
 
 
 def _bind_relay(relay: Address) -> socket.socket | None:
@@ -460,8 +460,6 @@ def resolve_secrets(config: Config) -> tuple[Config, list[str]]:
     """Fill in generated secrets from the state directory; return notes for the operator."""
     notes: list[str] = []
     auth = config.auth
-    from turnd.config import Secret
-
     state_dir = config.server.state_dir
     if auth.nonce_key is None:
         key, _ = read_or_create_secret(state_dir, NONCE_KEY_FILE)

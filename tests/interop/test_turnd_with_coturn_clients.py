@@ -1,7 +1,7 @@
 """coturn's client tools against turnd on loopback: relaying must be lossless and byte-exact.
 
 turnutils_uclient exits 0 even when everything is lost, so every test checks the numbers it
-prints: packets sent = sessions × messages, received = sent, bytes equal, nothing lost.
+prints: packets sent = sessions x messages, received = sent, bytes equal, nothing lost.
 """
 
 from __future__ import annotations
