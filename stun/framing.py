@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import struct
 
-from stun.channeldata import CHANNEL_MAX, CHANNEL_MIN
 from stun.errors import StunDecodeError
 
 #: Default largest frame on a stream. A STUN message over a stream may be as large as 64 KiB, but
@@ -41,8 +40,8 @@ class StreamDeframer:
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data`` and return the frames it completes, in order.
 
-        Raises :class:`StunDecodeError` on a frame that is not STUN or ChannelData, uses a
-        reserved channel number, or is larger than the limit; after that every call raises.
+        Raises :class:`StunDecodeError` on a frame that is not STUN or ChannelData, or is larger
+        than the limit; after that every call raises.
         """
         if self._failed is not None:
             raise self._failed
@@ -56,10 +55,7 @@ class StreamDeframer:
             if top == 0:
                 size = 20 + length
                 wire_size = size
-            elif top == 1:
-                if not CHANNEL_MIN <= first <= CHANNEL_MAX:
-                    self._failed = StunDecodeError(f"reserved channel number {first:#06x}")
-                    raise self._failed
+            elif top == 1:  # 0x4000-0x7FFF: every number is a valid channel
                 size = 4 + length
                 wire_size = size + (-length % 4)
             else:

@@ -17,7 +17,7 @@ import attrs
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
 from stun import attributes as at
-from stun.addresses import Address
+from stun.addresses import Address, AddressFamily
 from stun.channeldata import frame_channel_data, parse_channel_data
 from stun.keys import PasswordAlgorithm, long_term_key, userhash
 from stun.message import Integrity, Message, MessageClass, Method, decode, encode
@@ -123,6 +123,10 @@ class World:
         """Refuse ``username`` from now on, as the control plane does (DESIGN.md)."""
         checker = self.server.auth
         checker.authenticator = checker.authenticator.revoke(username)
+
+    def taken_ports(self, family: AddressFamily = AddressFamily.IPV4) -> set[int]:
+        """Relay ports the core holds in ``family`` (allocations, binds pending, reservations)."""
+        return set(self.server._pools[family].taken)
 
     def client_state(self) -> dict[str, Any]:
         """Everything the core keeps per client or allocation (empty before any allocation)."""

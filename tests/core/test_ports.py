@@ -65,8 +65,7 @@ def test_scan_finds_the_last_free_port_when_random_probes_miss() -> None:
 
 
 def test_scan_for_an_even_pair_skips_odd_ports_and_respects_the_low_bound() -> None:
-    """An odd low bound is not rounded down below the range, and the scan only offers even
-    ports whose successor is free."""
+    """The even-pair scan skips odd ports and never rounds below an odd low bound."""
     pool = PortPool(101, 110, constant_rng)
     assert pool.pick(even_pair=True) == 102
     pool.take(103)
@@ -75,8 +74,7 @@ def test_scan_for_an_even_pair_skips_odd_ports_and_respects_the_low_bound() -> N
 
 @pytest.mark.parametrize(("low", "high"), [(100, 100), (101, 101), (101, 102)])
 def test_no_even_pair_in_a_range_without_one_is_none(low: int, high: int) -> None:
-    """Exhaustion: without an even port whose successor is in range and free, the answer is
-    None."""
+    """Without an even port whose successor is free and in range, an even pick is None."""
     assert PortPool(low, high, constant_rng).pick(even_pair=True) is None
 
 

@@ -12,7 +12,7 @@ from auth.nonce import DEFAULT_LIFETIME, SecurityFeature, features_of
 from stun import attributes as at
 from stun.addresses import Address
 from stun.keys import PasswordAlgorithm
-from stun.message import MessageClass, Method, check_integrity
+from stun.message import Message, MessageClass, Method, check_integrity
 from tests.core.harness import PEER, REALM, Client, World, error_code
 from turnd.core.actions import AllocationEnded
 from turnd.core.authn import OFFERED_ENTRIES
@@ -22,15 +22,14 @@ SHA256 = at.PasswordAlgorithmEntry(PasswordAlgorithm.SHA256)
 BOB_ADDRESS = Address("203.0.113.66", 40000)
 
 
-def allocate_request(client: Client, credentials: list[Any] | None = None) -> Any:
+def allocate_request(client: Client, credentials: list[Any] | None = None) -> Message:
     """Send one signed Allocate (no retry) and return the single reply."""
-    [reply] = client.raw(
-        client.build(Method.ALLOCATE, [at.RequestedTransport(17)], None, credentials=credentials)
-    )
+    request = client.build(Method.ALLOCATE, [at.RequestedTransport(17)], credentials=credentials)
+    [reply] = client.raw(request)
     return reply
 
 
-def assert_challenge(reply: Any, code: int) -> None:
+def assert_challenge(reply: Message, code: int) -> None:
     """A 401/438 carries REALM and a NONCE, and no MESSAGE-INTEGRITY (§9.2.4)."""
     assert error_code(reply) == code
     realm, nonce = reply.get(at.Realm), reply.get(at.Nonce)
@@ -44,8 +43,7 @@ def assert_challenge(reply: Any, code: int) -> None:
 
 
 def test_request_without_integrity_is_401_with_realm_nonce_and_password_algorithms() -> None:
-    """§9.2.4: a request without MESSAGE-INTEGRITY gets 401 with REALM, NONCE and (with the
-    password-algorithms feature in the nonce cookie) PASSWORD-ALGORITHMS, unsigned."""
+    """§9.2.4: no MESSAGE-INTEGRITY: unsigned 401 with REALM, NONCE, PASSWORD-ALGORITHMS."""
     world = World()
     reply = world.client().fetch_nonce()
     assert_challenge(reply, 401)
@@ -79,7 +77,7 @@ def test_unknown_user_is_401() -> None:
     world = World()
     reply = world.client("mallory", "whatever").allocate()
     assert_challenge(reply, 401)
-    assert world.server.stats["auth_failure.unknown-user"] == 1
+    assert world.server.stats["auth_failure.unknown_user"] == 1
 
 
 def test_unknown_realm_is_401() -> None:
@@ -89,7 +87,7 @@ def test_unknown_realm_is_401() -> None:
     alice.fetch_nonce()
     alice.realm = "elsewhere.example"
     assert_challenge(allocate_request(alice), 401)
-    assert world.server.stats["auth_failure.unknown-realm"] == 1
+    assert world.server.stats["auth_failure.unknown_realm"] == 1
 
 
 @pytest.mark.parametrize("missing", [at.Username, at.Realm, at.Nonce])
@@ -109,8 +107,7 @@ def test_integrity_without_username_realm_or_nonce_is_400(missing: type) -> None
 
 
 def test_stale_nonce_is_438_with_a_fresh_nonce_and_the_retry_succeeds() -> None:
-    """§9.2.4: a nonce past its lifetime gets 438 Stale Nonce with REALM and a new NONCE; the
-    request retried with the new nonce is served."""
+    """§9.2.4: an expired nonce gets 438 with a fresh NONCE; the retry with it succeeds."""
     world = World()
     alice = world.client()
     alice.allocate(at.RequestedTransport(17), at.Lifetime(3600))
@@ -125,6 +122,17 @@ def test_stale_nonce_is_438_with_a_fresh_nonce_and_the_retry_succeeds() -> None:
     retried = alice.request(Method.REFRESH, retry=False)
     assert error_code(retried) is None
     assert check_integrity(retried, alice.key())
+
+
+def test_bad_integrity_with_a_stale_nonce_is_401_not_438() -> None:
+    """§9.2.4: integrity is checked before nonce freshness: a wrong key gets 401, not 438."""
+    world = World()
+    mallory = world.client("alice", "guess")
+    mallory.fetch_nonce()
+    world.advance(DEFAULT_LIFETIME + 1)
+    assert_challenge(allocate_request(mallory), 401)
+    assert world.server.stats["auth_failure.bad_integrity"] == 1
+    assert world.server.stats["auth.stale_nonce"] == 0
 
 
 def test_nonce_issued_to_another_client_address_is_438() -> None:
@@ -175,8 +183,7 @@ def algorithm_credentials(client: Client, *extra: Any) -> list[Any]:
     ],
 )
 def test_password_algorithm_downgrade_attempt_is_400(extra: tuple[Any, ...]) -> None:
-    """§9.2.4: with the feature in the nonce, PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM come
-    together, the list identical to the one offered, the choice one of its entries; else 400."""
+    """§9.2.4: PASSWORD-ALGORITHM(S) must both come, the list as offered, the choice in it: 400."""
     world = World()
     alice = world.client()
     alice.fetch_nonce()
@@ -186,8 +193,7 @@ def test_password_algorithm_downgrade_attempt_is_400(extra: tuple[Any, ...]) -> 
 
 
 def test_rfc5389_client_without_algorithm_attributes_is_served_with_md5() -> None:
-    """§9.2.4: a request with neither attribute is processed as if PASSWORD-ALGORITHM were MD5
-    (an RFC 5389 client)."""
+    """§9.2.4: a request with neither algorithm attribute is served as MD5 (RFC 5389 client)."""
     world = World()
     alice = world.client()
     alice.fetch_nonce()
@@ -198,8 +204,7 @@ def test_rfc5389_client_without_algorithm_attributes_is_served_with_md5() -> Non
 
 
 def test_algorithm_attributes_without_the_nonce_feature_are_400() -> None:
-    """§9.2.4: PASSWORD-ALGORITHM(S) are only meaningful after a nonce announcing the feature;
-    without it a request carrying them is refused (400); without them MD5 is used."""
+    """§9.2.4: algorithm attributes without the nonce's feature bit are 400; none means MD5."""
     world = World(features=())
     alice = world.client()
     alice.fetch_nonce()
@@ -209,8 +214,7 @@ def test_algorithm_attributes_without_the_nonce_feature_are_400() -> None:
 
 
 def test_sha256_client_gets_message_integrity_sha256_in_responses() -> None:
-    """§9.2.4, §14.6: a request signed with MESSAGE-INTEGRITY-SHA256 (SHA-256 key) is answered
-    with MESSAGE-INTEGRITY-SHA256 under the same key, and no MESSAGE-INTEGRITY."""
+    """§9.2.4: a MESSAGE-INTEGRITY-SHA256 request is answered with MESSAGE-INTEGRITY-SHA256."""
     world = World()
     bob = world.client("bob", "bob-pw", sha256=True)
     reply = bob.allocate()
@@ -299,8 +303,7 @@ def test_revoked_user_is_401() -> None:
 
 
 def test_responses_to_authenticated_requests_verify_with_the_clients_key() -> None:
-    """§9.2.4: success and error responses to an authenticated request carry
-    MESSAGE-INTEGRITY computed with the request's key."""
+    """§9.2.4: success and error responses to authenticated requests are signed with its key."""
     world = World()
     alice = world.client()
     replies = [
@@ -318,8 +321,7 @@ def test_responses_to_authenticated_requests_verify_with_the_clients_key() -> No
 
 
 def test_no_state_is_created_before_authentication() -> None:
-    """§9.2.4, DESIGN.md: challenges, bad passwords, unknown users and stale or foreign nonces
-    leave nothing behind: no allocation, no pending relay, no quota counter, no timer."""
+    """§9.2.4, DESIGN.md: failed authentication leaves no allocation, counter, port or timer."""
     world = World()
     before = world.client_state()
     alice = world.client()

@@ -26,8 +26,7 @@ def allocated(world: World, **kw: Any) -> Client:
 
 
 def test_send_to_a_permitted_peer_is_relayed_from_the_relayed_address() -> None:
-    """§10.2: a Send indication with XOR-PEER-ADDRESS and DATA, to a peer with a permission, sends
-    the DATA value as a UDP datagram from the relayed transport address."""
+    """§10.2: Send to a permitted peer relays DATA from the relayed transport address."""
     world = World()
     alice = allocated(world)
     alice.create_permission(PEER)
@@ -72,8 +71,7 @@ def test_send_missing_data_or_peer_is_dropped(attributes: tuple[Any, ...]) -> No
 
 
 def test_send_with_an_unknown_comprehension_required_attribute_is_dropped() -> None:
-    """RFC 8489 §6.3.2: an indication with an unknown comprehension-required attribute is
-    discarded (no 420 for indications)."""
+    """RFC 8489 §6.3.2: an indication with an unknown required attribute is dropped."""
     world = World()
     alice = allocated(world)
     alice.create_permission(PEER)
@@ -92,8 +90,7 @@ def test_send_to_a_peer_of_the_other_family_is_dropped() -> None:
 
 
 def test_send_to_the_servers_own_listener_is_dropped() -> None:
-    """DESIGN.md: the node's own transport addresses are never peers, even when their IP has a
-    permission (the relay must not loop into the server)."""
+    """DESIGN.md: the server's own listener is never a peer, even with a permission for its IP."""
     world = World()
     alice = allocated(world)
     assert alice.create_permission(SERVER).get(at.ErrorCode) is None
@@ -104,8 +101,7 @@ def test_send_to_the_servers_own_listener_is_dropped() -> None:
 
 @pytest.mark.parametrize("transport", [Transport.UDP, Transport.TCP])
 def test_peer_data_without_a_channel_is_a_data_indication(transport: Transport) -> None:
-    """§10.3: a datagram from a permitted peer with no channel bound reaches the client as a Data
-    indication carrying XOR-PEER-ADDRESS (the peer) and DATA (the payload)."""
+    """§10.3: peer data without a channel reaches the client as a Data indication."""
     world = World()
     alice = allocated(world, transport=transport)
     alice.create_permission(PEER)

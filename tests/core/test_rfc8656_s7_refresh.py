@@ -42,8 +42,7 @@ def test_refresh_lifetime_is_clamped_like_allocate(requested: int, granted: int)
 
 
 def test_refresh_with_lifetime_zero_deletes_the_allocation() -> None:
-    """§7.3: LIFETIME 0 deletes the allocation at once; the response carries LIFETIME 0 and the
-    relay is closed; a later request on the 5-tuple finds no allocation (437)."""
+    """§7.3: Refresh with LIFETIME 0 deletes the allocation at once and answers LIFETIME 0."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -82,8 +81,7 @@ def test_refresh_without_an_allocation_is_437() -> None:
 
 
 def test_refresh_by_another_user_on_the_same_five_tuple_is_441() -> None:
-    """§5: requests on an allocation must use the credentials that created it; another user on
-    the same 5-tuple gets 441 Wrong Credentials and the allocation is untouched."""
+    """§5: another user's request on an allocation's 5-tuple gets 441 Wrong Credentials."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -96,8 +94,7 @@ def test_refresh_by_another_user_on_the_same_five_tuple_is_441() -> None:
 
 
 def test_refresh_with_mismatching_requested_address_family_is_443() -> None:
-    """§7.3: REQUESTED-ADDRESS-FAMILY in a Refresh that differs from the allocation's family
-    gets 443 Peer Address Family Mismatch."""
+    """§7.3: a Refresh whose REQUESTED-ADDRESS-FAMILY differs from the allocation's gets 443."""
     world = World(core_settings(relay_ipv6="2001:db8::1"))
     alice = world.client()
     alice.allocate()
@@ -108,8 +105,7 @@ def test_refresh_with_mismatching_requested_address_family_is_443() -> None:
 
 
 def test_refresh_from_another_source_port_is_437() -> None:
-    """§5, §7.3: allocations are named by their 5-tuple; the same user from another port has
-    none."""
+    """§5: allocations are named by 5-tuple: the same user from another port has none (437)."""
     world = World()
     world.client().allocate()
     other = world.client(address=Address("203.0.113.5", 50002))

@@ -5,12 +5,15 @@ EVEN-PORT reservations (§7.2)."""
 from __future__ import annotations
 
 from stun import attributes as at
+from stun.addresses import Address
 from tests.core.harness import PEER, World, error_code
 from turnd.core.actions import AllocationEnded, CloseRelay
 
+BOB = Address("203.0.113.80", 40000)
+
 
 def test_next_deadline_is_none_with_nothing_scheduled() -> None:
-    """A fresh core, and one that only answered challenges and Binding, has no timer."""
+    """A fresh core, and one that only answered a challenge, has no timer."""
     world = World()
     assert world.server.next_deadline() is None
     world.client().fetch_nonce()
@@ -30,7 +33,7 @@ def test_next_deadline_is_the_earliest_expiry() -> None:
     assert world.server.next_deadline() == start + 310
     world.now += 5
     alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))  # 437: nothing new
-    bob = world.client("bob", "bob-pw", address=PEER._replace(host="203.0.113.80"))
+    bob = world.client("bob", "bob-pw", address=BOB)
     bob.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))  # reservation at +45
     assert world.server.next_deadline() == start + 15 + world.settings.reservation_lifetime
 
@@ -60,8 +63,7 @@ def test_handle_timer_is_idempotent() -> None:
 
 
 def test_one_late_timer_run_does_all_the_work_due() -> None:
-    """A timer that fires late expires everything due by then, in one call, and leaves nothing
-    scheduled."""
+    """A late timer run expires everything due by then, in one call."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -99,8 +101,7 @@ def test_deleted_allocation_leaves_no_work_for_its_old_timers() -> None:
 
 
 def test_unused_reservation_expires_and_closes_its_socket() -> None:
-    """§7.2: a port reserved by EVEN-PORT R=1 and never claimed is released after the
-    reservation lifetime (30 s), and its socket closed."""
+    """§7.2: an unclaimed EVEN-PORT reservation is released after 30 s and its socket closed."""
     world = World()
     alice = world.client()
     reply = alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
@@ -112,22 +113,19 @@ def test_unused_reservation_expires_and_closes_its_socket() -> None:
 
 
 def test_claimed_reservation_timer_does_nothing() -> None:
-    """§7.2: once the token is used the port belongs to the new allocation; the reservation's
-    timer must not close it."""
+    """§7.2: a claimed reservation's timer leaves the new allocation's port alone."""
     world = World()
     reply = world.client().allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
     token = reply.get(at.ReservationToken)
     assert token is not None
-    bob = world.client("bob", "bob-pw", address=PEER._replace(host="203.0.113.80"))
+    bob = world.client("bob", "bob-pw", address=BOB)
     assert error_code(bob.allocate(at.RequestedTransport(17), token)) is None
     assert world.advance(world.settings.reservation_lifetime) == []
     assert bob.relayed in world.server.by_relay
 
 
 def test_refreshes_do_not_grow_the_timer_queue() -> None:
-    """DESIGN.md quotas bound memory per allocation: refreshing an allocation, its permissions
-    and channels (even with one peer repeated throughout a request) keeps one timer per object,
-    however often it is done."""
+    """Quotas bound memory: refreshes keep one timer per allocation, permission and channel."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -136,4 +134,16 @@ def test_refreshes_do_not_grow_the_timer_queue() -> None:
         assert error_code(alice.create_permission(*peers)) is None
         assert error_code(alice.channel_bind(0x4000, PEER)) is None
         assert error_code(alice.refresh()) is None
-    assert len(world.server._timers) <= 3  # allocation, permission, channel
+    assert len(world.client_state()["timers"]) <= 3  # allocation, permission, channel
+
+
+def test_expired_allocation_never_answers_before_the_timer_runs() -> None:
+    """§7: past its lifetime an allocation is gone, even if handle_timer was not called yet."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    assert alice.relay is not None
+    world.now += world.settings.allocation_lifetime  # the clock moves; no timer call
+    assert error_code(alice.refresh()) == 437
+    assert world.server.allocations == {}
+    assert world.peer_packet(alice.relay, PEER, b"late") == []

@@ -128,15 +128,10 @@ def test_garbage_first_bits_fail_for_good(first: int) -> None:
             deframer.feed(later)
 
 
-@pytest.mark.parametrize("channel", [0x5000, 0x7FFF])
-def test_reserved_channel_fails_for_good(channel: int) -> None:
-    """A reserved channel number (0x5000-0x7FFF) on a stream is fatal (§12)."""
-    deframer = StreamDeframer()
-    good = frame_channel_data(0x4000, b"ok", pad=True)
-    with pytest.raises(StunDecodeError, match="reserved channel"):
-        deframer.feed(good + channel.to_bytes(2, "big") + b"\x00\x04")
-    with pytest.raises(StunDecodeError, match="reserved channel"):
-        deframer.feed(good)
+def test_rfc5766_channel_numbers_are_framed() -> None:
+    """Channels 0x5000-0x7FFF (RFC 5766 §11) are cut like any other ChannelData frame."""
+    frames = [frame_channel_data(c, b"abcde", pad=True) for c in (0x5000, 0x7FFF)]
+    assert StreamDeframer().feed(b"".join(frames)) == [f[:9] for f in frames]
 
 
 @pytest.mark.parametrize(

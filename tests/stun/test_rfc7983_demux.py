@@ -11,14 +11,14 @@ from tests.conftest import StunVector
 RANGES = [
     (0, 3, PacketKind.STUN),
     (4, 63, PacketKind.OTHER),
-    (64, 79, PacketKind.CHANNEL_DATA),
-    (80, 255, PacketKind.OTHER),
+    (64, 127, PacketKind.CHANNEL_DATA),
+    (128, 255, PacketKind.OTHER),
 ]
 
 
 @pytest.mark.parametrize(("first", "last", "kind"), RANGES)
 def test_first_byte_ranges(first: int, last: int, kind: PacketKind) -> None:
-    """0-3 is STUN, 64-79 is a TURN channel (0x4000-0x4FFF), anything else is not ours."""
+    """0-3 is STUN, 64-127 a TURN channel (0x4000-0x7FFF, RFC 5766 range), the rest not ours."""
     for byte in range(first, last + 1):
         assert classify(bytes([byte, 0, 0, 0])) is kind, byte
 
@@ -47,5 +47,5 @@ def test_vectors_classify_as_stun(stun_vector: StunVector) -> None:
 
 def test_channel_data_classifies_as_channel_data() -> None:
     """Every valid channel's frame classifies as ChannelData."""
-    for channel in range(0x4000, 0x5000, 0x0FF):
+    for channel in range(0x4000, 0x8000, 0x0FF):
         assert classify(frame_channel_data(channel, b"x")) is PacketKind.CHANNEL_DATA

@@ -64,17 +64,17 @@ def test_datagram_shorter_than_length_is_rejected(missing: int) -> None:
         parse_channel_data(frame[:-missing])
 
 
-@pytest.mark.parametrize("channel", [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0x8000, 0xFFFF])
+@pytest.mark.parametrize("channel", [0x0000, 0x3FFF, 0x8000, 0xFFFF])
 def test_channel_outside_range_is_rejected(channel: int) -> None:
-    """Only channel numbers 0x4000-0x4FFF are valid; the rest are reserved (§12)."""
+    """Only channel numbers 0x4000-0x7FFF are valid (RFC 5766 §11; RFC 8656 §12 uses 0x4FFF)."""
     assert not is_valid_channel(channel)
     with pytest.raises(StunDecodeError, match="outside"):
         parse_channel_data(channel.to_bytes(2, "big") + b"\x00\x00")
 
 
-@pytest.mark.parametrize("channel", [CHANNEL_MIN, 0x4567, CHANNEL_MAX])
+@pytest.mark.parametrize("channel", [CHANNEL_MIN, 0x4567, 0x4FFF, 0x5000, CHANNEL_MAX])
 def test_channel_range_boundaries_are_valid(channel: int) -> None:
-    """0x4000 and 0x4FFF are the first and last valid channels (§12)."""
+    """0x4000 and 0x7FFF are the first and last accepted channels, RFC 8656's 0x4FFF within."""
     assert is_valid_channel(channel)
     assert parse_channel_data(frame_channel_data(channel, b"")) == (channel, b"")
 

@@ -60,7 +60,7 @@ class RequestAuthenticator:
         return attributes
 
     def _failure(self, reason: str) -> StunError:
-        self.stats["auth_failure." + reason] += 1
+        self.stats["auth_failure." + reason.replace("-", "_")] += 1
         return StunError(401)
 
     def authenticate(self, request: Request) -> Credential:
@@ -69,24 +69,22 @@ class RequestAuthenticator:
         if message.mi_offset is None and message.mi256_offset is None:
             self.stats["auth.challenges"] += 1
             raise StunError(401)
-        username_attr = message.get(at.Username)
-        userhash_attr = message.get(at.Userhash)
+        identity = message.get(at.Username) or message.get(at.Userhash)
         realm_attr = message.get(at.Realm)
         nonce_attr = message.get(at.Nonce)
-        if (username_attr is None and userhash_attr is None) or not realm_attr or not nonce_attr:
+        if identity is None or not realm_attr or not nonce_attr:
             self.stats["auth_failure.missing_attributes"] += 1
             raise StunError(400, "USERNAME or USERHASH, REALM and NONCE are required")
-        username = ""
         nonce = nonce_attr.value
         check = self.nonces.check(nonce, nonce_binding(request.five_tuple), request.now)
         # Feature bits are only trustworthy in a nonce this cluster issued (its MAC covers them).
         features = features_of(nonce) if check is not NonceCheck.INVALID else self.nonces.features
         algorithm = self._password_algorithm(message, features)
         realm = realm_attr.value
-        if username_attr is not None:
-            username = username_attr.value
-        elif userhash_attr is not None:
-            found = self.authenticator.userhash_lookup(userhash_attr.value, realm)
+        if isinstance(identity, at.Username):
+            username = identity.value
+        else:
+            found = self.authenticator.userhash_lookup(identity.value, realm)
             if found is None:
                 raise self._failure("unknown_userhash")
             username = found

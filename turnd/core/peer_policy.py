@@ -8,8 +8,10 @@ address it stands for, and is denied if any of them is. An allow-list entry re-o
 range, except the unspecified networks ``0.0.0.0/8`` and ``::/128``, which no configuration can
 open (sending "to 0.0.0.0" reaches the host itself on Linux).
 
-On top of the IP rules, the node's own transport addresses (its listeners, and its relay ports)
-are refused as peers, in every form above, so that the relay cannot be looped into itself.
+On top of the IP rules, the node's own listener addresses are refused as peers, in every form
+above, so that the relay cannot be turned on the server itself. Its relay addresses are not:
+two clients of one server that are both relayed (the usual case with a relay-only ICE policy)
+reach each other through them, each behind its own permissions.
 """
 
 from __future__ import annotations
@@ -85,9 +87,6 @@ class PeerPolicy:
     allow: tuple[IPNetwork, ...] = ()
     #: Transport addresses of this node that are never peers: (ip text, port).
     own_addresses: frozenset[tuple[str, int]] = frozenset()
-    #: Relay IPs of this node and the relay port range: (ip text, port) in range is refused.
-    relay_ips: frozenset[str] = frozenset()
-    relay_ports: tuple[int, int] = (0, -1)
 
     @classmethod
     def build(
@@ -96,16 +95,12 @@ class PeerPolicy:
         deny: Iterable[str] = (),
         *,
         own_addresses: Iterable[tuple[str, int]] = (),
-        relay_ips: Iterable[str] = (),
-        relay_ports: tuple[int, int] = (0, -1),
     ) -> PeerPolicy:
         """The default deny-list plus ``deny``, re-opened by ``allow``."""
         return cls(
             deny=_networks((*DEFAULT_DENY, *deny)),
             allow=_networks(allow),
             own_addresses=frozenset((str(ipaddress.ip_address(h)), p) for h, p in own_addresses),
-            relay_ips=frozenset(str(ipaddress.ip_address(h)) for h in relay_ips),
-            relay_ports=relay_ports,
         )
 
     def ip_allowed(self, host: str) -> bool:
@@ -116,14 +111,8 @@ class PeerPolicy:
         """Whether data may be relayed to the transport address ``host:port``."""
         if not _ip_allowed(self, host):
             return False
-        low, high = self.relay_ports
         # Every form: an IPv4-mapped or NAT64 address reaches the IPv4 one it embeds.
-        for ip in _canonical_forms(host):
-            if (ip, port) in self.own_addresses:
-                return False
-            if ip in self.relay_ips and low <= port <= high:
-                return False
-        return True
+        return not any((ip, port) in self.own_addresses for ip in _canonical_forms(host))
 
 
 @lru_cache(maxsize=65536)

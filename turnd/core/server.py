@@ -148,6 +148,10 @@ class TurnServer:
 
     def handle_client(self, five_tuple: FiveTuple, data: bytes, now: float) -> list[Action]:
         """A datagram (UDP) or a whole frame (TCP/TLS) from a client."""
+        if self._timers and self._timers[0][0] <= now:
+            # Expiries come first: an allocation past its lifetime never answers, even when the
+            # adapter's timer has not fired yet (packets and timers race in an event loop).
+            return self.handle_timer(now) + self.handle_client(five_tuple, data, now)
         kind = classify(data)
         if kind is PacketKind.CHANNEL_DATA:
             return self._client_channel_data(five_tuple, data, now)
@@ -174,6 +178,8 @@ class TurnServer:
 
     def handle_peer(self, relay: Address, peer: Address, data: bytes, now: float) -> list[Action]:
         """A datagram that a peer sent to relay address ``relay`` (RFC 8656 §10.3, §12.6)."""
+        if self._timers and self._timers[0][0] <= now:
+            return self.handle_timer(now) + self.handle_peer(relay, peer, data, now)
         alloc = self.by_relay.get(relay)
         if alloc is None:
             return self._drop("peer_no_allocation")
@@ -311,7 +317,7 @@ class TurnServer:
         handler = _DISPATCH.get((message.method, message.cls))
         try:
             if handler is None:
-                self.stats["drop.unknown_method"] += 1
+                self.stats["request.unknown_method"] += 1
                 raise StunError(400, "unknown or unsupported method")
             if handler is not TurnServer._binding or not self.settings.allow_anonymous_binding:
                 request.credential = self.auth.authenticate(request)
@@ -626,15 +632,18 @@ class TurnServer:
             self._schedule(expires, "perm", alloc, host)
         alloc.permissions[host] = expires  # a refresh: its timer re-arms itself
 
+    def _check_permission_quota(self, alloc: Allocation, hosts: set[str]) -> None:
+        """Refuse (508) what would take ``alloc`` past its permission limit (§9.2, §11.2)."""
+        new = hosts - alloc.permissions.keys()
+        if len(alloc.permissions) + len(new) > self.settings.max_permissions_per_allocation:
+            self.stats["quota.permissions"] += 1
+            raise StunError(508, "too many permissions on this allocation")
+
     def _create_permission(self, request: Request) -> list[Action]:
         """RFC 8656 §9.2: install or refresh a permission per XOR-PEER-ADDRESS, all or none."""
         alloc = self._own_allocation(request)
         peers = self._peer_addresses(request, alloc)
-        new = {p.host for p in peers} - alloc.permissions.keys()
-        limit = self.settings.max_permissions_per_allocation
-        if len(alloc.permissions) + len(new) > limit:
-            self.stats["quota.permissions"] += 1
-            raise StunError(508, "too many permissions on this allocation")
+        self._check_permission_quota(alloc, {p.host for p in peers})
         for peer in peers:
             self._install_permission(alloc, peer.host, request.now)
         return self._reply(request.five_tuple, self._response(request))
@@ -644,7 +653,7 @@ class TurnServer:
         alloc = self._own_allocation(request)
         number_attr = request.message.get(at.ChannelNumber)
         if number_attr is None or not is_valid_channel(number_attr.number):
-            raise StunError(400, "CHANNEL-NUMBER must be 0x4000-0x4FFF")
+            raise StunError(400, "CHANNEL-NUMBER must be 0x4000-0x7FFF")
         peer_attr = request.message.get(at.XorPeerAddress)
         if peer_attr is None:
             raise StunError(400, "XOR-PEER-ADDRESS is required")
@@ -663,6 +672,7 @@ class TurnServer:
         ):
             self.stats["quota.channels"] += 1
             raise StunError(508, "too many channels on this allocation")
+        self._check_permission_quota(alloc, {peer.host})
         expires = now + self.settings.channel_lifetime
         if number_attr.number not in alloc.channels:
             self._schedule(expires, "chan", alloc, number_attr.number)
