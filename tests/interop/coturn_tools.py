@@ -620,27 +620,14 @@ def run_uclient(
     peer_host: str | None,
     peer_port: int | None,
     *,
-    user: str,
-    password: str | None = None,
-    secret: str | None = None,
-    clients: int = 1,
-    messages: int = 20,
-    length: int = 100,
-    send_indications: bool = False,
-    tcp: bool = False,
-    tls: bool = False,
-    tcp_relay: bool = False,
-    ipv6: bool = False,
-    rtcp: bool = True,
-    client_to_client: bool = False,
-    interval_ms: int | None = None,
-    extra_args: Sequence[str] = (),
     timeout: float = UCLIENT_TIMEOUT,
     tool: str | None = None,
+    **options: Any,
 ) -> UclientReport:
     """Run turnutils_uclient against a TURN server on loopback and parse its summary.
 
-    Flags, as turnutils_uclient spells them:
+    ``options`` are the keyword arguments of :func:`uclient_argv`. Flags, as turnutils_uclient
+    spells them:
 
     - ``-p server_port``; the server address is the last argument.
     - ``-e peer_host -r peer_port``: the echo peer. Sessions alternate RTP/RTCP; the RTCP ones
@@ -664,27 +651,7 @@ def run_uclient(
     Raises :class:`UclientError` (with the output) on a non-zero exit, a timeout, or a missing
     summary. A run that completes with 100 % loss is *not* an error: check the numbers.
     """
-    argv = uclient_argv(
-        server_host,
-        server_port,
-        peer_host,
-        peer_port,
-        user=user,
-        password=password,
-        secret=secret,
-        clients=clients,
-        messages=messages,
-        length=length,
-        send_indications=send_indications,
-        tcp=tcp,
-        tls=tls,
-        tcp_relay=tcp_relay,
-        ipv6=ipv6,
-        rtcp=rtcp,
-        client_to_client=client_to_client,
-        interval_ms=interval_ms,
-        extra_args=extra_args,
-    )
+    argv = uclient_argv(server_host, server_port, peer_host, peer_port, **options)
     argv[0] = _tool(UCLIENT, tool)  # after the argument checks, so bad input fails first
     try:
         done = subprocess.run(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncio_dgram
 import pytest
 
 from auth.credentials import mint_rest_credentials
-from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon, start_turnd
+from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon
 
 turn = pytest.importorskip("aioice.turn", reason="aioice is not installed (pip install -e .[test])")
 
@@ -19,13 +18,6 @@ pytestmark = pytest.mark.interop
 
 #: Bound on every wait, so a broken relay fails the test instead of hanging it.
 WAIT = 10.0
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    running = start_turnd(tmp_path_factory.mktemp("turnd"))
-    yield running
-    assert running.stop() == 0
 
 
 class _Collect(asyncio.DatagramProtocol):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon, start_turnd
+from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon
 from tests.interop.coturn_tools import (
     PEER,
     STUNCLIENT,
@@ -29,13 +29,6 @@ pytestmark = [pytest.mark.interop, needs_tools(UCLIENT, PEER)]
 
 MESSAGES = 30
 LENGTH = 120
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    running = start_turnd(tmp_path_factory.mktemp("turnd"))
-    yield running
-    assert running.stop() == 0
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_known_message_types_interleave_both_ways(
     assert decoded.method is method
 
 
-@pytest.mark.parametrize(("method", "cls"), itertools.product(Method, MessageClass))
+@pytest.mark.parametrize(("method", "cls"), list(itertools.product(Method, MessageClass)))
 def test_every_method_and_class_round_trips(method: Method, cls: MessageClass) -> None:
     """Every method and class pair survives the interleaving and a wire round trip."""
     decoded = decode(encode(Message(method, cls, TEST_TRANSACTION_ID)))
