@@ -30,15 +30,23 @@ class StreamDeframer:
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.max_message_size = max_message_size
         self._buffer = bytearray()
+        self._start = 0  # bytes of _buffer already handed out
         self._failed: StunDecodeError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame."""
-        return len(self._buffer)
+        return len(self._buffer) - self._start
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data`` and return the frames it completes, in order.
+    def push(self, data: bytes) -> None:
+        """Add ``data`` to the stream; :meth:`pop` cuts frames from it."""
+        if self._start and self._start >= len(self._buffer) // 2:
+            del self._buffer[: self._start]  # compact before growing: O(1) amortised per byte
+            self._start = 0
+        self._buffer += data
+
+    def pop(self) -> bytes | None:
+        """The next whole frame, or None until more bytes arrive.
 
         Raises :class:`StunDecodeError` on a frame that is not STUN or ChannelData, or is larger
         than the limit; after that every call raises.
@@ -46,30 +54,42 @@ class StreamDeframer:
         if self._failed is not None:
             raise self._failed
         buf = self._buffer
-        buf += data
+        offset = self._start
+        if len(buf) - offset < 4:
+            return None
+        first, length = _PREFIX.unpack_from(buf, offset)
+        top = first >> 14
+        if top == 0:
+            size = 20 + length
+            wire_size = size
+        elif top == 1:  # 0x4000-0x7FFF: every number is a valid channel
+            size = 4 + length
+            wire_size = size + (-length % 4)
+        else:
+            self._failed = StunDecodeError("stream data is neither STUN nor ChannelData")
+            raise self._failed
+        if size > self.max_message_size:
+            self._failed = StunDecodeError(
+                f"frame of {size} bytes exceeds the limit of {self.max_message_size}"
+            )
+            raise self._failed
+        if len(buf) - offset < wire_size:
+            return None
+        self._start = offset + wire_size
+        return bytes(buf[offset : offset + size])
+
+    def take_rest(self) -> bytes:
+        """Everything pushed but not popped, and forget it (the stream stops being STUN:
+        after an RFC 6062 ConnectionBind the rest of the connection is application data)."""
+        rest = bytes(self._buffer[self._start :])
+        self._buffer.clear()
+        self._start = 0
+        return rest
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data`` and return the frames it completes, in order (``push`` then ``pop``)."""
+        self.push(data)
         frames: list[bytes] = []
-        offset = 0
-        while len(buf) - offset >= 4:
-            first, length = _PREFIX.unpack_from(buf, offset)
-            top = first >> 14
-            if top == 0:
-                size = 20 + length
-                wire_size = size
-            elif top == 1:  # 0x4000-0x7FFF: every number is a valid channel
-                size = 4 + length
-                wire_size = size + (-length % 4)
-            else:
-                self._failed = StunDecodeError("stream data is neither STUN nor ChannelData")
-                raise self._failed
-            if size > self.max_message_size:
-                self._failed = StunDecodeError(
-                    f"frame of {size} bytes exceeds the limit of {self.max_message_size}"
-                )
-                raise self._failed
-            if len(buf) - offset < wire_size:
-                break
-            frames.append(bytes(buf[offset : offset + size]))
-            offset += wire_size
-        if offset:
-            del buf[:offset]
+        while (frame := self.pop()) is not None:
+            frames.append(frame)
         return frames

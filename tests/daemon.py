@@ -36,10 +36,16 @@ class Daemon:
     log_path: Path
     config_path: Path
     host: str
-    udp_ports: list[int]
+    #: Bound listener ports by transport ("udp", "tcp", "tls"), in start order.
+    ports: dict[str, list[int]]
+
+    @property
+    def udp_ports(self) -> list[int]:
+        return self.ports.get("udp", [])
 
     @property
     def port(self) -> int:
+        """The first UDP listener's port."""
         return self.udp_ports[0]
 
     def log_events(self) -> list[dict[str, Any]]:
@@ -85,9 +91,15 @@ allow = ["127.0.0.0/8", "::1/128"]
     return path
 
 
-def start_turnd(directory: Path, extra: str = "", args: tuple[str, ...] = ()) -> Daemon:
+def start_turnd(
+    directory: Path,
+    extra: str = "",
+    args: tuple[str, ...] = (),
+    *,
+    listen: str = '["udp:0"]',
+) -> Daemon:
     """Start turnd with :func:`write_config` and wait until it serves."""
-    config = write_config(directory, extra)
+    config = write_config(directory, extra, listen=listen)
     log_path = directory / "turnd.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -100,11 +112,12 @@ def start_turnd(directory: Path, extra: str = "", args: tuple[str, ...] = ()) ->
     while time.monotonic() < deadline:
         text = log_path.read_text()
         if '"service.started"' in text:
-            ports = [
-                e["port"]
-                for e in map(json.loads, (ln for ln in text.splitlines() if ln.startswith("{")))
-                if e.get("event") == "listener.started" and e.get("transport") == "udp"
-            ]
+            ports: dict[str, list[int]] = {}
+            for line in text.splitlines():
+                if line.startswith("{"):
+                    entry = json.loads(line)
+                    if entry.get("event") == "listener.started":
+                        ports.setdefault(entry["transport"], []).append(entry["port"])
             return Daemon(process, log_path, config, "127.0.0.1", ports)
         if process.poll() is not None:
             break

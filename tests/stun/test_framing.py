@@ -207,3 +207,24 @@ def test_coturn_client_corpus_streams(fuzz_material: FuzzMaterial) -> None:
                     parse_channel_data(frame)
             except StunDecodeError:
                 pass
+
+
+def test_pop_hands_out_one_frame_at_a_time_and_take_rest_returns_the_remainder() -> None:
+    """After any frame the caller may stop parsing: take_rest gives the unparsed bytes as sent."""
+    deframer = StreamDeframer()
+    first = frame_channel_data(0x4000, b"abc", pad=True)
+    raw = b"\xff\xfe application bytes, not STUN"
+    deframer.push(first + raw)
+    assert deframer.pop() == first[:7]
+    assert deframer.take_rest() == raw
+    assert deframer.buffered == 0
+    assert deframer.pop() is None
+
+
+def test_buffer_is_compacted_while_streaming() -> None:
+    """A long stream of small frames does not keep every byte it ever received."""
+    deframer = StreamDeframer()
+    frame = frame_channel_data(0x4000, b"x" * 100, pad=True)
+    for _ in range(1000):
+        assert deframer.feed(frame) == [frame]
+    assert len(deframer._buffer) < 4 * len(frame)
