@@ -155,8 +155,8 @@ class NonceManager:
         return hmac.digest(self._mac_key, data, "sha256")[:_TAG_LENGTH]
 
     def issue(self, client: bytes, now: float) -> str:
-        """A fresh nonce for ``client``, valid until ``now + lifetime`` (whole seconds)."""
-        expiry = math.floor(now + self._lifetime)
+        """A fresh nonce for ``client``, valid for ``lifetime`` rounded up to a whole second."""
+        expiry = math.ceil(now + self._lifetime)  # never shorter than lifetime
         try:
             body = _BODY.pack(_VERSION, expiry)
         except struct.error as exc:

@@ -9,7 +9,7 @@ import re
 import attrs
 import pytest
 
-from turnd import config
+from turnd import config, config_values
 from turnd.config import (
     Config,
     ConfigError,
@@ -17,6 +17,7 @@ from turnd.config import (
     LogFormat,
     LogLevel,
     Secret,
+    TlsVersion,
     Transport,
     config_from_mapping,
     load_config,
@@ -26,7 +27,8 @@ from turnd.config import (
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "turnd.example.toml"
 SOURCE = pathlib.Path(config.__file__)
-SECTIONS = ("server", "relay", "auth", "limits", "peers")
+SOURCES = (SOURCE, pathlib.Path(config_values.__file__))
+SECTIONS = ("server", "relay", "auth", "tls", "limits", "peers")
 ALL_FIELDS = [
     f"{section}.{field.name}"
     for section in SECTIONS
@@ -61,12 +63,18 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (c.auth.secrets, dict(c.auth.users), c.auth.users_file) == ((), {}, None)
     assert (c.auth.nonce_key, c.auth.nonce_lifetime) == (None, 600)
     assert c.auth.allow_anonymous_binding is True
+    assert (c.tls.cert_file, c.tls.key_file, c.tls.min_version) == (None, None, TlsVersion.TLS_1_2)
     assert attrs.asdict(c.limits) == {
         "max_allocations": 100_000,
         "max_allocations_per_user": 100,
         "max_allocations_per_ip": 200,
         "max_permissions_per_allocation": 1000,
         "max_channels_per_allocation": 1000,
+        "max_connections": 10_000,
+        "max_connections_per_ip": 64,
+        "tls_handshake_timeout": 10,
+        "idle_timeout": 60,
+        "max_message_size": 8192,
     }
     assert (c.peers.allow, c.peers.deny) == ((), ())
 
@@ -132,6 +140,7 @@ def test_example_file_values_are_valid_and_are_the_defaults() -> None:
     """Uncommented, the example loads; except example values, it states the real defaults."""
     examples = {"server.software", "relay.address", "relay.address6", "auth.users_file"}
     examples |= {"auth.secrets", "auth.users", "auth.nonce_key", "peers.allow", "peers.deny"}
+    examples |= {"tls.cert_file", "tls.key_file"}
     text = EXAMPLE.read_text()
     for _, line in example_settings():
         text = text.replace(line, line[1:])
@@ -209,6 +218,10 @@ def test_load_config_reads_the_file_then_environment_then_overrides(
         ("TURND_SERVER_SOFTWARE", "", "server.software", ""),
         ("TURND_PEERS_ALLOW", "127.0.0.1/8,::1", "peers.allow",
          (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))),
+        ("TURND_TLS_MIN_VERSION", " 1.3 ", "tls.min_version", TlsVersion.TLS_1_3),
+        ("TURND_LIMITS_IDLE_TIMEOUT", " 2.5 ", "limits.idle_timeout", 2.5),
+        ("TURND_LIMITS_TLS_HANDSHAKE_TIMEOUT", "5", "limits.tls_handshake_timeout", 5.0),
+        ("TURND_LIMITS_MAX_MESSAGE_SIZE", "65535", "limits.max_message_size", 65535),
     ],
 )  # fmt: skip
 def test_environment_text_is_converted_to_the_field_type(
@@ -228,6 +241,25 @@ def test_string_overrides_are_text_and_typed_overrides_are_data() -> None:
     assert parse_config(FILE, {}, {"relay.address": None}).relay.address is None
 
 
+def test_tls_certificate_and_key_are_set_together() -> None:
+    """tls.cert_file and tls.key_file come as a pair from any layer; empty text unsets both."""
+    c = parse_config("", {"TURND_TLS_CERT_FILE": "/c.pem", "TURND_TLS_KEY_FILE": "/k.pem"})
+    assert (c.tls.cert_file, c.tls.key_file) == ("/c.pem", "/k.pem")
+    text = '[tls]\ncert_file = "/c.pem"\nkey_file = "/k.pem"\n'
+    c = parse_config(text, {"TURND_TLS_CERT_FILE": "", "TURND_TLS_KEY_FILE": " "})
+    assert (c.tls.cert_file, c.tls.key_file) == (None, None)
+
+
+def test_timeouts_take_integers_or_fractions_and_keep_floats() -> None:
+    """Timeouts are seconds > 0, written 30 or 2.5; they load as floats and round-trip."""
+    c = parse_config("[limits]\nidle_timeout = 30\ntls_handshake_timeout = 2.5", {})
+    assert (c.limits.idle_timeout, c.limits.tls_handshake_timeout) == (30.0, 2.5)
+    assert isinstance(c.limits.idle_timeout, float)
+    assert c.to_dict()["limits"]["tls_handshake_timeout"] == 2.5
+    assert config_from_mapping(c.to_dict(redact=False)) == c
+    assert "limits.idle_timeout = 30.0" in c.describe().splitlines()
+
+
 def test_other_turnd_variables_are_left_alone() -> None:
     """TURND_* names outside a config section (say, the CLI's) are not the loader's business."""
     assert parse_config("", {"TURND_CONFIG": "/x", "PATH": "/bin"}) == Config.default()
@@ -239,7 +271,8 @@ def test_the_module_never_reads_the_process_environment(monkeypatch: pytest.Monk
     assert load_config(None, {}).server.realm == "turnd"
     imported = {
         alias.name
-        for node in ast.walk(ast.parse(SOURCE.read_text()))
+        for source in SOURCES
+        for node in ast.walk(ast.parse(source.read_text()))
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
@@ -393,6 +426,48 @@ BAD_VALUES = [
         "limits.max_channels_per_allocation",
         "must be an integer 1-4096, got 4097",
     ),
+    ("[limits]\nmax_connections = 0", "limits.max_connections", "must be an integer >= 1, got 0"),
+    ("[limits]\nmax_connections_per_ip = 0", "limits.max_connections_per_ip", "got 0"),
+    (
+        "[limits]\ntls_handshake_timeout = 0",
+        "limits.tls_handshake_timeout",
+        "must be a number of seconds > 0, got 0",
+    ),
+    ("[limits]\nidle_timeout = -0.5", "limits.idle_timeout", "got -0.5"),
+    ('[limits]\nidle_timeout = "60"', "limits.idle_timeout", 'got "60"'),
+    ("[limits]\nidle_timeout = true", "limits.idle_timeout", "got true"),
+    ("[limits]\nidle_timeout = inf", "limits.idle_timeout", "got inf"),
+    ("[limits]\nidle_timeout = nan", "limits.idle_timeout", "got nan"),
+    (
+        "[limits]\nmax_message_size = 1499",
+        "limits.max_message_size",
+        "must be an integer 1500-65535, got 1499",
+    ),
+    ("[limits]\nmax_message_size = 65536", "limits.max_message_size", "got 65536"),
+    # [tls]
+    ('[tls]\ncert_file = ""', "tls.cert_file", 'must be a non-empty string, got ""'),
+    ("[tls]\nkey_file = 1", "tls.key_file", "must be a non-empty string, got 1"),
+    (
+        '[tls]\nmin_version = "1.1"',
+        "tls.min_version",
+        'must be one of "1.2", "1.3", got "1.1"',
+    ),
+    (
+        "[tls]\nmin_version = 1.3",
+        "tls.min_version",
+        'must be the string "1.3" (in quotes), got 1.3',
+    ),
+    ("[tls]\nmin_version = 1.1", "tls.min_version", 'must be one of "1.2", "1.3", got 1.1'),
+    (
+        '[tls]\ncert_file = "/etc/turnd/cert.pem"',
+        "tls.key_file",
+        "tls.key_file: must be set too, since tls.cert_file is: set both, or neither",
+    ),
+    (
+        '[tls]\nkey_file = "/etc/turnd/key.pem"',
+        "tls.cert_file",
+        "tls.cert_file: must be set too, since tls.key_file is: set both, or neither",
+    ),
     # [peers]
     (
         '[peers]\nallow = ["0.0.0.0/0"]',
@@ -422,7 +497,8 @@ BAD_VALUES = [
     ),
     # Structure
     ('[serverr]\nrealm = "x"', "serverr", "unknown section [serverr] (did you mean [server]?)"),
-    ("[tls]\ncert = 1", "tls", "unknown section [tls]"),
+    ("[quic]\nport = 1", "quic", "unknown section [quic]"),
+    ("[tls]\ncert = 1", "tls.cert", "unknown field tls.cert (did you mean tls.cert_file?)"),
     ("[peer]\nallow = []", "peer", "unknown section [peer] (did you mean [peers]?)"),
     ("server = 5", "server", "server: must be a table ([server]), got 5"),
     (
@@ -451,7 +527,7 @@ def test_bad_file_value_names_its_dotted_field(text: str, path: str, fragment: s
 def test_unknown_field_without_a_close_name_gets_no_guess() -> None:
     """No "did you mean" when nothing is close."""
     assert "did you mean" not in str(error("[limits]\nzzz = 1"))
-    assert "did you mean" not in str(error("[tls]\ncert = 1"))
+    assert "did you mean" not in str(error("[quic]\nport = 1"))
 
 
 BAD_TEXT = [
@@ -479,6 +555,20 @@ BAD_TEXT = [
     ({"TURND_AUTH_USERS": ":pw"}, "auth.users", 'usernames must be 1-508 bytes of UTF-8, got ""'),
     ({"TURND_AUTH_USERS": "alice:"}, "auth.users.alice", "got an empty string"),
     ({"TURND_RELAY_PORT_MAX": "2000"}, "relay.port_max", "(from TURND_RELAY_PORT_MAX)"),
+    (
+        {"TURND_LIMITS_IDLE_TIMEOUT": "soon"},
+        "limits.idle_timeout",
+        'must be a number of seconds > 0, got "soon" (from TURND_LIMITS_IDLE_TIMEOUT)',
+    ),
+    ({"TURND_LIMITS_IDLE_TIMEOUT": "nan"}, "limits.idle_timeout", 'got "nan"'),
+    ({"TURND_TLS_MIN_VERSION": "1.0"}, "tls.min_version", 'got "1.0"'),
+    (
+        {"TURND_TLS_KEY_FILE": "/k.pem"},
+        "tls.cert_file",
+        "must be set too, since tls.key_file is: set both, or neither "
+        "(for a generated self-signed certificate) "
+        "(from TURND_TLS_KEY_FILE)",
+    ),
     (
         {"TURND_SERVER_REALMM": "x"},
         None,

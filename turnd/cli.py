@@ -124,10 +124,11 @@ async def _serve(
     if notes:
         host = service.relay_ipv4
         port = next((a.port for a in service.udp_addresses), 3478)
+        port_flag = "" if port == 3478 else f" --port {port}"  # turnctl assumes 3478
         print(
             "\nturnd is running. Mint a TURN credential for a client with:\n"
             f"  turnctl credentials generate --state-dir {config.server.state_dir}"
-            f" --host {host} --ttl 3600\n"
+            f" --host {host}{port_flag} --ttl 3600\n"
             f"and use it with the ICE server turn:{host}:{port}?transport=udp\n",
             file=sys.stderr,
             flush=True,
@@ -149,8 +150,12 @@ async def _serve(
         except (ConfigError, StateError) as exc:
             logs.event(logging.ERROR, "reload.refused", str(exc))
             return
-        service.reload_credentials(fresh)
-        logs.event(logging.INFO, "reload.done", "users and REST secrets reloaded")
+        try:
+            service.reload(fresh)
+        except (ValueError, StartupError) as exc:
+            logs.event(logging.ERROR, "reload.refused", str(exc))
+            return
+        logs.event(logging.INFO, "reload.done", "users, REST secrets and TLS certificate reloaded")
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, on_interrupt)

@@ -15,7 +15,9 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +33,14 @@ from turnd.core.actions import (
     Action,
     AllocationEnded,
     CloseConnection,
+    ClosePeerConnection,
     CloseRelay,
+    ConnectPeer,
     FiveTuple,
     OpenRelay,
     SendToClient,
     SendToPeer,
+    SpliceConnection,
     Transport,
 )
 from turnd.core.peer_policy import PeerPolicy
@@ -43,10 +48,14 @@ from turnd.core.server import TurnServer
 from turnd.core.settings import CoreSettings
 from turnd.logs import event
 from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
+from turnd.streams import ClientStream
+from turnd.tcp_relays import TcpRelays
 
 # Linux socket options for the DF bit (RFC 8656 §18.9); not all are exported by ``socket``.
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+#: Pending TCP/TLS connections the kernel queues per listener before accept.
+LISTEN_BACKLOG = 1024
 #: Socket buffer asked for on listeners and relays: bursts of a few hundred packets must not be
 #: dropped by the kernel while the event loop is busy (the kernel caps it at net.core.rmem_max).
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -148,7 +157,7 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         realm=server.realm,
         software=server.software,
         relay_ipv4=relay_ipv4,
-        relay_ipv6=None,
+        relay_ipv6=str(relay.address6) if relay.address6 is not None else None,
         port_min=relay.port_min,
         port_max=relay.port_max,
         allocation_lifetime=float(relay.allocation_lifetime),
@@ -184,10 +193,20 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
 
 
 def build_authenticator(config: Config) -> Authenticator:
-    """Static users (config and users file) and REST secrets of ``config``."""
+    """Static users (config and users file) and REST secrets of ``config``.
+
+    Raises StartupError, naming the file, when the users file cannot be read or parsed.
+    """
     users: dict[str, Any] = {name: secret.reveal() for name, secret in config.auth.users.items()}
     if config.auth.users_file:
-        users.update(load_users_file(config.auth.users_file))
+        try:
+            users.update(load_users_file(config.auth.users_file))
+        except OSError as exc:
+            raise StartupError(
+                f"auth.users_file: cannot read {config.auth.users_file}: {exc.strerror}"
+            ) from exc
+        except ValueError as exc:
+            raise StartupError(f"auth.users_file: {exc}") from exc
     return Authenticator.create(
         config.server.realm,
         users=users,
@@ -203,8 +222,16 @@ class TurnService:
         self.relay_ipv4 = relay_ipv4 or self._relay_address(config)
         self.core = build_core(config, self.relay_ipv4, os.urandom)
         self.reports: list[ListenerReport] = []
+        #: Every listener that is serving: (transport, bound address).
+        self.bound: list[tuple[str, Address]] = []
         self._listeners: dict[Address, asyncio.DatagramTransport] = {}
+        self._servers: list[asyncio.Server] = []
+        self._streams: dict[FiveTuple, ClientStream] = {}
+        self._streams_per_ip: Counter[str] = Counter()
+        self.tls_context: ssl.SSLContext | None = None
+        self.tls_error = ""
         self._relays: dict[Address, asyncio.DatagramTransport] = {}
+        self.tcp_relays = TcpRelays(self)
         self._reserved: dict[Address, socket.socket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
@@ -224,21 +251,20 @@ class TurnService:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind every UDP listener; fail only if none binds."""
+        """Start every configured listener; fail only if none starts."""
         self._loop = asyncio.get_running_loop()
+        listen = self.config.server.listen
+        if any(listener.transport is ListenerTransport.TLS for listener in listen):
+            self._load_tls()
         for address in self.config.server.addresses:
-            for listener in self.config.server.listen:
-                if listener.transport is not ListenerTransport.UDP:
-                    self._report(
-                        listener.transport.value,
-                        str(address),
-                        listener.port,
-                        False,
-                        "TCP and TLS listeners are not implemented yet",
+            for listener in listen:
+                if listener.transport is ListenerTransport.UDP:
+                    await self._start_udp(str(address), listener.port)
+                else:
+                    await self._start_stream(
+                        Transport(listener.transport.value), str(address), listener.port
                     )
-                    continue
-                await self._start_udp(str(address), listener.port)
-        if not self._listeners:
+        if not self.bound:
             raise StartupError(
                 "no listener could be started: "
                 + "; ".join(f"{r.transport} {r.address}:{r.port}: {r.reason}" for r in self.reports)
@@ -269,7 +295,87 @@ class TurnService:
             lambda: _ClientDatagrams(self, bound), sock=sock
         )
         self._listeners[bound] = transport
+        self.bound.append(("udp", bound))
         self._report("udp", host, bound.port, True)
+
+    def _load_tls(self) -> None:
+        """Build the TLS context (configured files, or a self-signed certificate)."""
+        from turnd.tls import TlsError, context_from_config
+
+        try:
+            self.tls_context, notes = context_from_config(self.config)
+        except TlsError as exc:
+            self.tls_context, self.tls_error = None, str(exc)
+            return
+        for note in notes:
+            event(logging.WARNING, "tls.self_signed", note)
+
+    async def _start_stream(self, kind: Transport, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        context = None
+        if kind is Transport.TLS:
+            if self.tls_context is None:
+                self._report(kind.value, host, port, False, f"no TLS context: {self.tls_error}")
+                return
+            context = self.tls_context
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            self._report(kind.value, host, port, False, bind_failure_reason(exc, port))
+            return
+        bound = Address(host, sock.getsockname()[1])
+        limits = self.config.limits
+        server = await loop.create_server(
+            lambda: ClientStream(self, kind, bound),
+            sock=sock,
+            ssl=context,
+            ssl_handshake_timeout=float(limits.tls_handshake_timeout) if context else None,
+        )
+        self._servers.append(server)
+        self.bound.append((kind.value, bound))
+        self._report(kind.value, host, bound.port, True)
+
+    # --- stream connections ------------------------------------------------------------------
+
+    def admit_stream(self, stream: ClientStream) -> bool:
+        """Register a new TCP/TLS connection, or refuse it past the connection limits."""
+        five_tuple = stream.five_tuple
+        assert five_tuple is not None
+        limits = self.config.limits
+        ip = five_tuple.client.host
+        if (
+            len(self._streams) >= limits.max_connections
+            or self._streams_per_ip[ip] >= limits.max_connections_per_ip
+        ):
+            self.core.stats["drop.connection_limit"] += 1
+            return False
+        self._streams[five_tuple] = stream
+        self._streams_per_ip[ip] += 1
+        return True
+
+    def stream_closed(self, stream: ClientStream) -> None:
+        """A TCP/TLS connection ended: forget it and tell the core (its allocation goes)."""
+        five_tuple = stream.five_tuple
+        if five_tuple is None or self._streams.get(five_tuple) is not stream:
+            return
+        del self._streams[five_tuple]
+        ip = five_tuple.client.host
+        self._streams_per_ip[ip] -= 1
+        if not self._streams_per_ip[ip]:
+            del self._streams_per_ip[ip]
+        try:
+            actions = self.core.connection_closed(five_tuple, time.time())
+        except Exception:
+            self.internal_error("connection close")
+            return
+        self.execute(actions)
 
     def _report(self, transport: str, host: str, port: int, ok: bool, reason: str = "") -> None:
         self.reports.append(ListenerReport(transport, host, port, ok, reason))
@@ -291,6 +397,11 @@ class TurnService:
             self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        for server in self._servers:
+            server.close()
+        self.tcp_relays.stop()
+        for stream in list(self._streams.values()):
+            stream.close()
         for transport in [*self._listeners.values(), *self._relays.values()]:
             transport.close()
         for sock in self._reserved.values():
@@ -301,9 +412,24 @@ class TurnService:
         await asyncio.sleep(0)
         event(logging.INFO, "service.stopped", allocations=len(self.core.allocations))
 
-    def reload_credentials(self, config: Config) -> None:
-        """Swap users and REST secrets without touching allocations."""
-        self.core.auth.authenticator = build_authenticator(config)
+    def reload(self, config: Config) -> None:
+        """Swap users, REST secrets and the TLS certificate without touching allocations.
+
+        The new certificate and key are checked as a pair first, then loaded into the existing
+        TLS context: listeners keep running, established connections keep theirs, and new
+        handshakes use the new one. (``tls.min_version`` takes effect at the next start.)
+        """
+        from turnd.tls import TlsError, certificate_files, server_context
+
+        authenticator = build_authenticator(config)
+        if self.tls_context is not None:
+            try:
+                cert, key, _ = certificate_files(config)
+                server_context(cert, key, config.tls.min_version.value)  # raises if unusable
+                self.tls_context.load_cert_chain(cert, key, password=b"")
+            except (TlsError, OSError, ssl.SSLError) as exc:
+                raise ValueError(f"TLS certificate not reloaded: {exc}") from exc
+        self.core.auth.authenticator = authenticator
         self.config = config
 
     def internal_error(self, where: str) -> None:
@@ -327,11 +453,18 @@ class TurnService:
             elif kind is SendToClient:
                 assert isinstance(action, SendToClient)
                 five_tuple = action.five_tuple
-                listener = self._listeners.get(five_tuple.server)
-                if listener is None:
-                    self.core.stats["drop.listener_missing"] += 1
+                if five_tuple.transport is Transport.UDP:
+                    listener = self._listeners.get(five_tuple.server)
+                    if listener is None:
+                        self.core.stats["drop.listener_missing"] += 1
+                    else:
+                        listener.sendto(action.data, five_tuple.client)
                 else:
-                    listener.sendto(action.data, five_tuple.client)
+                    stream = self._streams.get(five_tuple)
+                    if stream is None:
+                        self.core.stats["drop.stream_closed"] += 1
+                    else:
+                        stream.write(action.data)
             elif kind is OpenRelay:
                 assert isinstance(action, OpenRelay)
                 self._open_relay(action)
@@ -341,34 +474,53 @@ class TurnService:
             elif kind is AllocationEnded:
                 assert isinstance(action, AllocationEnded)
                 self._allocation_ended(action)
+            elif kind is SpliceConnection:
+                assert isinstance(action, SpliceConnection)
+                client = self._streams.get(action.five_tuple)
+                self.tcp_relays.splice(action.connection_id, action.five_tuple, client)
+            elif kind is ConnectPeer:
+                assert isinstance(action, ConnectPeer)
+                self._spawn(self.tcp_relays.connect(action))
+            elif kind is ClosePeerConnection:
+                assert isinstance(action, ClosePeerConnection)
+                self.tcp_relays.close(action.connection_id)
             elif kind is CloseConnection:
-                pass  # no stream transports yet
+                assert isinstance(action, CloseConnection)
+                closing = self._streams.get(action.five_tuple)
+                if closing is not None:
+                    closing.close()
         self._arm_timer()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _open_relay(self, action: OpenRelay) -> None:
         relay = action.relay
+        if action.tcp:
+            self._spawn(self.tcp_relays.open_listener(action.ticket, relay))
+            return
         if action.reserved:
             sock: socket.socket | None = self._reserved.pop(relay, None)
             if sock is None:
-                self._relay_result(action.ticket, False)
+                self.relay_result(action.ticket, False)
                 return
         else:
             sock = _bind_relay(relay)
             if sock is None:
-                self._relay_result(action.ticket, False)
+                self.relay_result(action.ticket, False)
                 return
             if action.reserve:
                 spare = _bind_relay(Address(relay.host, relay.port + 1))
                 if spare is None:
                     sock.close()
-                    self._relay_result(action.ticket, False)
+                    self.relay_result(action.ticket, False)
                     return
                 self._reserved[Address(relay.host, relay.port + 1)] = spare
         if action.dont_fragment and relay.family is AddressFamily.IPV4:
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-        task = asyncio.get_running_loop().create_task(self._adopt_relay(action.ticket, relay, sock))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._adopt_relay(action.ticket, relay, sock))
 
     async def _adopt_relay(self, ticket: int, relay: Address, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -378,12 +530,12 @@ class TurnService:
             )
         except OSError:
             sock.close()
-            self._relay_result(ticket, False)
+            self.relay_result(ticket, False)
             return
         self._relays[relay] = transport
-        self._relay_result(ticket, True)
+        self.relay_result(ticket, True)
 
-    def _relay_result(self, ticket: int, ok: bool) -> None:
+    def relay_result(self, ticket: int, ok: bool) -> None:
         try:
             actions = self.core.relay_opened(ticket, ok, time.time())
         except Exception:
@@ -392,6 +544,8 @@ class TurnService:
         self.execute(actions)
 
     def _close_relay(self, relay: Address) -> None:
+        if self.tcp_relays.close_listener(relay):
+            return
         transport = self._relays.pop(relay, None)
         if transport is not None:
             transport.close()

@@ -65,12 +65,13 @@ def test_nonce_is_stale_once_lifetime_has_passed() -> None:
     assert nonces.check(nonce, CLIENT, NOW + 10 * DEFAULT_LIFETIME) is NonceCheck.STALE
 
 
-def test_expiry_is_rounded_down_so_lifetime_is_never_exceeded() -> None:
-    """Whole-second expiry: a nonce never lives longer than the lifetime."""
+def test_expiry_is_rounded_up_so_a_nonce_lives_at_least_its_lifetime() -> None:
+    """Whole-second expiry: a nonce lives its lifetime, plus less than a second."""
     nonces = NonceManager(KEY, features=ALL, lifetime=10)
-    nonce = nonces.issue(CLIENT, NOW + 0.9)
-    assert nonces.check(nonce, CLIENT, NOW + 9.999) is NonceCheck.VALID
-    assert nonces.check(nonce, CLIENT, NOW + 10) is NonceCheck.STALE
+    nonce = nonces.issue(CLIENT, NOW + 0.1)
+    assert nonces.check(nonce, CLIENT, NOW + 10.1) is NonceCheck.VALID
+    assert nonces.check(nonce, CLIENT, NOW + 10.999) is NonceCheck.VALID
+    assert nonces.check(nonce, CLIENT, NOW + 11) is NonceCheck.STALE
 
 
 def test_expiry_slightly_ahead_of_the_clock_is_tolerated() -> None:

@@ -1,7 +1,9 @@
 """An in-memory TURN world for core tests: a server core, a clock, and clients that speak TURN.
 
 No sockets: a test sends bytes into the core and reads the actions it returns. ``OpenRelay`` is
-answered at once (success unless the test says otherwise), so an Allocate completes in one call.
+answered at once (success unless the test says otherwise), so an Allocate completes in one call;
+so is ``ConnectPeer`` (RFC 6062 Connect), unless the test leaves it hanging to answer it itself.
+Peers connecting to a TCP relay are simulated with :meth:`World.peer_connects`.
 The peer policy refuses the server's own listener address (``SERVER``) like the daemon's does.
 """
 
@@ -23,6 +25,7 @@ from stun.keys import PasswordAlgorithm, long_term_key, userhash
 from stun.message import Integrity, Message, MessageClass, Method, decode, encode
 from turnd.core.actions import (
     Action,
+    ConnectPeer,
     FiveTuple,
     OpenRelay,
     SendToClient,
@@ -72,6 +75,7 @@ class World:
         deny: Iterable[str] = (),
         features: Iterable[SecurityFeature] = (SecurityFeature.PASSWORD_ALGORITHMS,),
         bind_ok: bool | Callable[[OpenRelay], bool] = True,
+        connect_ok: bool | None = True,
     ) -> None:
         self.now = START
         self.settings = settings or core_settings()
@@ -91,9 +95,14 @@ class World:
         #: Whether the adapter manages to bind each OpenRelay (a callable decides per request).
         self.bind_ok = bind_ok
         self.opened: list[OpenRelay] = []
+        #: Whether the adapter manages each ConnectPeer; None leaves it connecting (the test
+        #: answers with ``server.peer_connected``).
+        self.connect_ok = connect_ok
+        self.connects: list[ConnectPeer] = []
 
     def settle(self, actions: list[Action]) -> list[Action]:
-        """Answer every OpenRelay at once; return all resulting actions (OpenRelay included)."""
+        """Answer every OpenRelay and ConnectPeer at once; return all resulting actions (those
+        included)."""
         out: list[Action] = []
         queue = list(actions)
         while queue:
@@ -103,7 +112,17 @@ class World:
                 self.opened.append(action)
                 ok = self.bind_ok(action) if callable(self.bind_ok) else self.bind_ok
                 queue.extend(self.server.relay_opened(action.ticket, ok, self.now))
+            elif isinstance(action, ConnectPeer):
+                self.connects.append(action)
+                if self.connect_ok is not None:
+                    answer = self.server.peer_connected
+                    queue.extend(answer(action.connection_id, self.connect_ok, self.now))
         return out
+
+    def peer_connects(self, relay: Address, peer: Address) -> tuple[int | None, list[Action]]:
+        """A peer opens a TCP connection to ``relay`` (RFC 6062 §5.3), as the adapter reports."""
+        connection_id, actions = self.server.peer_connection_arrived(relay, peer, self.now)
+        return connection_id, self.settle(actions)
 
     def client_packet(self, five_tuple: FiveTuple, data: bytes) -> list[Action]:
         return self.settle(self.server.handle_client(five_tuple, data, self.now))
@@ -136,11 +155,15 @@ class World:
             "by_relay": dict(server.by_relay),
             "pending": dict(server._pending),
             "pending_tuples": set(server._pending_tuples),
+            "abandoned": set(server._abandoned),
             "reservations": dict(server._reservations),
             "per_user": +server._per_user,
             "per_ip": +server._per_ip,
             "timers": list(server._timers),
             "taken_ports": {f: set(p.taken) for f, p in server._pools.items()},
+            "peer_connections": dict(server.tcp.by_id),
+            "data_connections": dict(server.tcp.by_data),
+            "peer_index": (dict(server.tcp._by_peer), dict(server.tcp._by_allocation)),
         }
 
 
@@ -274,9 +297,29 @@ class Client:
     def channel_bind(self, number: int, peer: Address) -> Message:
         return self.request(Method.CHANNEL_BIND, at.ChannelNumber(number), at.XorPeerAddress(peer))
 
-    def refresh(self, lifetime: int | None = None) -> Message:
+    def refresh(self, lifetime: int | None = None, *extra: Any) -> Message:
         attrs_ = () if lifetime is None else (at.Lifetime(lifetime),)
-        return self.request(Method.REFRESH, *attrs_)
+        return self.request(Method.REFRESH, *attrs_, *extra)
+
+    def connect(self, peer: Address) -> Message:
+        """RFC 6062 §4.3: ask the server to connect to ``peer`` (the adapter answers at once)."""
+        return self.request(Method.CONNECT, at.XorPeerAddress(peer))
+
+    def data_connection(self, port: int) -> Client:
+        """A second TCP connection of this client (RFC 6062 §4.3: one per peer connection), same
+        credentials, from source port ``port``; it learns its own nonce."""
+        return Client(
+            self.world,
+            self.username,
+            self.password,
+            address=Address(self.address.host, port),
+            transport=self.transport,
+            sha256=self.sha256,
+        )
+
+    def connection_bind(self, connection_id: int) -> Message:
+        """RFC 6062 §4.3: make this connection the data connection of ``connection_id``."""
+        return self.request(Method.CONNECTION_BIND, at.ConnectionId(connection_id))
 
     def send(self, peer: Address, data: bytes) -> list[SendToPeer]:
         message = Message(

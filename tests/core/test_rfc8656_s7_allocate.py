@@ -21,7 +21,7 @@ from turnd.core.actions import (
     SendToClient,
     Transport,
 )
-from turnd.core.server import MAX_BIND_ATTEMPTS
+from turnd.core.allocate import MAX_BIND_ATTEMPTS
 
 UDP = at.RequestedTransport(17)
 OTHER_ADDRESS = Address("203.0.113.77", 50000)
@@ -139,9 +139,9 @@ def test_allocate_without_requested_transport_is_400() -> None:
     assert world.server.allocations == {}
 
 
-@pytest.mark.parametrize("protocol", [6, 1, 132])
+@pytest.mark.parametrize("protocol", [1, 132, 0, 255])
 def test_allocate_for_an_unsupported_transport_is_442(protocol: int) -> None:
-    """§7.2: a REQUESTED-TRANSPORT other than UDP gets 442 Unsupported Transport Protocol."""
+    """§7.2: a REQUESTED-TRANSPORT other than UDP or TCP (RFC 6062 §5.1) gets 442."""
     world = World()
     assert error_code(world.client().allocate(at.RequestedTransport(protocol))) == 442
 
@@ -491,3 +491,23 @@ def test_tcp_relay_requests_are_400_without_tcp_allocations(method: Method) -> N
     reply = alice.request(method, at.XorPeerAddress(PEER))
     assert error_code(reply) == 400
     assert check_integrity(reply, alice.key())
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_stream_connection_closed_while_opening_gets_no_allocation(bound: bool) -> None:
+    """§3.1: an allocation lives on its TCP/TLS connection; one that closed while its relay was
+    being opened gets none, and the relay is closed (or the failed bind just forgotten)."""
+    world = World()
+    alice = world.client(transport=Transport.TCP)
+    alice.fetch_nonce()
+    before = world.client_state()
+    server = world.server
+    [opening] = server.handle_client(
+        alice.five_tuple, alice.build(Method.ALLOCATE, [UDP]), world.now
+    )
+    assert isinstance(opening, OpenRelay)
+    assert server.connection_closed(alice.five_tuple, world.now) == []
+    actions = server.relay_opened(opening.ticket, bound, world.now)
+    assert actions == ([CloseRelay(opening.relay)] if bound else [])
+    assert world.client_state() == before
+    assert server.stats["allocate.abandoned"] == 1

@@ -76,7 +76,7 @@ def test_one_late_timer_run_does_all_the_work_due() -> None:
 
 
 def test_refreshed_allocation_does_not_expire_at_its_old_deadline() -> None:
-    """§7.3: after a Refresh the old expiry is void; the allocation ends at the new one."""
+    """§8.2: after a Refresh the old expiry is void; the allocation ends at the new one."""
     world = World()
     alice = world.client()
     alice.allocate()

@@ -58,13 +58,17 @@ class OpenRelay:
     ``TurnServer.relay_opened(ticket, ok, now)``. With ``reserve`` also bind ``relay.port + 1``
     and hold it for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2 EVEN-PORT R bit).
     ``dont_fragment`` asks for the IP DF bit on what the relay sends (RFC 8656 §18.9).
-    ``reserved`` says the socket was already bound by an earlier reservation: adopt it."""
+    ``reserved`` says the socket was already bound by an earlier reservation: adopt it.
+    ``tcp`` (RFC 6062 §5.1): bind a TCP socket to ``relay`` and listen on it for peers instead
+    (never with ``reserve``, ``dont_fragment`` or ``reserved``); answered the same way. Each
+    connection accepted on it goes to ``TurnServer.peer_connection_arrived``."""
 
     ticket: int
     relay: Address
     reserve: bool = False
     dont_fragment: bool = False
     reserved: bool = False
+    tcp: bool = False
 
 
 @attrs.frozen
@@ -83,7 +87,8 @@ class CloseConnection:
 
 @attrs.frozen
 class AllocationEnded:
-    """An allocation ended; carries what usage accounting and metrics need."""
+    """A relayed transport address of an allocation ended, with its usage; one per relay (a dual
+    allocation has two, RFC 8656 §7.2, and each family can end on its own, §8.1)."""
 
     five_tuple: FiveTuple
     relay: Address
@@ -98,4 +103,47 @@ class AllocationEnded:
     bytes_to_client: int
 
 
-Action = SendToClient | SendToPeer | OpenRelay | CloseRelay | CloseConnection | AllocationEnded
+@attrs.frozen
+class ConnectPeer:
+    """RFC 6062 §5.2: open a TCP connection from ``relay`` (that address and port, so the peer
+    sees the relayed transport address) to ``peer``, giving up after 30 s, then call
+    ``TurnServer.peer_connected(connection_id, ok, now)``. Read nothing from it until a
+    :class:`SpliceConnection` names it: the kernel's receive window holds what the peer sends."""
+
+    connection_id: int
+    relay: Address
+    peer: Address
+
+
+@attrs.frozen
+class SpliceConnection:
+    """RFC 6062 §5.4: the ConnectionBind success response to ``five_tuple`` (the
+    :class:`SendToClient` just before this) is the last STUN message of that client connection.
+    Write it, then pipe raw bytes both ways between that connection and peer connection
+    ``connection_id``; neither reaches the core again (bytes the adapter already read past the
+    ConnectionBind request are the client's first data for the peer). Closing either side is
+    reported with ``connection_closed`` or ``peer_connection_closed``."""
+
+    connection_id: int
+    five_tuple: FiveTuple
+
+
+@attrs.frozen
+class ClosePeerConnection:
+    """Close peer TCP connection ``connection_id`` (refused, unbound after 30 s, its client data
+    connection closed, or its allocation ended). An id the adapter does not hold is ignored."""
+
+    connection_id: int
+
+
+Action = (
+    SendToClient
+    | SendToPeer
+    | OpenRelay
+    | CloseRelay
+    | CloseConnection
+    | AllocationEnded
+    | ConnectPeer
+    | SpliceConnection
+    | ClosePeerConnection
+)

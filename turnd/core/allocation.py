@@ -1,7 +1,13 @@
-"""Allocation state: permissions, channel bindings and their clocks (RFC 8656 §5, §9, §12).
+"""Allocation state: relayed addresses, permissions, channel bindings and their clocks (RFC 8656
+§5, §7.2, §8, §9, §12).
 
-Theory of operation: an :class:`Allocation` is named by its 5-tuple and by its relayed transport
-address; both are unique (§5). It holds
+Theory of operation: an :class:`Allocation` is named by its 5-tuple and by each of its relayed
+transport addresses; all are unique (§5). It holds
+
+* one :class:`Relay` per address family: one, or an IPv4 and an IPv6 one for a dual allocation
+  (§7.2). Each has its own expiry and usage counters, because a Refresh with
+  REQUESTED-ADDRESS-FAMILY refreshes or deletes that family alone (§8.1); the allocation ends
+  with its last relay. A peer is always reached through the relay of its own family (§9: 443).
 
 * permissions: peer IP -> expiry. Only the IP is compared, never the port (§9). Installed or
   refreshed by CreatePermission and ChannelBind for ``permission_lifetime`` (300 s).
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import attrs
 
-from stun.addresses import Address
+from stun.addresses import Address, AddressFamily
 from turnd.core.actions import FiveTuple
 
 #: RFC 8656 §12: a channel number or peer address of an expired binding stays unusable for another
@@ -36,29 +42,69 @@ class ChannelBinding:
 
 
 @attrs.define(slots=True, eq=False)
+class Relay:
+    """One relayed transport address of an allocation, its expiry and what it relayed."""
+
+    address: Address
+    expires: float
+    packets_to_peer: int = 0
+    bytes_to_peer: int = 0
+    packets_to_client: int = 0
+    bytes_to_client: int = 0
+
+
+@attrs.define(slots=True, eq=False)
 class Allocation:
     """The server side of one allocation."""
 
     five_tuple: FiveTuple
-    relay: Address
+    #: Family -> relayed address; IPv4 first in a dual allocation. Never empty while live.
+    relays: dict[AddressFamily, Relay]
     username: str
     realm: str
     key: bytes
     sha256: bool
     rest_id: str | None
     started: float
-    expires: float
     allocate_txid: bytes
+    #: An RFC 6062 TCP allocation: peers are reached over TCP connections, not datagrams.
+    tcp: bool = False
     allocate_response: bytes = b""
     permissions: dict[str, float] = attrs.field(factory=dict)
     channels: dict[int, ChannelBinding] = attrs.field(factory=dict)
     channel_by_peer: dict[Address, ChannelBinding] = attrs.field(factory=dict)
     #: Expired bindings still in their reuse delay: number -> (peer, until).
     cooling: dict[int, tuple[Address, float]] = attrs.field(factory=dict)
-    packets_to_peer: int = 0
-    bytes_to_peer: int = 0
-    packets_to_client: int = 0
-    bytes_to_client: int = 0
+
+    @property
+    def relay(self) -> Address:
+        """The first relayed transport address (the IPv4 one of a dual allocation)."""
+        return next(iter(self.relays.values())).address
+
+    @property
+    def expires(self) -> float:
+        """When the last relay expires, unless refreshed."""
+        return max(r.expires for r in self.relays.values())
+
+    @property
+    def packets_to_peer(self) -> int:
+        """Packets relayed to peers through the live relays."""
+        return sum(r.packets_to_peer for r in self.relays.values())
+
+    @property
+    def bytes_to_peer(self) -> int:
+        """Payload bytes relayed to peers through the live relays."""
+        return sum(r.bytes_to_peer for r in self.relays.values())
+
+    @property
+    def packets_to_client(self) -> int:
+        """Packets relayed to the client from the live relays."""
+        return sum(r.packets_to_client for r in self.relays.values())
+
+    @property
+    def bytes_to_client(self) -> int:
+        """Payload bytes relayed to the client from the live relays."""
+        return sum(r.bytes_to_client for r in self.relays.values())
 
     def has_permission(self, host: str, now: float) -> bool:
         """Whether a live permission exists for peer IP ``host`` (§9)."""
@@ -99,3 +145,19 @@ class Allocation:
         until = binding.expires + CHANNEL_REUSE_DELAY
         self.cooling[number] = (binding.peer, until)
         return until
+
+    def forget_family(self, family: AddressFamily, now: float) -> list[tuple[int, float]]:
+        """Drop the permissions and channels of ``family``'s peers, its relay having ended while
+        the other family's goes on (§8.1: the other family's are untouched). The channel numbers
+        enter their reuse delay (§12); returns them with its end."""
+        ipv6 = family is AddressFamily.IPV6
+        self.permissions = {h: t for h, t in self.permissions.items() if (":" in h) is not ipv6}
+        cooled = []
+        for number, binding in list(self.channels.items()):
+            if binding.peer.family is family:
+                del self.channels[number]
+                del self.channel_by_peer[binding.peer]
+                until = now + CHANNEL_REUSE_DELAY
+                self.cooling[number] = (binding.peer, until)
+                cooled.append((number, until))
+        return cooled

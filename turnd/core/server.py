@@ -5,8 +5,10 @@ Theory of operation (RFC 8489, RFC 8656):
 * Inputs: :meth:`TurnServer.handle_client` (a datagram or a stream frame from a client, named by
   its 5-tuple), :meth:`handle_peer` (a datagram that reached a relay socket),
   :meth:`relay_opened` (the adapter bound, or failed to bind, a relay socket the core asked for),
-  :meth:`connection_closed` and :meth:`handle_timer`. Time is always the ``now`` argument;
-  randomness comes from the injected ``rng``. Outputs: the actions of :mod:`turnd.core.actions`.
+  :meth:`connection_closed`, :meth:`handle_timer`, and for RFC 6062 TCP allocations
+  :meth:`peer_connected`, :meth:`peer_connection_arrived` and :meth:`peer_connection_closed`.
+  Time is always the ``now`` argument; randomness comes from the injected ``rng``. Outputs: the
+  actions of :mod:`turnd.core.actions`. Timers that fell due run before any input is handled.
 * Demultiplexing (RFC 7983): the first byte says STUN or ChannelData; anything else is dropped.
 * Requests go through one dispatch table ``(method, class) -> handler``. Handlers raise
   :class:`StunError`; exactly one place (:meth:`_error_response`) turns it into the error
@@ -14,9 +16,12 @@ Theory of operation (RFC 8489, RFC 8656):
   once the request was authenticated.
 * Authentication (RFC 8489 §9.2.4) happens before any state is created: no allocation, pending
   allocation or counter keyed by the client exists until a request carries a valid credential.
-* Allocate is two-phase: the core picks a relay port and asks ``OpenRelay``; the answer comes when
-  the adapter calls :meth:`relay_opened`. A retransmitted Allocate is answered from the cached
-  response (§7.2); one arriving while the relay is being opened is dropped (the answer is coming).
+* Allocate (:mod:`turnd.core.allocate`) is two-phase: the core picks relay ports and asks
+  ``OpenRelay``; the answer comes when the adapter calls :meth:`relay_opened`. TCP allocations'
+  connections live in :mod:`turnd.core.tcp_relay`.
+* An allocation has one relay per address family (two for a dual allocation, §7.2); data to or
+  from a peer goes through the relay of the peer's family, and each relay expires, is refreshed
+  and is deleted on its own (§8), the allocation ending with its last one.
 * Drops are counted in :attr:`TurnServer.stats` under ``drop.<reason>``; nothing a client or peer
   sends raises out of this module.
 """
@@ -27,8 +32,6 @@ import heapq
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-
-import attrs
 
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager
@@ -52,54 +55,24 @@ from stun.message import (
     decode,
     encode,
 )
+from turnd.core import allocate, tcp_relay
 from turnd.core.actions import (
     Action,
     AllocationEnded,
     CloseConnection,
     CloseRelay,
     FiveTuple,
-    OpenRelay,
     SendToClient,
     SendToPeer,
 )
-from turnd.core.allocation import Allocation
+from turnd.core.allocate import PendingAllocate, Reservation
+from turnd.core.allocation import Allocation, ChannelBinding, Relay
 from turnd.core.authn import RequestAuthenticator
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.ports import PortPool
-from turnd.core.request import Credential, Request, StunError
+from turnd.core.request import Request, StunError
 from turnd.core.settings import CoreSettings
-
-UDP_PROTOCOL = 17  # RFC 8656 §18.8: REQUESTED-TRANSPORT value for UDP
-TCP_PROTOCOL = 6  # RFC 6062 §6.2: REQUESTED-TRANSPORT value for TCP
-#: Ports tried for one Allocate before answering 508 (the kernel may refuse ports that another
-#: program holds).
-MAX_BIND_ATTEMPTS = 8
-
-
-@attrs.define(slots=True)
-class PendingAllocate:
-    """An authenticated Allocate waiting for its relay socket."""
-
-    request: Request
-    credential: Credential
-    relay: Address
-    lifetime: float
-    reserve: bool
-    dont_fragment: bool
-    reserved: bool
-    attempts: int
-    extra: tuple[Any, ...] = ()
-    #: EVEN-PORT was asked for: a retried bind must pick an even port too (RFC 8656 §7.2).
-    even: bool = False
-
-
-@attrs.define(slots=True)
-class Reservation:
-    """A relay port held by EVEN-PORT R=1 for a later Allocate (RFC 8656 §7.2)."""
-
-    relay: Address
-    expires: float
-
+from turnd.core.tcp_relay import PeerConnections
 
 Handler = Callable[["TurnServer", Request], list[Action]]
 
@@ -122,8 +95,11 @@ class TurnServer:
         self.auth = RequestAuthenticator(authenticator, nonces, self.stats)
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}
-        self._pending: dict[int, PendingAllocate] = {}
+        self.tcp = PeerConnections()
+        self._pending: dict[int, tuple[PendingAllocate, AddressFamily]] = {}
         self._pending_tuples: set[FiveTuple] = set()
+        #: Stream connections that closed while their Allocate was being opened.
+        self._abandoned: set[FiveTuple] = set()
         self._reservations: dict[bytes, Reservation] = {}
         self._per_user: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()
@@ -198,49 +174,54 @@ class TurnServer:
                 (at.XorPeerAddress(peer), at.Data(data)),
             )
             frame = encode(indication)
-        alloc.packets_to_client += 1
-        alloc.bytes_to_client += len(data)
+        part = alloc.relays[relay.family]
+        part.packets_to_client += 1
+        part.bytes_to_client += len(data)
         return [SendToClient(alloc.five_tuple, frame)]
 
     def relay_opened(self, ticket: int, ok: bool, now: float) -> list[Action]:
         """The adapter's answer to ``OpenRelay(ticket)``."""
-        pending = self._pending.pop(ticket, None)
-        if pending is None:
-            return []
-        pool = self._pools[pending.relay.family]
-        if not ok:
-            self.stats["relay.bind_failures"] += 1
-            if pending.reserved or pending.attempts >= MAX_BIND_ATTEMPTS:
-                return self._fail_pending(pending, 508, "could not bind a relay port")
-            # Another program holds the port: pick another while the refused one is still
-            # marked taken (so it is not picked again), then give the refused one back.
-            port = pool.pick(even_pair=pending.even)
-            if port is None:
-                return self._fail_pending(pending, 508, "relay ports exhausted")
-            pool.release(pending.relay.port)
-            if pending.reserve:
-                pool.release(pending.relay.port + 1)
-            pool.take(port)
-            if pending.reserve:
-                pool.take(port + 1)
-            pending.relay = Address(pending.relay.host, port)
-            pending.attempts += 1
-            return [self._open(pending)]
-        return self._complete_allocate(pending, now)
+        return self._due(now) + allocate.relay_opened(self, ticket, ok, now)
 
     def connection_closed(self, five_tuple: FiveTuple, now: float) -> list[Action]:
-        """A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §3.1)."""
+        """A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §3.1), or,
+        for an RFC 6062 client data connection, its peer connection (RFC 6062 §5.5)."""
+        actions = self._due(now)
         alloc = self.allocations.get(five_tuple)
-        if alloc is None:
-            return []
-        return self._delete(alloc, now, "connection_closed", close_connection=False)
+        if alloc is not None:
+            return actions + self._delete(alloc, now, "connection_closed", close_connection=False)
+        if five_tuple in self._pending_tuples:
+            self._abandoned.add(five_tuple)  # its relays are closed once the adapter answers
+            return actions
+        return actions + tcp_relay.data_connection_closed(self, five_tuple)
+
+    def peer_connected(self, connection_id: int, ok: bool, now: float) -> list[Action]:
+        """The adapter's answer to ``ConnectPeer`` (RFC 6062 §5.2)."""
+        return self._due(now) + tcp_relay.peer_connected(self, connection_id, ok, now)
+
+    def peer_connection_arrived(
+        self, relay: Address, peer: Address, now: float
+    ) -> tuple[int | None, list[Action]]:
+        """A peer connected to a TCP allocation's relayed address ``relay`` (RFC 6062 §5.3).
+
+        Returns None when the connection is refused (the adapter closes it at once), else the id
+        under which the adapter keeps it, with the actions (the ConnectionAttempt indication).
+        """
+        expired = self._due(now)
+        connection_id, actions = tcp_relay.peer_connection_arrived(self, relay, peer, now)
+        return connection_id, expired + actions
+
+    def peer_connection_closed(self, connection_id: int, now: float) -> list[Action]:
+        """Peer connection ``connection_id`` closed or failed (RFC 6062 §5.5)."""
+        return self._due(now) + tcp_relay.peer_connection_closed(self, connection_id)
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` next has work, or None."""
         return self._timers[0][0] if self._timers else None
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Expire allocations, permissions, channel bindings and reservations due by ``now``.
+        """Expire relays, permissions, channel bindings, reservations and unbound peer
+        connections due by ``now``.
 
         Each live object has one timer: a refresh only moves its expiry, and a timer that finds
         its object refreshed re-arms itself at the new expiry (so clients refreshing often, or
@@ -251,13 +232,7 @@ class TurnServer:
         while timers and timers[0][0] <= now:
             _, _, kind, subject, detail = heapq.heappop(timers)
             if kind == "alloc":
-                alloc: Allocation = subject
-                if self.allocations.get(alloc.five_tuple) is not alloc:
-                    continue
-                if alloc.expires <= now:
-                    actions += self._delete(alloc, now, "expired")
-                else:
-                    self._schedule(alloc.expires, "alloc", alloc)
+                actions += self._relay_timer(subject, detail, now)
             elif kind == "perm":
                 expiry = subject.permissions.get(detail, now)
                 if expiry > now:
@@ -265,16 +240,20 @@ class TurnServer:
                 else:
                     subject.permissions.pop(detail, None)
             elif kind == "chan":
-                # One timer per binding, and only this sweep removes bindings: it is there.
-                binding = subject.channels[detail]
+                binding: ChannelBinding = detail
+                if subject.channels.get(binding.number) is not binding:
+                    continue  # its allocation or family ended
                 if binding.expires > now:
-                    self._schedule(binding.expires, "chan", subject, detail)
+                    self._schedule(binding.expires, "chan", subject, binding)
                 else:
-                    self._schedule(subject.expire_channel(detail), "cool", subject, detail)
+                    until = subject.expire_channel(binding.number)
+                    self._schedule(until, "cool", subject, binding.number)
             elif kind == "cool":
                 cool = subject.cooling.get(detail)
                 if cool is not None and cool[1] <= now:
                     del subject.cooling[detail]
+            elif kind == "conn":
+                actions += tcp_relay.bind_timer(self, subject)
             else:  # "resv"
                 resv = self._reservations.get(detail)
                 if resv is not None and resv.expires <= now:
@@ -282,6 +261,22 @@ class TurnServer:
                     self._pools[resv.relay.family].release(resv.relay.port)
                     actions.append(CloseRelay(resv.relay))
         return actions
+
+    def _relay_timer(self, alloc: Allocation, relay: Relay, now: float) -> list[Action]:
+        """One relay's expiry: it ends (and the allocation with its last relay) or re-arms."""
+        if alloc.relays.get(relay.address.family) is not relay:
+            return []  # deleted already
+        if relay.expires > now:
+            self._schedule(relay.expires, "alloc", alloc, relay)
+            return []
+        return self._delete(alloc, now, "expired", families=[relay.address.family])
+
+    def _due(self, now: float) -> list[Action]:
+        """Run the timers that fell due before an input is handled (packets and timers race in
+        an event loop: an allocation past its lifetime must not answer)."""
+        if self._timers and self._timers[0][0] <= now:
+            return self.handle_timer(now)
+        return []
 
     # --- admin -------------------------------------------------------------------------------
 
@@ -383,112 +378,10 @@ class TurnServer:
         client = request.five_tuple.client
         return self._reply(request.five_tuple, self._response(request, at.XorMappedAddress(client)))
 
-    # --- Allocate (RFC 8656 §7.2) ------------------------------------------------------------
-
-    def _allocate(self, request: Request) -> list[Action]:
-        message = request.message
-        cred = request.credential
-        assert cred is not None
-        five_tuple = request.five_tuple
-        existing = self.allocations.get(five_tuple)
-        if existing is not None:
-            if existing.allocate_txid == message.transaction_id:
-                self.stats["allocate.retransmissions"] += 1
-                return self._reply(five_tuple, existing.allocate_response)
-            raise StunError(437)
-        if five_tuple in self._pending_tuples:
-            return self._drop("allocate_in_progress")
-        transport = message.get(at.RequestedTransport)
-        if transport is None:
-            raise StunError(400, "REQUESTED-TRANSPORT is required")
-        if transport.protocol != UDP_PROTOCOL:
-            raise StunError(442)
-        token = message.get(at.ReservationToken)
-        even_port = message.get(at.EvenPort)
-        family_attr = message.get(at.RequestedAddressFamily)
-        additional = message.get(at.AdditionalAddressFamily)
-        if token is not None and (even_port or family_attr or additional):
-            raise StunError(400, "RESERVATION-TOKEN excludes EVEN-PORT and address families")
-        if family_attr is not None and additional is not None:
-            raise StunError(400, "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY exclude each other")
-        extra: tuple[Any, ...] = ()
-        if additional is not None:
-            if additional.family != AddressFamily.IPV6:
-                raise StunError(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
-            # Dual allocations are not offered yet: the IPv4 one is made and the IPv6 part is
-            # refused in the response (RFC 8656 §7.2, ADDRESS-ERROR-CODE).
-            extra = (at.AddressErrorCode(AddressFamily.IPV6, 440, REASON_PHRASES[440]),)
-        family = AddressFamily.IPV4
-        if family_attr is not None:
-            if family_attr.family not in (AddressFamily.IPV4, AddressFamily.IPV6):
-                raise StunError(440)
-            family = AddressFamily(family_attr.family)
-        self._check_quota(cred, five_tuple)
-        lifetime = self._lifetime(message)
-        dont_fragment = message.has(at.DontFragment)
-        if token is not None:
-            resv = self._reservations.get(token.token)
-            if resv is None or resv.expires <= request.now:
-                # An expired one stays for its timer, which releases the port and the socket.
-                raise StunError(508, "unknown or expired reservation token")
-            del self._reservations[token.token]
-            relay, reserve, reserved = resv.relay, False, True
-        else:
-            host = self._relay_hosts[family]
-            if host is None:
-                raise StunError(440)
-            pool = self._pools[family]
-            reserve = bool(even_port and even_port.reserve)
-            port = pool.pick(even_pair=even_port is not None)
-            if port is None:
-                raise StunError(508, "relay ports exhausted")
-            pool.take(port)
-            if reserve:
-                pool.take(port + 1)
-            relay, reserved = Address(host, port), False
-        pending = PendingAllocate(
-            request,
-            cred,
-            relay,
-            lifetime,
-            reserve,
-            dont_fragment,
-            reserved,
-            1,
-            extra,
-            even=even_port is not None,
-        )
-        ticket = self._next_ticket
-        self._next_ticket += 1
-        self._pending[ticket] = pending
-        self._pending_tuples.add(five_tuple)
-        self._per_user[cred.username] += 1
-        self._per_ip[five_tuple.client.host] += 1
-        return [self._open(pending, ticket)]
-
-    def _open(self, pending: PendingAllocate, ticket: int | None = None) -> OpenRelay:
-        if ticket is None:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._pending[ticket] = pending
-        return OpenRelay(
-            ticket, pending.relay, pending.reserve, pending.dont_fragment, pending.reserved
-        )
-
-    def _check_quota(self, cred: Credential, five_tuple: FiveTuple) -> None:
-        settings = self.settings
-        if len(self.allocations) + len(self._pending_tuples) >= settings.max_allocations:
-            self.stats["quota.node"] += 1
-            raise StunError(508, "node allocation limit reached")
-        if self._per_user[cred.username] >= settings.max_allocations_per_user:
-            self.stats["quota.user"] += 1
-            raise StunError(486)
-        if self._per_ip[five_tuple.client.host] >= settings.max_allocations_per_ip:
-            self.stats["quota.client_ip"] += 1
-            raise StunError(486, "Allocation Quota Reached for this client address")
+    # --- allocations: lifetimes and deletion ------------------------------------------------
 
     def _lifetime(self, message: Message) -> float:
-        """RFC 8656 §7.2/§7.3: the requested lifetime, at least the default, at most the max."""
+        """RFC 8656 §7.2/§8.2: the requested lifetime, at least the default, at most the max."""
         requested = message.get(at.Lifetime)
         settings = self.settings
         if requested is None:
@@ -500,88 +393,65 @@ class TurnServer:
             )
         )
 
-    def _fail_pending(self, pending: PendingAllocate, code: int, reason: str) -> list[Action]:
-        request = pending.request
-        pool = self._pools[pending.relay.family]
-        pool.release(pending.relay.port)
-        if pending.reserve:
-            pool.release(pending.relay.port + 1)
-        self._forget_pending(pending)
-        self.stats[f"error.{code}"] += 1
-        return self._reply(
-            request.five_tuple, self._error_response(request, StunError(code, reason))
-        )
+    def _refuse(self, request: Request, err: StunError) -> list[Action]:
+        """The error response to a request answered later than its handler (Allocate, Connect)."""
+        self.stats[f"error.{err.code}"] += 1
+        return self._reply(request.five_tuple, self._error_response(request, err))
 
-    def _forget_pending(self, pending: PendingAllocate) -> None:
-        five_tuple = pending.request.five_tuple
-        self._pending_tuples.discard(five_tuple)
-        self._per_user[pending.credential.username] -= 1
-        self._per_ip[five_tuple.client.host] -= 1
-
-    def _complete_allocate(self, pending: PendingAllocate, now: float) -> list[Action]:
-        request = pending.request
-        cred = pending.credential
-        five_tuple = request.five_tuple
-        self._pending_tuples.discard(five_tuple)
-        alloc = Allocation(
-            five_tuple=five_tuple,
-            relay=pending.relay,
-            username=cred.username,
-            realm=cred.realm,
-            key=cred.key,
-            sha256=cred.sha256,
-            rest_id=cred.rest_id,
-            started=now,
-            expires=now + pending.lifetime,
-            allocate_txid=request.message.transaction_id,
-        )
-        attributes: list[Any] = [at.XorRelayedAddress(pending.relay), *pending.extra]
-        attributes.append(at.Lifetime(int(pending.lifetime)))
-        if pending.reserve:
-            token = self._rng(8)
-            reserved = Address(pending.relay.host, pending.relay.port + 1)
-            expires = now + self.settings.reservation_lifetime
-            self._reservations[token] = Reservation(reserved, expires)
-            self._schedule(expires, "resv", None, token)
-            attributes.append(at.ReservationToken(token))
-        attributes.append(at.XorMappedAddress(five_tuple.client))
-        alloc.allocate_response = self._response(request, *attributes)
-        self.allocations[five_tuple] = alloc
-        self.by_relay[alloc.relay] = alloc
-        self._schedule(alloc.expires, "alloc", alloc)
-        self.stats["allocations.created"] += 1
-        return self._reply(five_tuple, alloc.allocate_response)
+    def _forget_user(self, username: str, client_host: str) -> None:
+        """One allocation less for the quotas of ``username`` and ``client_host``."""
+        for counter, key in ((self._per_user, username), (self._per_ip, client_host)):
+            counter[key] -= 1
+            if not counter[key]:
+                del counter[key]
 
     def _delete(
-        self, alloc: Allocation, now: float, reason: str, *, close_connection: bool = True
+        self,
+        alloc: Allocation,
+        now: float,
+        reason: str,
+        *,
+        families: list[AddressFamily] | None = None,
+        close_connection: bool = True,
     ) -> list[Action]:
+        """End the relays of ``families`` (all by default); the allocation ends with its last.
+
+        Each relay closes with its usage (AllocationEnded), and its peer connections with it
+        (RFC 6062 §5.5). A family ending alone takes its permissions and channels (§8.1)."""
+        gone = list(alloc.relays) if families is None else families
+        actions: list[Action] = []
+        for family in gone:
+            relay = alloc.relays.pop(family)
+            del self.by_relay[relay.address]
+            self._pools[family].release(relay.address.port)
+            actions.append(CloseRelay(relay.address))
+            actions.append(
+                AllocationEnded(
+                    alloc.five_tuple,
+                    relay.address,
+                    alloc.username,
+                    alloc.rest_id,
+                    alloc.started,
+                    now,
+                    reason,
+                    relay.packets_to_peer,
+                    relay.bytes_to_peer,
+                    relay.packets_to_client,
+                    relay.bytes_to_client,
+                )
+            )
+        if alloc.tcp:
+            actions += tcp_relay.close_all(self, alloc, gone)
+        if alloc.relays:
+            self.stats["relays.ended." + reason] += 1
+            for family in gone:
+                for number, until in alloc.forget_family(family, now):
+                    self._schedule(until, "cool", alloc, number)
+            return actions
         five_tuple = alloc.five_tuple
         del self.allocations[five_tuple]
-        del self.by_relay[alloc.relay]
-        self._pools[alloc.relay.family].release(alloc.relay.port)
-        self._per_user[alloc.username] -= 1
-        if not self._per_user[alloc.username]:
-            del self._per_user[alloc.username]
-        self._per_ip[five_tuple.client.host] -= 1
-        if not self._per_ip[five_tuple.client.host]:
-            del self._per_ip[five_tuple.client.host]
+        self._forget_user(alloc.username, five_tuple.client.host)
         self.stats["allocations.ended." + reason] += 1
-        actions: list[Action] = [
-            CloseRelay(alloc.relay),
-            AllocationEnded(
-                five_tuple,
-                alloc.relay,
-                alloc.username,
-                alloc.rest_id,
-                alloc.started,
-                now,
-                reason,
-                alloc.packets_to_peer,
-                alloc.bytes_to_peer,
-                alloc.packets_to_client,
-                alloc.bytes_to_client,
-            ),
-        ]
         if close_connection and five_tuple.transport.is_stream and reason != "deleted":
             actions.append(CloseConnection(five_tuple))
         return actions
@@ -600,18 +470,24 @@ class TurnServer:
         return alloc
 
     def _refresh(self, request: Request) -> list[Action]:
-        """RFC 8656 §7.3: extend the allocation, or delete it with LIFETIME 0."""
+        """RFC 8656 §8.2: extend the allocation, or delete it with LIFETIME 0. With
+        REQUESTED-ADDRESS-FAMILY only that family's relay (§8.1: one half of a dual allocation);
+        a family the allocation has no relay of is 443."""
         alloc = self._own_allocation(request)
+        families = list(alloc.relays)
         family = request.message.get(at.RequestedAddressFamily)
-        if family is not None and family.family != alloc.relay.family:
-            raise StunError(443)
+        if family is not None:
+            if family.family not in alloc.relays:
+                raise StunError(443)
+            families = [AddressFamily(family.family)]
         requested = request.message.get(at.Lifetime)
         if requested is not None and requested.seconds == 0:
-            actions = self._delete(alloc, request.now, "deleted")
+            actions = self._delete(alloc, request.now, "deleted", families=families)
             reply = self._response(request, at.Lifetime(0))
             return [SendToClient(request.five_tuple, reply), *actions]
         lifetime = self._lifetime(request.message)
-        alloc.expires = request.now + lifetime  # its timer re-arms itself (handle_timer)
+        for refreshed in families:  # their timers re-arm themselves (handle_timer)
+            alloc.relays[refreshed].expires = request.now + lifetime
         return self._reply(request.five_tuple, self._response(request, at.Lifetime(int(lifetime))))
 
     def _peer_addresses(self, request: Request, alloc: Allocation) -> list[Address]:
@@ -619,8 +495,8 @@ class TurnServer:
         if not peers:
             raise StunError(400, "XOR-PEER-ADDRESS is required")
         for peer in peers:
-            if peer.family != alloc.relay.family:
-                raise StunError(443)
+            if peer.family not in alloc.relays:
+                raise StunError(443)  # §10.2, §12.2: no relay of the peer's family
             if not self.policy.ip_allowed(peer.host):
                 self.stats["denied.peer"] += 1
                 raise StunError(403, "peer address is not allowed")
@@ -651,6 +527,8 @@ class TurnServer:
     def _channel_bind(self, request: Request) -> list[Action]:
         """RFC 8656 §11.2: bind or refresh a channel, installing a permission for its peer."""
         alloc = self._own_allocation(request)
+        if alloc.tcp:
+            raise StunError(400, "channels are not used with TCP allocations")
         number_attr = request.message.get(at.ChannelNumber)
         if number_attr is None or not is_valid_channel(number_attr.number):
             raise StunError(400, "CHANNEL-NUMBER must be 0x4000-0x7FFF")
@@ -674,15 +552,12 @@ class TurnServer:
             raise StunError(508, "too many channels on this allocation")
         self._check_permission_quota(alloc, {peer.host})
         expires = now + self.settings.channel_lifetime
-        if number_attr.number not in alloc.channels:
-            self._schedule(expires, "chan", alloc, number_attr.number)
+        new = number_attr.number not in alloc.channels
         alloc.bind_channel(number_attr.number, peer, expires)  # a refresh: timer re-arms itself
+        if new:
+            self._schedule(expires, "chan", alloc, alloc.channels[number_attr.number])
         self._install_permission(alloc, peer.host, now)
         return self._reply(request.five_tuple, self._response(request))
-
-    def _connect_unsupported(self, request: Request) -> list[Action]:
-        """RFC 6062 requests on a server without TCP allocations yet."""
-        raise StunError(400, "TCP relay allocations are not supported on this listener")
 
     # --- data from the client ----------------------------------------------------------------
 
@@ -697,16 +572,19 @@ class TurnServer:
         data_attr = message.get(at.Data)
         if peer_attr is None or data_attr is None:
             return self._drop("send_missing_attribute")
+        if alloc.tcp:
+            return self._drop("send_tcp_allocation")
         peer = peer_attr.address
-        if peer.family != alloc.relay.family:
+        relay = alloc.relays.get(peer.family)
+        if relay is None:
             return self._drop("send_family_mismatch")
         if not alloc.has_permission(peer.host, now):
             return self._drop("send_no_permission")
         if not self.policy.peer_allowed(peer.host, peer.port):
             return self._drop("send_denied_peer")
-        alloc.packets_to_peer += 1
-        alloc.bytes_to_peer += len(data_attr.value)
-        return [SendToPeer(alloc.relay, peer, data_attr.value)]
+        relay.packets_to_peer += 1
+        relay.bytes_to_peer += len(data_attr.value)
+        return [SendToPeer(relay.address, peer, data_attr.value)]
 
     def _client_channel_data(self, five_tuple: FiveTuple, data: bytes, now: float) -> list[Action]:
         """RFC 8656 §12.5: relay a ChannelData message to the channel's peer."""
@@ -719,6 +597,8 @@ class TurnServer:
         alloc = self.allocations.get(five_tuple)
         if alloc is None:
             return self._drop("channel_data_no_allocation")
+        if alloc.tcp:
+            return self._drop("channel_data_tcp_allocation")
         binding = alloc.channels.get(channel)
         if binding is None or binding.expires <= now:
             return self._drop("channel_data_unbound")
@@ -726,18 +606,19 @@ class TurnServer:
         if not alloc.has_permission(peer.host, now):
             return self._drop("channel_data_no_permission")
         payload = data[CHANNEL_HEADER_SIZE : CHANNEL_HEADER_SIZE + length]
-        alloc.packets_to_peer += 1
-        alloc.bytes_to_peer += length
-        return [SendToPeer(alloc.relay, peer, payload)]
+        relay = alloc.relays[peer.family]  # channels go with their family's relay (§8.1)
+        relay.packets_to_peer += 1
+        relay.bytes_to_peer += length
+        return [SendToPeer(relay.address, peer, payload)]
 
 
 #: The one dispatch table: (method, class) -> handler.
 _DISPATCH: dict[tuple[int, MessageClass], Handler] = {
     (Method.BINDING, MessageClass.REQUEST): TurnServer._binding,
-    (Method.ALLOCATE, MessageClass.REQUEST): TurnServer._allocate,
+    (Method.ALLOCATE, MessageClass.REQUEST): allocate.handle_allocate,
     (Method.REFRESH, MessageClass.REQUEST): TurnServer._refresh,
     (Method.CREATE_PERMISSION, MessageClass.REQUEST): TurnServer._create_permission,
     (Method.CHANNEL_BIND, MessageClass.REQUEST): TurnServer._channel_bind,
-    (Method.CONNECT, MessageClass.REQUEST): TurnServer._connect_unsupported,
-    (Method.CONNECTION_BIND, MessageClass.REQUEST): TurnServer._connect_unsupported,
+    (Method.CONNECT, MessageClass.REQUEST): tcp_relay.handle_connect,
+    (Method.CONNECTION_BIND, MessageClass.REQUEST): tcp_relay.handle_connection_bind,
 }

@@ -42,5 +42,8 @@ class CoreSettings:
     max_permissions_per_allocation: int = 1000
     #: Channels per allocation: at most 4096 exist; a lower bound limits memory (508).
     max_channels_per_allocation: int = 1000
+    #: RFC 6062 peer data connections per TCP allocation, made or being made: bounds the sockets
+    #: one allocation can hold open (Connect beyond it is 403, peers connecting in are refused).
+    max_peer_connections_per_allocation: int = 100
     #: STUN Binding is answered without credentials (ICE servers are used that way).
     allow_anonymous_binding: bool = True

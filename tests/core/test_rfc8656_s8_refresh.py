@@ -1,4 +1,4 @@
-"""RFC 8656 §7.3-§7.4 (and §5): the Refresh transaction — extending, deleting, and the checks that
+"""RFC 8656 §8 (and §5): the Refresh transaction — extending, deleting, and the checks that
 tie a Refresh to the allocation of its 5-tuple and credentials."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from turnd.core.actions import AllocationEnded, CloseRelay, SendToClient, Transp
 
 
 def test_refresh_extends_the_allocation() -> None:
-    """§7.3: a Refresh sets the allocation's time to expiry to the granted lifetime from now."""
+    """§8.2: a Refresh sets the allocation's time to expiry to the granted lifetime from now."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -33,7 +33,7 @@ def test_refresh_extends_the_allocation() -> None:
     [(1200, 1200), (99999, 3600), (1, 600)],
 )
 def test_refresh_lifetime_is_clamped_like_allocate(requested: int, granted: int) -> None:
-    """§7.3: the Refresh lifetime is the requested one, at least the default, at most the max."""
+    """§8.2: the Refresh lifetime is the requested one, at least the default, at most the max."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -42,7 +42,7 @@ def test_refresh_lifetime_is_clamped_like_allocate(requested: int, granted: int)
 
 
 def test_refresh_with_lifetime_zero_deletes_the_allocation() -> None:
-    """§7.3: Refresh with LIFETIME 0 deletes the allocation at once and answers LIFETIME 0."""
+    """§8.2: Refresh with LIFETIME 0 deletes the allocation at once and answers LIFETIME 0."""
     world = World()
     alice = world.client()
     alice.allocate()
@@ -61,7 +61,7 @@ def test_refresh_with_lifetime_zero_deletes_the_allocation() -> None:
 
 
 def test_deleting_a_stream_allocation_leaves_the_connection_open() -> None:
-    """§7.3: a client deleting its allocation over TCP may go on using the connection."""
+    """§8.2: a client deleting its allocation over TCP may go on using the connection."""
     world = World()
     alice = world.client(transport=Transport.TCP)
     alice.allocate()
@@ -74,7 +74,7 @@ def test_deleting_a_stream_allocation_leaves_the_connection_open() -> None:
 
 
 def test_refresh_without_an_allocation_is_437() -> None:
-    """§7.3, §5: a Refresh on a 5-tuple without an allocation gets 437 Allocation Mismatch."""
+    """§8.2, §5: a Refresh on a 5-tuple without an allocation gets 437 Allocation Mismatch."""
     world = World()
     reply = world.client().refresh()
     assert error_code(reply) == 437
@@ -94,7 +94,7 @@ def test_refresh_by_another_user_on_the_same_five_tuple_is_441() -> None:
 
 
 def test_refresh_with_mismatching_requested_address_family_is_443() -> None:
-    """§7.3: a Refresh whose REQUESTED-ADDRESS-FAMILY differs from the allocation's gets 443."""
+    """§8.2: a Refresh whose REQUESTED-ADDRESS-FAMILY differs from the allocation's gets 443."""
     world = World(core_settings(relay_ipv6="2001:db8::1"))
     alice = world.client()
     alice.allocate()

@@ -1,0 +1,164 @@
+"""TCP and TLS client connections: frames in, core calls, frames out (RFC 8656 §3.1, RFC 6062).
+
+Each connection is one 5-tuple. Its bytes are cut into STUN and ChannelData frames by
+:class:`stun.framing.StreamDeframer` and handed to the core one frame at a time, so that when an
+RFC 6062 ConnectionBind turns the connection into a data connection, whatever follows the
+ConnectionBind is forwarded untouched to the peer.
+
+Limits, each from ``[limits]`` in the configuration and each counted when it bites:
+
+* ``max_connections`` and ``max_connections_per_ip``: a connection beyond them is closed at once
+  (``drop.connection_limit``).
+* ``tls_handshake_timeout``: asyncio's own handshake timeout on TLS listeners.
+* ``idle_timeout``: a connection that holds no allocation and completes no frame for this long is
+  closed (``drop.idle_timeout``). Only whole frames count as activity, so a client that sends half
+  a frame, or a byte at a time, cannot hold the connection open.
+* ``max_message_size``: a frame announcing more is a protocol error; the connection is closed with
+  a log line (``drop.stream_framing``).
+* Write backlog: relayed data for a client that does not read is dropped once
+  :data:`WRITE_BACKLOG_LIMIT` bytes are queued (``drop.stream_backlog``) — a relay drops, it does
+  not buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from stun.addresses import Address
+from stun.errors import StunDecodeError
+from stun.framing import StreamDeframer
+from turnd.core.actions import FiveTuple, Transport
+from turnd.logs import event
+
+if TYPE_CHECKING:
+    from turnd.service import TurnService
+
+#: Bytes queued for one client beyond which relayed data is dropped: about 1 s of a 8 Mbit/s
+#: stream, far more than a healthy reader ever has outstanding.
+WRITE_BACKLOG_LIMIT = 1 << 20
+
+
+class ClientStream(asyncio.Protocol):
+    """One TCP or TLS client connection."""
+
+    def __init__(self, service: TurnService, transport_kind: Transport, server: Address) -> None:
+        self.service = service
+        self.kind = transport_kind
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.five_tuple: FiveTuple | None = None
+        self.deframer = StreamDeframer(service.config.limits.max_message_size)
+        self.last_frame = time.monotonic()
+        self.idle_timer: asyncio.TimerHandle | None = None
+        #: Set once an RFC 6062 ConnectionBind made this a data connection: raw bytes go here.
+        self.splice: Any = None
+
+    # --- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        client = Address(peer[0], peer[1])
+        self.five_tuple = FiveTuple(self.kind, client, self.server)
+        if not self.service.admit_stream(self):
+            transport.abort()
+            return
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.write(data)
+            return
+        self.deframer.push(data)
+        self._drain_frames()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.splice is not None:
+            self.splice.close()
+        self.service.stream_closed(self)
+
+    # --- frames --------------------------------------------------------------------------------
+
+    def _drain_frames(self) -> None:
+        service = self.service
+        five_tuple = self.five_tuple
+        assert five_tuple is not None
+        while self.splice is None:
+            try:
+                frame = self.deframer.pop()
+            except StunDecodeError as exc:
+                service.core.stats["drop.stream_framing"] += 1
+                event(
+                    logging.INFO,
+                    "connection.framing_error",
+                    client=str(five_tuple.client),
+                    transport=self.kind.value,
+                    reason=exc.reason,
+                )
+                self.close()
+                return
+            if frame is None:
+                return
+            self.last_frame = time.monotonic()
+            try:
+                actions = service.core.handle_client(five_tuple, frame, time.time())
+            except Exception:
+                service.internal_error("client frame")
+                continue
+            if actions:
+                service.execute(actions)
+        # ConnectionBind switched this connection to raw data: the rest belongs to the peer.
+        rest = self.deframer.take_rest()
+        if rest:
+            self.splice.write(rest)
+
+    def write(self, data: bytes) -> None:
+        """Send one frame (or raw bytes once spliced) to the client, dropping on backlog."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.service.core.stats["drop.stream_closed"] += 1
+            return
+        if transport.get_write_buffer_size() > WRITE_BACKLOG_LIMIT:
+            self.service.core.stats["drop.stream_backlog"] += 1
+            return
+        transport.write(data)
+
+    def close(self) -> None:
+        """Close the connection (the core is told through connection_lost)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # --- idle timeout --------------------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        timeout = float(self.service.config.limits.idle_timeout)
+        delay = max(0.0, self.last_frame + timeout - time.monotonic())
+        loop = asyncio.get_running_loop()
+        self.idle_timer = loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self.idle_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        busy = self.splice is not None or self.five_tuple in self.service.core.allocations
+        timeout = float(self.service.config.limits.idle_timeout)
+        if busy:
+            self.last_frame = time.monotonic()
+        elif time.monotonic() - self.last_frame >= timeout:
+            self.service.core.stats["drop.idle_timeout"] += 1
+            event(
+                logging.INFO,
+                "connection.idle_timeout",
+                client=str(self.five_tuple.client if self.five_tuple else "?"),
+                transport=self.kind.value,
+                seconds=timeout,
+            )
+            self.close()
+            return
+        self._arm_idle()

@@ -1,0 +1,227 @@
+"""RFC 6062 TCP relays: listening relay sockets, peer connections, and splicing.
+
+The core decides; this module only does what it asks:
+
+* ``OpenRelay(tcp=True)``: listen for peers on the relay address (inbound connections are offered
+  to the core with ``peer_connection_arrived``, which answers with a connection id or a refusal);
+* ``ConnectPeer``: connect from the relay address to a peer (RFC 6062 §5.2, at most
+  :data:`CONNECT_TIMEOUT`), then ``peer_connected``;
+* ``SpliceConnection``: after ConnectionBind, bytes flow untouched between the client's data
+  connection and the peer connection (§5.4); a peer connection reads nothing until then, so the
+  kernel's window holds what the peer sends early;
+* ``ClosePeerConnection``.
+
+Relay sockets use SO_REUSEADDR and SO_REUSEPORT so that the listening socket and the outbound
+connections can share the relay's address and port, as §5.2 requires (the peer sees the relayed
+transport address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from stun.addresses import Address
+from turnd.core.actions import ConnectPeer, FiveTuple
+from turnd.logs import event
+from turnd.streams import WRITE_BACKLOG_LIMIT
+
+if TYPE_CHECKING:
+    from turnd.service import TurnService
+    from turnd.streams import ClientStream
+
+#: RFC 6062 §5.2: the server waits at most 30 s for a connection to the peer.
+CONNECT_TIMEOUT = 30.0
+#: Pending inbound peer connections the kernel queues per TCP relay.
+RELAY_BACKLOG = 128
+
+
+def _relay_socket(relay: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((relay.host, relay.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class PeerConnection(asyncio.Protocol):
+    """One TCP connection between a relay address and a peer."""
+
+    def __init__(self, relays: TcpRelays, relay: Address, connection_id: int | None) -> None:
+        self.relays = relays
+        self.relay = relay
+        self.connection_id = connection_id
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientStream | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()  # nothing is read before ConnectionBind (§5.4)
+        if self.connection_id is None:
+            peer = transport.get_extra_info("peername")
+            self.relays.arrived(self, Address(peer[0], peer[1]))
+
+    def data_received(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.relays.lost(self)
+
+    def write(self, data: bytes) -> None:
+        """Bytes from the client's data connection to the peer."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > WRITE_BACKLOG_LIMIT:
+            self.relays.service.core.stats["drop.peer_backlog"] += 1
+            return
+        transport.write(data)
+
+    def close(self) -> None:
+        """Close the connection to the peer."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class TcpRelays:
+    """The TCP relay sockets and peer connections of one service."""
+
+    def __init__(self, service: TurnService) -> None:
+        self.service = service
+        self.listeners: dict[Address, asyncio.Server] = {}
+        self.connections: dict[int, PeerConnection] = {}
+
+    # --- relays --------------------------------------------------------------------------------
+
+    async def open_listener(self, ticket: int, relay: Address) -> None:
+        """Listen on ``relay`` for peers, then tell the core whether it worked."""
+        try:
+            sock = _relay_socket(relay)
+            sock.listen(RELAY_BACKLOG)
+            server = await asyncio.get_running_loop().create_server(
+                lambda: PeerConnection(self, relay, None), sock=sock
+            )
+        except OSError:
+            self.service.relay_result(ticket, False)
+            return
+        self.listeners[relay] = server
+        self.service.relay_result(ticket, True)
+
+    def close_listener(self, relay: Address) -> bool:
+        """Stop listening on ``relay``; False if it is not a TCP relay."""
+        server = self.listeners.pop(relay, None)
+        if server is None:
+            return False
+        server.close()
+        return True
+
+    # --- peer connections ----------------------------------------------------------------------
+
+    def arrived(self, connection: PeerConnection, peer: Address) -> None:
+        core = self.service.core
+        try:
+            connection_id, actions = core.peer_connection_arrived(
+                connection.relay, peer, time.time()
+            )
+        except Exception:
+            self.service.internal_error("peer connection")
+            connection_id, actions = None, []
+        if connection_id is None:
+            if connection.transport is not None:
+                connection.transport.abort()
+        else:
+            connection.connection_id = connection_id
+            self.connections[connection_id] = connection
+        self.service.execute(actions)
+
+    async def connect(self, action: ConnectPeer) -> None:
+        """Connect from the relay address to the peer (RFC 6062 §5.2)."""
+        loop = asyncio.get_running_loop()
+        ok = False
+        try:
+            sock = _relay_socket(action.relay)
+            try:
+                await asyncio.wait_for(
+                    loop.sock_connect(sock, (action.peer.host, action.peer.port)), CONNECT_TIMEOUT
+                )
+                await loop.create_connection(lambda: self._outbound(action), sock=sock)
+                ok = True
+            except (TimeoutError, OSError):
+                sock.close()
+        except OSError:
+            pass
+        if not ok:
+            event(
+                logging.INFO,
+                "tcp_relay.connect_failed",
+                relay=str(action.relay),
+                peer=str(action.peer),
+            )
+        try:
+            actions = self.service.core.peer_connected(action.connection_id, ok, time.time())
+        except Exception:
+            self.service.internal_error("peer connect result")
+            return
+        self.service.execute(actions)
+
+    def _outbound(self, action: ConnectPeer) -> PeerConnection:
+        connection = PeerConnection(self, action.relay, action.connection_id)
+        self.connections[action.connection_id] = connection
+        return connection
+
+    def splice(
+        self, connection_id: int, five_tuple: FiveTuple, client: ClientStream | None
+    ) -> None:
+        """Join the client's data connection and the peer connection (RFC 6062 §5.4)."""
+        connection = self.connections.get(connection_id)
+        if connection is None or client is None:
+            self.service.core.stats["drop.splice_missing"] += 1
+            if client is not None:
+                client.close()
+            return
+        connection.client = client
+        client.splice = connection
+        if connection.transport is not None:
+            connection.transport.resume_reading()
+
+    def close(self, connection_id: int) -> None:
+        """Close peer connection ``connection_id`` (the core no longer wants it)."""
+        connection = self.connections.pop(connection_id, None)
+        if connection is not None:
+            connection.close()
+
+    def lost(self, connection: PeerConnection) -> None:
+        connection_id = connection.connection_id
+        if connection_id is None or self.connections.get(connection_id) is not connection:
+            return
+        del self.connections[connection_id]
+        try:
+            actions = self.service.core.peer_connection_closed(connection_id, time.time())
+        except Exception:
+            self.service.internal_error("peer connection close")
+            return
+        self.service.execute(actions)
+
+    def stop(self) -> None:
+        """Close every relay listener and peer connection."""
+        for server in self.listeners.values():
+            server.close()
+        for connection in list(self.connections.values()):
+            with contextlib.suppress(Exception):
+                connection.close()
+        self.listeners.clear()
+        self.connections.clear()
