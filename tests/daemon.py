@@ -66,7 +66,13 @@ class Daemon:
         return self.process.returncode
 
 
-def write_config(directory: Path, extra: str = "", *, listen: str = '["udp:0"]') -> Path:
+def write_config(
+    directory: Path,
+    extra: str = "",
+    *,
+    listen: str = '["udp:0"]',
+    addresses: str = '["127.0.0.1"]',
+) -> Path:
     """A loopback-only config with one static user, one REST secret and loopback peers allowed."""
     path = directory / "turnd.toml"
     path.write_text(
@@ -74,7 +80,7 @@ def write_config(directory: Path, extra: str = "", *, listen: str = '["udp:0"]')
 [server]
 realm = "{REALM}"
 listen = {listen}
-addresses = ["127.0.0.1"]
+addresses = {addresses}
 state_dir = "{directory / "state"}"
 log_format = "json"
 log_level = "info"
@@ -97,9 +103,10 @@ def start_turnd(
     args: tuple[str, ...] = (),
     *,
     listen: str = '["udp:0"]',
+    addresses: str = '["127.0.0.1"]',
 ) -> Daemon:
     """Start turnd with :func:`write_config` and wait until it serves."""
-    config = write_config(directory, extra, listen=listen)
+    config = write_config(directory, extra, listen=listen, addresses=addresses)
     log_path = directory / "turnd.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stun.addresses import Address
 from stun.errors import StunDecodeError
@@ -59,13 +59,13 @@ class ClientStream(asyncio.Protocol):
     # --- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         client = Address(peer[0], peer[1])
         self.five_tuple = FiveTuple(self.kind, client, self.server)
         if not self.service.admit_stream(self):
-            transport.abort()
+            self.transport.abort()
             return
         self._arm_idle()
 

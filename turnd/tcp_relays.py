@@ -23,7 +23,7 @@ import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from stun.addresses import Address
 from turnd.core.actions import ConnectPeer, FiveTuple
@@ -65,9 +65,9 @@ class PeerConnection(asyncio.Protocol):
         self.client: ClientStream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()  # nothing is read before ConnectionBind (§5.4)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()  # nothing is read before ConnectionBind (§5.4)
         if self.connection_id is None:
             peer = transport.get_extra_info("peername")
             self.relays.arrived(self, Address(peer[0], peer[1]))

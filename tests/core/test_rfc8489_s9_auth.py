@@ -145,6 +145,19 @@ def test_nonce_issued_to_another_client_address_is_438() -> None:
     assert world.server.stats["auth.bad_nonce"] == 1
 
 
+def test_nonce_is_valid_from_another_port_of_the_same_address() -> None:
+    """RFC 6062 §5.4: a data connection (new port) authenticates with the control one's nonce."""
+    world = World()
+    alice = world.client()
+    alice.fetch_nonce()
+    other_port = Address(alice.address.host, alice.address.port + 1)
+    again = world.client(address=other_port, nonce=alice.nonce, realm=REALM)
+    assert (
+        error_code(again.request(Method.ALLOCATE, at.RequestedTransport(17), retry=False)) is None
+    )
+    assert world.server.stats["auth.bad_nonce"] == 0
+
+
 def test_forged_nonce_is_438() -> None:
     """§9.2.4: a NONCE this server did not issue is not valid: 438 with a real one."""
     world = World()

@@ -35,10 +35,13 @@ OFFERED_ENTRIES = tuple(at.PasswordAlgorithmEntry(a) for a in OFFERED_ALGORITHMS
 
 
 def nonce_binding(five_tuple: FiveTuple) -> bytes:
-    """What a nonce is bound to: the client's transport and address (DESIGN.md: stateless
-    nonces bound to the client address, valid on any node that shares the key)."""
-    client = five_tuple.client
-    return f"{five_tuple.transport.value}|{client.host}|{client.port}".encode()
+    """What a nonce is bound to: the client's transport and IP address (DESIGN.md: stateless
+    nonces bound to the client address, valid on any node that shares the key).
+
+    Not the port: an RFC 6062 client opens each data connection from a new port and
+    authenticates its ConnectionBind with the nonce of its control connection (§5.4).
+    """
+    return f"{five_tuple.transport.value}|{five_tuple.client.host}".encode()
 
 
 class RequestAuthenticator:
