@@ -70,6 +70,7 @@ def test_defaults_are_the_documented_ones() -> None:
         "max_allocations_per_ip": 200,
         "max_permissions_per_allocation": 1000,
         "max_channels_per_allocation": 1000,
+        "max_peer_connections_per_allocation": 100,
         "max_connections": 10_000,
         "max_connections_per_ip": 64,
         "tls_handshake_timeout": 10,

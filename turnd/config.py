@@ -281,6 +281,10 @@ class LimitsConfig:
     """Channel bindings per allocation, at most 4096 (the channel numbers of RFC 8656 §12).
     Default 1000, for the same reason as permissions."""
 
+    max_peer_connections_per_allocation: int = attrs.field(default=100, metadata=_kind(Int(1)))
+    """RFC 6062 peer TCP connections per TCP allocation, made by Connect or accepted from peers.
+    Default 100: each is a socket and buffers; past it Connect gets 403 and peers are refused."""
+
     max_connections: int = attrs.field(default=10_000, metadata=_kind(Int(1)))
     """TCP and TLS client connections on this node, all listeners together. Default 10000: each
     holds a file descriptor and buffers; past that, new connections are closed at once."""

@@ -169,6 +169,7 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         max_allocations_per_ip=limits.max_allocations_per_ip,
         max_permissions_per_allocation=limits.max_permissions_per_allocation,
         max_channels_per_allocation=limits.max_channels_per_allocation,
+        max_peer_connections_per_allocation=limits.max_peer_connections_per_allocation,
         allow_anonymous_binding=config.auth.allow_anonymous_binding,
     )
     own = [
