@@ -192,9 +192,8 @@ def decode(data: bytes) -> Message:
     mi_offset: int | None = None
     mi256_offset: int | None = None
     offset = HEADER_SIZE
+    # size and every offset are multiples of 4, so a whole attribute header always fits here.
     while offset < size:
-        if offset + 4 > size:
-            raise StunDecodeError("truncated attribute header", header)
         attr_type, attr_len = _ATTR_HEADER.unpack_from(data, offset)
         start = offset + 4
         end = start + attr_len
