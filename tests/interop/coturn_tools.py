@@ -867,49 +867,11 @@ class CoturnServer:
 
 
 def make_self_signed_cert(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
-    """Write a throw-away self-signed certificate and key (PEM); return their paths."""
-    import datetime
+    """A self-signed certificate and key (PEM) for loopback, made the way turnd makes its own."""
+    from turnd.tls import ensure_self_signed
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(common_name),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    cert, key, _ = ensure_self_signed(directory, [common_name], ["127.0.0.1", "::1"])
+    return cert, key
 
 
 def turnserver_config(
@@ -1042,3 +1004,13 @@ def start_turnserver(
         server.stop()
         raise
     return server
+
+
+def assert_lossless(report: UclientReport, sessions: int, messages: int, length: int) -> None:
+    """Every packet of every session came back, with every byte (uclient's exit code lies)."""
+    expected = sessions * messages
+    assert report.sent_packets == expected, report.describe()
+    assert report.received_packets == expected, report.describe()
+    assert report.lost_packets == 0, report.describe()
+    assert report.send_dropped == 0, report.describe()
+    assert report.sent_bytes == report.received_bytes == expected * length, report.describe()

@@ -28,6 +28,9 @@ from tests.interop.coturn_tools import (
     start_peer,
     uclient_sessions,
 )
+from tests.interop.coturn_tools import (
+    assert_lossless as check_lossless,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -57,11 +60,8 @@ def peer() -> Iterator[EchoPeer]:
 
 
 def assert_lossless(report: UclientReport, sessions: int) -> None:
-    expected = sessions * MESSAGES
-    assert report.sent_packets == expected, report.describe()
-    assert report.received_packets == expected, report.describe()
-    assert report.lost_packets == 0, report.describe()
-    assert report.sent_bytes == report.received_bytes == expected * LENGTH, report.describe()
+    """Every packet and byte of every session came back."""
+    check_lossless(report, sessions, MESSAGES, LENGTH)
 
 
 @uclient_needed

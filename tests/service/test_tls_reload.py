@@ -12,7 +12,7 @@ from pathlib import Path
 from stun import attributes as at
 from stun.keys import long_term_key
 from stun.message import MessageClass, Method, decode
-from tests.daemon import PASSWORD, REALM, USER, start_turnd
+from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
 from tests.service.client import wait_for_event
 from tests.service.test_stream_limits import _read_frame, _request
 from turnd.tls import ensure_self_signed
@@ -36,10 +36,9 @@ def _make_pair(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_sighup_loads_a_new_certificate_and_keeps_live_tls_allocations(tmp_path: Path) -> None:
-    """New handshakes get the new certificate; an allocation on an old connection lives on."""
+def _daemon_on_first_certificate(tmp_path: Path) -> tuple[Daemon, Path, Path]:
+    """turnd serving TLS with certificate "first" from files that a test may overwrite."""
     first_cert, first_key = _make_pair(tmp_path, "first")
-    second_cert, second_key = _make_pair(tmp_path, "second")
     live_cert, live_key = tmp_path / "live-cert.pem", tmp_path / "live-key.pem"
     shutil.copy(first_cert, live_cert)
     shutil.copy(first_key, live_key)
@@ -48,6 +47,13 @@ def test_sighup_loads_a_new_certificate_and_keeps_live_tls_allocations(tmp_path:
         f'[tls]\ncert_file = "{live_cert}"\nkey_file = "{live_key}"\n',
         listen='["udp:0", "tls:0"]',
     )
+    return daemon, live_cert, live_key
+
+
+def test_sighup_loads_a_new_certificate_and_keeps_live_tls_allocations(tmp_path: Path) -> None:
+    """New handshakes get the new certificate; an allocation on an old connection lives on."""
+    second_cert, second_key = _make_pair(tmp_path, "second")
+    daemon, live_cert, live_key = _daemon_on_first_certificate(tmp_path)
     try:
         port = daemon.ports["tls"][0]
         before = _fingerprint(port)
@@ -82,16 +88,8 @@ def test_sighup_loads_a_new_certificate_and_keeps_live_tls_allocations(tmp_path:
 
 def test_sighup_with_a_mismatched_key_keeps_the_old_certificate(tmp_path: Path) -> None:
     """A certificate and key that do not belong together are refused; TLS keeps working."""
-    first_cert, first_key = _make_pair(tmp_path, "first")
     _, second_key = _make_pair(tmp_path, "second")
-    live_cert, live_key = tmp_path / "live-cert.pem", tmp_path / "live-key.pem"
-    shutil.copy(first_cert, live_cert)
-    shutil.copy(first_key, live_key)
-    daemon = start_turnd(
-        tmp_path,
-        f'[tls]\ncert_file = "{live_cert}"\nkey_file = "{live_key}"\n',
-        listen='["udp:0", "tls:0"]',
-    )
+    daemon, _, live_key = _daemon_on_first_certificate(tmp_path)
     try:
         port = daemon.ports["tls"][0]
         before = _fingerprint(port)
