@@ -169,3 +169,15 @@ def test_denied_ip_is_refused_as_peer_on_any_port() -> None:
     """peer_allowed applies the IP rules first."""
     assert not POLICY.peer_allowed("10.0.0.1", 80)
     assert POLICY.peer_allowed("8.8.8.8", 80)
+
+
+def test_verdict_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan over many peer IPs cannot grow the policy's verdict cache without limit."""
+    from turnd.core import peer_policy
+
+    monkeypatch.setattr(peer_policy, "VERDICT_CACHE_SIZE", 4)
+    policy = PeerPolicy.build()
+    for i in range(10):
+        assert policy.ip_allowed(f"198.51.100.{i}")
+        assert not policy.ip_allowed(f"10.0.0.{i}")
+    assert len(policy._verdicts) <= 4

@@ -54,6 +54,9 @@ NEVER_ALLOWED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("::/128"),
 )
 
+#: Distinct peer IPs whose verdict a policy remembers before it starts over.
+VERDICT_CACHE_SIZE = 65536
+
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
@@ -87,6 +90,9 @@ class PeerPolicy:
     allow: tuple[IPNetwork, ...] = ()
     #: Transport addresses of this node that are never peers: (ip text, port).
     own_addresses: frozenset[tuple[str, int]] = frozenset()
+    #: Verdicts by IP text. Per instance, so that a lookup hashes only the host string (hashing
+    #: the policy itself would hash every network of the deny-list, on every packet).
+    _verdicts: dict[str, bool] = attrs.field(factory=dict, eq=False, hash=False, repr=False)
 
     @classmethod
     def build(
@@ -105,11 +111,16 @@ class PeerPolicy:
 
     def ip_allowed(self, host: str) -> bool:
         """Whether peer IP ``host`` may be given a permission."""
-        return _ip_allowed(self, host)
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            if len(self._verdicts) >= VERDICT_CACHE_SIZE:
+                self._verdicts.clear()  # crude but bounded: a scan cannot grow it without limit
+            verdict = self._verdicts[host] = _ip_allowed(self, host)
+        return verdict
 
     def peer_allowed(self, host: str, port: int) -> bool:
         """Whether data may be relayed to the transport address ``host:port``."""
-        if not _ip_allowed(self, host):
+        if not self.ip_allowed(host):
             return False
         # Every form: an IPv4-mapped or NAT64 address reaches the IPv4 one it embeds.
         return not any((ip, port) in self.own_addresses for ip in _canonical_forms(host))
@@ -121,7 +132,6 @@ def _canonical_forms(host: str) -> tuple[str, ...]:
     return tuple(str(ip) for ip in embedded_addresses(ipaddress.ip_address(host)))
 
 
-@lru_cache(maxsize=65536)
 def _ip_allowed(policy: PeerPolicy, host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host)
