@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "turnd.example.toml"
 SOURCE = pathlib.Path(config.__file__)
 SOURCES = (SOURCE, pathlib.Path(config_values.__file__))
-SECTIONS = ("server", "relay", "auth", "tls", "limits", "peers")
+SECTIONS = ("server", "relay", "auth", "tls", "limits", "peers", "metrics", "usage")
 ALL_FIELDS = [
     f"{section}.{field.name}"
     for section in SECTIONS
@@ -141,7 +141,7 @@ def test_example_file_values_are_valid_and_are_the_defaults() -> None:
     """Uncommented, the example loads; except example values, it states the real defaults."""
     examples = {"server.software", "relay.address", "relay.address6", "auth.users_file"}
     examples |= {"auth.secrets", "auth.users", "auth.nonce_key", "peers.allow", "peers.deny"}
-    examples |= {"tls.cert_file", "tls.key_file"}
+    examples |= {"tls.cert_file", "tls.key_file", "usage.file"}
     text = EXAMPLE.read_text()
     for _, line in example_settings():
         text = text.replace(line, line[1:])
@@ -759,3 +759,27 @@ def test_listener_parse_and_str() -> None:
     for spec in ("udp", "udp:", "quic:443", "udp:-1", "udp:70000", "udp:٣"):
         with pytest.raises(ValueError):
             Listener.parse(spec)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"127.0.0.1:9641"', "127.0.0.1:9641"),
+        ('"[::1]:9641"', "[::1]:9641"),
+        ('"0.0.0.0:0"', "0.0.0.0:0"),
+        ('""', None),
+    ],
+)
+def test_metrics_listen_takes_address_port_or_off(text: str, expected: str | None) -> None:
+    """metrics.listen is "address:port" ("[v6]:port"), or "" to turn metrics off."""
+    listen = parse_config(f"[metrics]\nlisten = {text}\n", {}).metrics.listen
+    assert (None if listen is None else str(listen)) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ['"9641"', '"::1:9641"', '"[127.0.0.1]:9641"', '"127.0.0.1:99999"', '"host:80"', "9641"]
+)
+def test_bad_metrics_listen_names_the_field(text: str) -> None:
+    """A malformed metrics.listen is refused, naming the field and the expected form."""
+    with pytest.raises(ConfigError, match=r"metrics\.listen: must be an \"address:port\""):
+        parse_config(f"[metrics]\nlisten = {text}\n", {})

@@ -44,6 +44,8 @@ from turnd.config_values import (
     Address,
     Bool,
     Choice,
+    Endpoint,
+    HostPort,
     Int,
     Invalid,
     Kind,
@@ -257,6 +259,27 @@ class TlsConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """[metrics]: the Prometheus exposition of counters and gauges."""
+
+    listen: Endpoint | None = attrs.field(
+        default=Endpoint("127.0.0.1", 9641), metadata=_kind(HostPort())
+    )
+    """Where GET /metrics is served, as "address:port"; "" turns it off. Default
+    "127.0.0.1:9641": local only, for a Prometheus agent on the host; expose it deliberately."""
+
+
+@attrs.frozen
+class UsageConfig:
+    """[usage]: accounting, one JSON line per ended allocation."""
+
+    file: str | None = attrs.field(default=None, metadata=_kind(Str()))
+    """File that receives one JSON object per line when an allocation ends (username, key id,
+    customIdentifier, transport, bytes and packets each way, start, duration). Default unset:
+    the same fields go only to the log (event allocation.ended)."""
+
+
+@attrs.frozen
 class LimitsConfig:
     """[limits]: quotas, so that no one user or host can take the node's resources."""
 
@@ -337,6 +360,8 @@ class Config:
     tls: TlsConfig = attrs.field(factory=TlsConfig)
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     peers: PeersConfig = attrs.field(factory=PeersConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
+    usage: UsageConfig = attrs.field(factory=UsageConfig)
 
     @classmethod
     def default(cls) -> "Config":

@@ -350,6 +350,36 @@ class Address(Kind):
         raise self.bad(path, value)
 
 
+@attrs.frozen
+class Endpoint:
+    """A local TCP listener of an auxiliary service (metrics): address and port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class HostPort(Kind):
+    """An :class:`Endpoint` written ``address:port`` (``[v6]:port``); "" means off (None)."""
+
+    expected = 'an "address:port" such as "127.0.0.1:9641" or "[::1]:9641", or "" (off)'
+
+    def parse(self, value: object, path: str, text: bool) -> Endpoint | None:
+        if value == "" or value is None:
+            return None
+        if isinstance(value, str) and ":" in value:
+            host, _, port = value.strip().rpartition(":")
+            bracketed = host.startswith("[") and host.endswith("]")
+            with contextlib.suppress(ValueError):
+                address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+                number = int(port)
+                if 0 <= number <= PORT_MAX and (address.version == 4) != bracketed:
+                    return Endpoint(str(address), number)
+        raise self.bad(path, value)
+
+
 class Network(Kind):
     """A CIDR network (host bits allowed: 10.1.2.3/8 is 10.0.0.0/8), not touching ``never``."""
 
