@@ -40,6 +40,14 @@ class Daemon:
     ports: dict[str, list[int]]
 
     @property
+    def metrics_port(self) -> int:
+        """The port GET /metrics is served on."""
+        for entry in self.log_events():
+            if entry.get("event") == "metrics.started":
+                return int(entry["port"])
+        raise LookupError("turnd logged no metrics.started")
+
+    @property
     def udp_ports(self) -> list[int]:
         return self.ports.get("udp", [])
 
@@ -91,6 +99,9 @@ secrets = ["{REST_SECRET}"]
 
 [peers]
 allow = ["127.0.0.0/8", "::1/128"]
+
+[metrics]
+listen = "127.0.0.1:0"
 {extra}
 """
     )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -231,6 +232,9 @@ class TurnService:
         self._streams_per_ip: Counter[str] = Counter()
         self.tls_context: ssl.SSLContext | None = None
         self.tls_error = ""
+        self._metrics: Any = None  # aiohttp AppRunner of the metrics listener
+        #: The metrics listener's bound address, once it serves.
+        self.metrics_address: Address | None = None
         self._relays: dict[Address, asyncio.DatagramTransport] = {}
         self.tcp_relays = TcpRelays(self)
         self._reserved: dict[Address, socket.socket] = {}
@@ -265,6 +269,7 @@ class TurnService:
                     await self._start_stream(
                         Transport(listener.transport.value), str(address), listener.port
                     )
+        await self._start_metrics()
         if not self.bound:
             raise StartupError(
                 "no listener could be started: "
@@ -343,6 +348,50 @@ class TurnService:
         self.bound.append((kind.value, bound))
         self._report(kind.value, host, bound.port, True)
 
+    async def _start_metrics(self) -> None:
+        """Serve GET /metrics on ``[metrics] listen``; a failure is reported, not fatal."""
+        endpoint = self.config.metrics.listen
+        if endpoint is None:
+            return
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from turnd.metrics import registry_for
+
+        registry = registry_for(self)
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self._report(
+                "metrics",
+                endpoint.host,
+                endpoint.port,
+                False,
+                bind_failure_reason(exc, endpoint.port),
+            )
+            return
+        self._metrics = runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else endpoint.port
+        self.metrics_address = Address(endpoint.host, port)
+        event(logging.INFO, "metrics.started", address=endpoint.host, port=port)
+
+    def stream_counts(self) -> Counter[str]:
+        """Open TCP/TLS client connections by transport."""
+        return Counter(five_tuple.transport.value for five_tuple in self._streams)
+
     # --- stream connections ------------------------------------------------------------------
 
     def admit_stream(self, stream: ClientStream) -> bool:
@@ -410,6 +459,9 @@ class TurnService:
         self._listeners.clear()
         self._relays.clear()
         self._reserved.clear()
+        if self._metrics is not None:
+            await self._metrics.cleanup()
+            self._metrics = None
         await asyncio.sleep(0)
         event(logging.INFO, "service.stopped", allocations=len(self.core.allocations))
 
@@ -555,6 +607,9 @@ class TurnService:
             sock.close()
 
     def _allocation_ended(self, ended: AllocationEnded) -> None:
+        usage_file = self.config.usage.file
+        if usage_file:
+            self._write_usage(usage_file, ended)
         event(
             logging.INFO,
             "allocation.ended",
@@ -568,6 +623,30 @@ class TurnService:
             packets_to_client=ended.packets_to_client,
             bytes_to_client=ended.bytes_to_client,
         )
+
+    def _write_usage(self, path: str, ended: AllocationEnded) -> None:
+        """Append one JSON line of accounting for an ended relay; a write failure is logged."""
+        record = {
+            "username": ended.username,
+            "key_id": None,  # the credential REST endpoint's key, once it exists
+            "customIdentifier": ended.rest_id or None,
+            "transport": ended.five_tuple.transport.value,
+            "client": str(ended.five_tuple.client),
+            "relay": str(ended.relay),
+            "reason": ended.reason,
+            "start": round(ended.started, 3),
+            "duration": round(ended.ended - ended.started, 3),
+            "packets_to_peer": ended.packets_to_peer,
+            "bytes_to_peer": ended.bytes_to_peer,
+            "packets_to_client": ended.packets_to_client,
+            "bytes_to_client": ended.bytes_to_client,
+        }
+        try:
+            with open(path, "a", encoding="utf-8") as handle:  # reopened: survives logrotate
+                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            self.core.stats["usage.write_failures"] += 1
+            event(logging.ERROR, "usage.write_failed", path=path, reason=exc.strerror or str(exc))
 
     # --- the one timer -----------------------------------------------------------------------
 

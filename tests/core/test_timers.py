@@ -147,3 +147,24 @@ def test_expired_allocation_never_answers_before_the_timer_runs() -> None:
     assert error_code(alice.refresh()) == 437
     assert world.server.allocations == {}
     assert world.peer_packet(alice.relay, PEER, b"late") == []
+
+
+def test_traffic_totals_count_live_and_ended_relays() -> None:
+    """traffic() adds what live relays carried to what ended ones did (metrics read it live)."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    alice.create_permission(PEER)
+    alice.send(PEER, b"12345")
+    assert alice.relay is not None
+    world.peer_packet(alice.relay, PEER, b"abc")
+    live = world.server.traffic()
+    assert live == {
+        "packets_to_peer": 1,
+        "bytes_to_peer": 5,
+        "packets_to_client": 1,
+        "bytes_to_client": 3,
+    }
+    alice.refresh(0)
+    assert world.server.allocations == {}
+    assert world.server.traffic() == live

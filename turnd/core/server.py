@@ -77,6 +77,10 @@ from turnd.core.tcp_relay import PeerConnections
 Handler = Callable[["TurnServer", Request], list[Action]]
 
 
+#: The per-relay traffic counters (allocation.Relay) that TurnServer.traffic() sums.
+TRAFFIC_COUNTERS = ("packets_to_peer", "bytes_to_peer", "packets_to_client", "bytes_to_client")
+
+
 class TurnServer:
     """One node's TURN server state machine."""
 
@@ -214,6 +218,18 @@ class TurnServer:
     def peer_connection_closed(self, connection_id: int, now: float) -> list[Action]:
         """Peer connection ``connection_id`` closed or failed (RFC 6062 §5.5)."""
         return self._due(now) + tcp_relay.peer_connection_closed(self, connection_id)
+
+    def traffic(self) -> dict[str, int]:
+        """Packets and bytes relayed each way since start: ended relays plus live ones.
+
+        Computed when asked (a metrics scrape), so the relay path only bumps its own relay's
+        counters."""
+        totals = {counter: self.stats["relayed." + counter] for counter in TRAFFIC_COUNTERS}
+        for alloc in self.allocations.values():
+            for relay in alloc.relays.values():
+                for counter in TRAFFIC_COUNTERS:
+                    totals[counter] += getattr(relay, counter)
+        return totals
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` next has work, or None."""
@@ -422,6 +438,8 @@ class TurnServer:
         actions: list[Action] = []
         for family in gone:
             relay = alloc.relays.pop(family)
+            for counter in TRAFFIC_COUNTERS:
+                self.stats["relayed." + counter] += getattr(relay, counter)
             del self.by_relay[relay.address]
             self._pools[family].release(relay.address.port)
             actions.append(CloseRelay(relay.address))

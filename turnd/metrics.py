@@ -1,0 +1,113 @@
+"""Prometheus metrics: the core's live counters and state, read at scrape time.
+
+Nothing on the packet path changes for metrics. The core already counts everything in
+``TurnServer.stats`` (drops by reason, auth failures by reason, error responses by code, ...) and
+per relay; this collector turns those into metric families when Prometheus asks, so counters move
+live, between scrapes, not at allocation end.
+
+Served by aiohttp on ``[metrics] listen`` (GET /metrics).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from turnd.service import TurnService
+
+#: stats key prefix -> (metric name, help, label name). Every counter in ``TurnServer.stats`` with
+#: one of these prefixes becomes one labelled series; the rest go to turnd_events_total.
+_LABELLED = {
+    "drop.": ("turnd_drops_total", "Packets dropped, by reason.", "reason"),
+    "auth_failure.": (
+        "turnd_auth_failures_total",
+        "Requests refused with 401 after a credential check, by reason.",
+        "reason",
+    ),
+    "error.": ("turnd_error_responses_total", "Error responses sent, by code.", "code"),
+    "allocations.ended.": (
+        "turnd_allocations_ended_total",
+        "Ended allocations, by reason.",
+        "reason",
+    ),
+    "quota.": ("turnd_quota_refusals_total", "Requests refused by a quota, by quota.", "quota"),
+}
+_SKIP = ("relayed.",)  # summed into turnd_relayed_*_total instead
+
+
+class TurndCollector(Collector):
+    """Reads one service's core on every scrape."""
+
+    def __init__(self, service: TurnService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.service.core
+        allocations = GaugeMetricFamily(
+            "turnd_allocations",
+            "Live allocations, by client transport and relay protocol.",
+            labels=["transport", "relay"],
+        )
+        by_kind: Counter[tuple[str, str]] = Counter(
+            (alloc.five_tuple.transport.value, "tcp" if alloc.tcp else "udp")
+            for alloc in core.allocations.values()
+        )
+        for (transport, relay), count in sorted(by_kind.items()):
+            allocations.add_metric([transport, relay], count)
+        yield allocations
+
+        connections = GaugeMetricFamily(
+            "turnd_client_connections", "Open TCP and TLS client connections.", labels=["transport"]
+        )
+        for transport, count in sorted(self.service.stream_counts().items()):
+            connections.add_metric([transport], count)
+        yield connections
+
+        traffic = core.traffic()
+        packets = CounterMetricFamily(
+            "turnd_relayed_packets", "Packets relayed, by direction.", labels=["direction"]
+        )
+        octets = CounterMetricFamily(
+            "turnd_relayed_bytes", "Payload bytes relayed, by direction.", labels=["direction"]
+        )
+        for direction in ("to_peer", "to_client"):
+            packets.add_metric([direction], traffic["packets_" + direction])
+            octets.add_metric([direction], traffic["bytes_" + direction])
+        yield packets
+        yield octets
+
+        yield CounterMetricFamily(
+            "turnd_binding_requests",
+            "STUN Binding requests answered.",
+            value=core.stats["stun.binding_requests"],
+        )
+
+        families = {
+            prefix: CounterMetricFamily(name.removesuffix("_total"), text, labels=[label])
+            for prefix, (name, text, label) in _LABELLED.items()
+        }
+        events = CounterMetricFamily(
+            "turnd_events", "Other counted events of the core.", labels=["event"]
+        )
+        for key, value in sorted(core.stats.items()):
+            if key.startswith(_SKIP):
+                continue
+            prefix = next((p for p in _LABELLED if key.startswith(p)), None)
+            if prefix is None:
+                events.add_metric([key], value)
+            else:
+                families[prefix].add_metric([key[len(prefix) :]], value)
+        yield from families.values()
+        yield events
+
+
+def registry_for(service: TurnService) -> CollectorRegistry:
+    """A registry holding only turnd's collector (no process-wide default metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TurndCollector(service))
+    return registry
