@@ -28,7 +28,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "turnd.example.toml"
 SOURCE = pathlib.Path(config.__file__)
 SOURCES = (SOURCE, pathlib.Path(config_values.__file__))
-SECTIONS = ("server", "relay", "auth", "tls", "limits", "peers", "metrics", "usage")
+SECTIONS = (
+    "server",
+    "relay",
+    "auth",
+    "tls",
+    "limits",
+    "peers",
+    "metrics",
+    "usage",
+    "control",
+    "api",
+)
 ALL_FIELDS = [
     f"{section}.{field.name}"
     for section in SECTIONS
@@ -141,7 +152,8 @@ def test_example_file_values_are_valid_and_are_the_defaults() -> None:
     """Uncommented, the example loads; except example values, it states the real defaults."""
     examples = {"server.software", "relay.address", "relay.address6", "auth.users_file"}
     examples |= {"auth.secrets", "auth.users", "auth.nonce_key", "peers.allow", "peers.deny"}
-    examples |= {"tls.cert_file", "tls.key_file", "usage.file"}
+    examples |= {"tls.cert_file", "tls.key_file", "usage.file", "control.listen", "control.token"}
+    examples |= {"api.listen", "api.public_host", "api.keys"}
     text = EXAMPLE.read_text()
     for _, line in example_settings():
         text = text.replace(line, line[1:])
@@ -783,3 +795,11 @@ def test_bad_metrics_listen_names_the_field(text: str) -> None:
     """A malformed metrics.listen is refused, naming the field and the expected form."""
     with pytest.raises(ConfigError, match=r"metrics\.listen: must be an \"address:port\""):
         parse_config(f"[metrics]\nlisten = {text}\n", {})
+
+
+def test_control_listen_needs_a_token() -> None:
+    """A TCP control listener without control.token is refused, naming the missing field."""
+    with pytest.raises(ConfigError, match=r"^control\.token: must be set when control\.listen"):
+        parse_config('[control]\nlisten = "127.0.0.1:9642"\n', {})
+    config = parse_config('[control]\nlisten = "127.0.0.1:9642"\ntoken = "t0ken"\n', {})
+    assert config.control.token is not None and config.control.token.reveal() == "t0ken"

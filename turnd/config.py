@@ -270,6 +270,43 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class ControlConfig:
+    """[control]: the control API that turnctl talks to (HTTP + JSON)."""
+
+    socket: str = attrs.field(
+        default="/run/turnd/control.sock", metadata=_kind(Str(allow_empty=True))
+    )
+    """Unix socket of the control API (mode 0600: whoever may open it operates turnd); "" turns
+    it off. Default /run/turnd/control.sock (systemd's RuntimeDirectory=turnd)."""
+
+    listen: Endpoint | None = attrs.field(default=None, metadata=_kind(HostPort()))
+    """Also serve the control API on TCP "address:port", with control.token required. Default
+    unset: the Unix socket only."""
+
+    token: Secret | None = attrs.field(default=None, metadata=_kind(SecretStr()))
+    """Bearer token the TCP control listener requires. Default unset (needed with listen)."""
+
+
+@attrs.frozen
+class ApiConfig:
+    """[api]: the credential REST endpoint application back ends call (HTTP + JSON)."""
+
+    listen: Endpoint | None = attrs.field(default=None, metadata=_kind(HostPort()))
+    """Where the endpoint listens, "address:port". Default unset: off."""
+
+    public_host: str | None = attrs.field(default=None, metadata=_kind(Str()))
+    """Host name or address put in the stun:/turn:/turns: URLs it returns. Default unset: the
+    relay address."""
+
+    keys: Mapping[str, Secret] = attrs.field(factory=dict, metadata=_kind(Users()))
+    """Key ids and their bearer tokens, { key_id = "token" }: a back end calls
+    /v1/turn/keys/<key_id>/... with "Authorization: Bearer <token>". Default {}."""
+
+    max_ttl: int = attrs.field(default=172_800, metadata=_kind(Int(1, 172_800)))
+    """Longest credential lifetime a caller may ask for, seconds. Default 172800 (48 h)."""
+
+
+@attrs.frozen
 class UsageConfig:
     """[usage]: accounting, one JSON line per ended allocation."""
 
@@ -362,6 +399,8 @@ class Config:
     peers: PeersConfig = attrs.field(factory=PeersConfig)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     usage: UsageConfig = attrs.field(factory=UsageConfig)
+    control: ControlConfig = attrs.field(factory=ControlConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
 
     @classmethod
     def default(cls) -> "Config":
@@ -513,6 +552,10 @@ def config_from_mapping(
         problem = f"must be set too, since {given} is: set both, or neither"
         problem += " (for a generated self-signed certificate)"
         raise ConfigError(f"{missing}: {problem}{_where(raw[given].origin)}", missing)
+    if config.control.listen is not None and config.control.token is None:
+        where = _where(raw["control.listen"].origin)
+        problem = "must be set when control.listen is: the TCP control API needs a bearer token"
+        raise ConfigError(f"control.token: {problem}{where}", "control.token")
     return config
 
 
