@@ -348,3 +348,18 @@ def test_no_state_is_created_before_authentication() -> None:
     assert world.client_state() == before
     assert world.server.stats["error.401"] == 5  # 1 + challenge and failure for 2 clients
     assert world.server.stats["error.438"] == 2
+
+
+def test_revoked_user_loses_allocations_and_is_refused() -> None:
+    """Revocation ends the user's allocations now and the next request gets 401 (revoked)."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    bob = world.client("bob", "bob-pw", address=BOB_ADDRESS)
+    bob.allocate()
+    actions = world.server.revoke("alice", world.now)
+    ended = [a for a in actions if isinstance(a, AllocationEnded)]
+    assert [a.username for a in ended] == ["alice"] and ended[0].reason == "revoked"
+    assert list(world.server.allocations) == [bob.five_tuple]
+    assert error_code(alice.allocate()) == 401
+    assert world.server.stats["auth_failure.revoked"] == 1

@@ -511,3 +511,16 @@ def test_stream_connection_closed_while_opening_gets_no_allocation(bound: bool) 
     assert actions == ([CloseRelay(opening.relay)] if bound else [])
     assert world.client_state() == before
     assert server.stats["allocate.abandoned"] == 1
+
+
+def test_draining_server_refuses_new_allocations_and_keeps_old_ones() -> None:
+    """Drain: new Allocates get 508; an existing allocation keeps relaying and refreshing."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    world.server.draining = True
+    bob = world.client("bob", "bob-pw", address=OTHER_ADDRESS)
+    assert error_code(bob.allocate()) == 508
+    assert world.server.stats["quota.draining"] == 1
+    assert error_code(alice.refresh()) is None
+    assert error_code(alice.create_permission(PEER)) is None

@@ -192,6 +192,9 @@ def _release(server: TurnServer, pending: PendingAllocate, relay: Address) -> No
 def _check_quota(server: TurnServer, cred: Credential, request: Request) -> None:
     """§7.2 step 10 (486) and the node's capacity (508); allocations being opened count."""
     settings = server.settings
+    if server.draining:
+        server.stats["quota.draining"] += 1
+        raise StunError(508, "this server is draining: it takes no new allocations")
     if len(server.allocations) + len(server._pending_tuples) >= settings.max_allocations:
         server.stats["quota.node"] += 1
         raise StunError(508, "node allocation limit reached")

@@ -97,6 +97,8 @@ class TurnServer:
         self._rng = rng
         self.stats: Counter[str] = Counter()
         self.auth = RequestAuthenticator(authenticator, nonces, self.stats)
+        #: A draining server answers new Allocates with 508 and keeps serving its allocations.
+        self.draining = False
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}
         self.tcp = PeerConnections()
@@ -302,6 +304,14 @@ class TurnServer:
         if alloc is None:
             return []
         return self._delete(alloc, now, "killed")
+
+    def revoke(self, username: str, now: float) -> list[Action]:
+        """Refuse ``username`` from now on (401, reason revoked) and end its allocations."""
+        self.auth.authenticator = self.auth.authenticator.revoke(username)
+        actions: list[Action] = []
+        for alloc in [a for a in self.allocations.values() if a.username == username]:
+            actions += self._delete(alloc, now, "revoked")
+        return actions
 
     # --- plumbing ----------------------------------------------------------------------------
 
