@@ -117,7 +117,10 @@ def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str
 async def _serve(
     config: Config, notes: list[str], path: str | None, overrides: dict[str, object]
 ) -> None:
-    service = TurnService(config)
+    def fresh_config() -> Config:
+        return resolve_secrets(load_config(path, os.environ, overrides))[0]
+
+    service = TurnService(config, config_source=fresh_config)
     await service.start()
     for note in notes:
         logs.event(logging.WARNING, "auth.generated_secret", note)
@@ -145,17 +148,7 @@ async def _serve(
         stop.set()
 
     def on_reload() -> None:
-        try:
-            fresh, _ = resolve_secrets(load_config(path, os.environ, overrides))
-        except (ConfigError, StateError) as exc:
-            logs.event(logging.ERROR, "reload.refused", str(exc))
-            return
-        try:
-            service.reload(fresh)
-        except (ValueError, StartupError) as exc:
-            logs.event(logging.ERROR, "reload.refused", str(exc))
-            return
-        logs.event(logging.INFO, "reload.done", "users, REST secrets and TLS certificate reloaded")
+        service.reload_from_source()  # logs reload.done or reload.refused with the reason
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, on_interrupt)

@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -48,6 +48,7 @@ from turnd.core.peer_policy import PeerPolicy
 from turnd.core.server import TurnServer
 from turnd.core.settings import CoreSettings
 from turnd.logs import event
+from turnd.runtime import RuntimeCredentials
 from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
 from turnd.streams import ClientStream
 from turnd.tcp_relays import TcpRelays
@@ -194,8 +195,12 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
     return TurnServer(settings, build_authenticator(config), nonces, policy, rng)
 
 
-def build_authenticator(config: Config) -> Authenticator:
-    """Static users (config and users file) and REST secrets of ``config``.
+def build_authenticator(
+    config: Config,
+    runtime: RuntimeCredentials | None = None,
+    revoked: Iterable[str] = (),
+) -> Authenticator:
+    """Static users (config, users file, runtime) and REST secrets (runtime, then config).
 
     Raises StartupError, naming the file, when the users file cannot be read or parsed.
     """
@@ -209,20 +214,40 @@ def build_authenticator(config: Config) -> Authenticator:
             ) from exc
         except ValueError as exc:
             raise StartupError(f"auth.users_file: {exc}") from exc
+    runtime_secrets: list[str] = []
+    if runtime is not None:
+        users.update(runtime.users())
+        runtime_secrets = runtime.secrets()
     return Authenticator.create(
         config.server.realm,
         users=users,
-        rest_secrets=[secret.reveal() for secret in config.auth.secrets],
+        rest_secrets=[*runtime_secrets, *(secret.reveal() for secret in config.auth.secrets)],
+        revoked=revoked,
     )
 
 
 class TurnService:
     """Listeners, relay sockets, the core and its timer."""
 
-    def __init__(self, config: Config, *, relay_ipv4: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        relay_ipv4: str | None = None,
+        config_source: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
+        self.started = time.time()
+        #: Produces a fresh configuration for reloads (SIGHUP, turnctl reload).
+        self.config_source = config_source
         self.relay_ipv4 = relay_ipv4 or self._relay_address(config)
+        address6 = config.relay.address6
+        self.relay_ipv6 = str(address6) if address6 is not None else None
+        self.runtime = RuntimeCredentials(config.server.state_dir)
+        #: Usernames revoked while running: kept across reloads of the authenticator.
+        self.revoked: set[str] = set()
         self.core = build_core(config, self.relay_ipv4, os.urandom)
+        self.rebuild_authenticator()
         self.reports: list[ListenerReport] = []
         #: Every listener that is serving: (transport, bound address).
         self.bound: list[tuple[str, Address]] = []
@@ -474,7 +499,7 @@ class TurnService:
         """
         from turnd.tls import TlsError, certificate_files, server_context
 
-        authenticator = build_authenticator(config)
+        authenticator = build_authenticator(config, self.runtime, self.revoked)
         if self.tls_context is not None:
             try:
                 cert, key, _ = certificate_files(config)
@@ -484,6 +509,65 @@ class TurnService:
                 raise ValueError(f"TLS certificate not reloaded: {exc}") from exc
         self.core.auth.authenticator = authenticator
         self.config = config
+
+    def reload_from_source(self) -> str | None:
+        """Reload from :attr:`config_source`; None when done, else why it was refused."""
+        from turnd.config import ConfigError
+        from turnd.state import StateError
+
+        if self.config_source is None:
+            return "this turnd has no configuration source to reload from"
+        try:
+            self.reload(self.config_source())
+        except (ConfigError, StateError, StartupError, ValueError) as exc:
+            event(logging.ERROR, "reload.refused", str(exc))
+            return str(exc)
+        event(logging.INFO, "reload.done", "users, REST secrets and TLS certificate reloaded")
+        return None
+
+    def rebuild_authenticator(self) -> None:
+        """Users and secrets from the config, the users file and the runtime files, with the
+        revocations so far."""
+        self.core.auth.authenticator = build_authenticator(self.config, self.runtime, self.revoked)
+
+    def authenticator_users(self) -> frozenset[str]:
+        """The static users the authenticator knows (config, users file, runtime)."""
+        return self.core.auth.authenticator.static_usernames
+
+    def secret_sources(self) -> list[tuple[str, str]]:
+        """REST secrets, newest first, with where each comes from ("runtime" or "config")."""
+        return [(s, "runtime") for s in self.runtime.secrets()] + [
+            (s.reveal(), "config") for s in self.config.auth.secrets
+        ]
+
+    def revoke(self, username: str) -> int:
+        """Refuse ``username`` from now on and end its allocations here; how many ended."""
+        self.revoked.add(username)
+        actions = self.core.revoke(username, time.time())
+        ended = {a.five_tuple for a in actions if isinstance(a, AllocationEnded)}
+        self.execute(actions)
+        event(logging.INFO, "auth.revoked", username=username, allocations=len(ended))
+        return len(ended)
+
+    def ice_urls(self) -> tuple[list[str], list[str]]:
+        """stun:/turn:/turns: URLs of the listeners that serve, for minted credentials."""
+        host = self.config.api.public_host or self.relay_ipv4
+        where = f"[{host}]" if ":" in host else host
+        stun: list[str] = []
+        turn: list[str] = []
+        seen: set[tuple[str, int]] = set()
+        for kind, address in self.bound:
+            if (kind, address.port) in seen:
+                continue
+            seen.add((kind, address.port))
+            if kind == "udp":
+                stun.append(f"stun:{where}:{address.port}")
+                turn.append(f"turn:{where}:{address.port}?transport=udp")
+            elif kind == "tcp":
+                turn.append(f"turn:{where}:{address.port}?transport=tcp")
+            elif kind == "tls":
+                turn.append(f"turns:{where}:{address.port}?transport=tcp")
+        return stun[:1], turn
 
     def internal_error(self, where: str) -> None:
         """A bug surfaced while handling one packet: log it, count it, carry on."""

@@ -1,0 +1,176 @@
+"""What an operator can do to a running turnd: the ControlOps the control API serves.
+
+Each method reads or changes the service and its core in one event-loop turn, so nothing here
+races the packet path. Views are plain JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from auth.credentials import mint_rest_credentials
+from turnd.core.allocation import Allocation
+from turnd.runtime import secret_id
+
+if TYPE_CHECKING:
+    from turnd.service import TurnService
+
+
+def allocation_id(alloc: Allocation) -> str:
+    """A stable name for an allocation: its first relayed transport address."""
+    return str(next(iter(alloc.relays.values())).address)
+
+
+def _view(alloc: Allocation, detail: bool) -> dict[str, Any]:
+    relays = list(alloc.relays.values())
+    view: dict[str, Any] = {
+        "id": allocation_id(alloc),
+        "username": alloc.username,
+        "rest_id": alloc.rest_id,
+        "client": str(alloc.five_tuple.client),
+        "server": str(alloc.five_tuple.server),
+        "transport": alloc.five_tuple.transport.value,
+        "relays": [str(r.address) for r in relays],
+        "tcp": alloc.tcp,
+        "started": round(alloc.started, 3),
+        "expires": round(max(r.expires for r in relays), 3),
+        "permissions": len(alloc.permissions),
+        "channels": len(alloc.channels),
+        "packets_to_peer": sum(r.packets_to_peer for r in relays),
+        "bytes_to_peer": sum(r.bytes_to_peer for r in relays),
+        "packets_to_client": sum(r.packets_to_client for r in relays),
+        "bytes_to_client": sum(r.bytes_to_client for r in relays),
+    }
+    if detail:
+        view["permission_list"] = sorted(alloc.permissions)
+        view["channel_list"] = [
+            {"number": number, "peer": str(binding.peer)}
+            for number, binding in sorted(alloc.channels.items())
+        ]
+    return view
+
+
+class Operations:
+    """The operator's view and levers of one :class:`TurnService`."""
+
+    def __init__(self, service: TurnService) -> None:
+        self.service = service
+
+    def status(self) -> dict[str, Any]:
+        from turnd import __version__
+
+        service = self.service
+        core = service.core
+        return {
+            "version": __version__,
+            "started": round(service.started, 3),
+            "uptime_s": round(time.time() - service.started, 1),
+            "realm": service.config.server.realm,
+            "listeners": [
+                {"transport": kind, "address": address.host, "port": address.port}
+                for kind, address in service.bound
+            ],
+            "relay_addresses": [a for a in (service.relay_ipv4, service.relay_ipv6) if a],
+            "allocations": len(core.allocations),
+            "connections": sum(service.stream_counts().values()),
+            "draining": core.draining,
+        }
+
+    def allocations(
+        self, user: str | None, client: str | None, transport: str | None
+    ) -> list[dict[str, Any]]:
+        found = []
+        for alloc in self.service.core.allocations.values():
+            if user is not None and alloc.username != user:
+                continue
+            if client is not None and client not in (
+                alloc.five_tuple.client.host,
+                str(alloc.five_tuple.client),
+            ):
+                continue
+            if transport is not None and alloc.five_tuple.transport.value != transport:
+                continue
+            found.append(_view(alloc, detail=False))
+        return sorted(found, key=lambda view: view["started"])
+
+    def _find(self, identifier: str) -> Allocation | None:
+        return next(
+            (a for a in self.service.core.allocations.values() if allocation_id(a) == identifier),
+            None,
+        )
+
+    def allocation(self, allocation_id: str) -> dict[str, Any] | None:
+        alloc = self._find(allocation_id)
+        return None if alloc is None else _view(alloc, detail=True)
+
+    def kill(self, allocation_id: str) -> bool:
+        alloc = self._find(allocation_id)
+        if alloc is None:
+            return False
+        self.service.execute(self.service.core.kill(alloc.five_tuple, time.time()))
+        return True
+
+    def users(self) -> list[str]:
+        return sorted(self.service.authenticator_users())
+
+    def add_user(self, name: str, password: str) -> None:
+        self.service.runtime.add_user(name, password)
+        self.service.rebuild_authenticator()
+
+    def remove_user(self, name: str) -> bool:
+        removed = self.service.runtime.remove_user(name)
+        if removed:
+            self.service.rebuild_authenticator()
+        return removed
+
+    def secrets(self) -> list[dict[str, Any]]:
+        return [
+            {"id": secret_id(value), "source": source, "fingerprint": secret_id(value)}
+            for value, source in self.service.secret_sources()
+        ]
+
+    def add_secret(self, value: str | None) -> dict[str, Any]:
+        secret = self.service.runtime.add_secret(value)
+        self.service.rebuild_authenticator()
+        return {"id": secret_id(secret), "secret": secret}
+
+    def retire_secret(self, secret_id_: str) -> bool:
+        sources = self.service.secret_sources()
+        match = [source for value, source in sources if secret_id(value) == secret_id_]
+        if not match:
+            return False
+        if len(sources) == 1:
+            raise ValueError("this is the last REST secret: add another before retiring it")
+        if match[0] != "runtime":
+            raise ValueError(
+                f"this secret comes from the {match[0]} configuration: remove it there and reload"
+            )
+        self.service.runtime.remove_secret(secret_id_)
+        self.service.rebuild_authenticator()
+        return True
+
+    def reload(self) -> dict[str, Any]:
+        error = self.service.reload_from_source()
+        return {"ok": error is None, "error": error}
+
+    def drain(self, on: bool) -> dict[str, Any]:
+        core = self.service.core
+        core.draining = on
+        return {"draining": on, "allocations": len(core.allocations)}
+
+    def revoke(self, username: str) -> int:
+        return self.service.revoke(username)
+
+    def mint(self, ttl: int, ident: str) -> dict[str, Any]:
+        secrets_ = self.service.secret_sources()
+        if not secrets_:
+            raise ValueError("no REST secret is configured: add one with turnctl secrets add")
+        username, password = mint_rest_credentials(secrets_[0][0], time.time(), ttl, ident)
+        stun_urls, turn_urls = self.service.ice_urls()
+        return {
+            "iceServers": [
+                {"urls": list(stun_urls)},
+                {"urls": list(turn_urls), "username": username, "credential": password},
+            ]
+        }

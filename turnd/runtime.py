@@ -1,0 +1,102 @@
+"""Users and REST secrets added at run time with turnctl, kept in the state directory.
+
+The configuration file stays the operator's: turnctl never edits it. What turnctl adds lives in
+``<state_dir>/users.runtime`` (``name:password`` lines, the users-file format) and
+``<state_dir>/secrets.runtime`` (one secret a line, newest first). Both are 0600 and replaced
+atomically, so a crash never leaves half a file; both are read again on every change and reload,
+and merged with the configuration's users and secrets (a runtime user shadows a configured one of
+the same name; runtime secrets come before configured ones, so the newest mints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from auth.credentials import Password, parse_users_file
+
+USERS_FILE = "users.runtime"
+SECRETS_FILE = "secrets.runtime"
+#: Bytes of a generated secret: the SHA-1 block size used by the REST HMAC is 64; 32 random
+#: bytes are beyond any search.
+GENERATED_SECRET_BYTES = 32
+
+
+def secret_id(secret: str) -> str:
+    """A short public name for a secret: the first 8 hex digits of its SHA-256."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class RuntimeCredentials:
+    """The runtime users and secrets of one state directory."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.users_path = Path(state_dir) / USERS_FILE
+        self.secrets_path = Path(state_dir) / SECRETS_FILE
+
+    def users(self) -> dict[str, str]:
+        """Runtime users and their passwords."""
+        try:
+            text = self.users_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        parsed = parse_users_file(text)
+        return {name: cred.value for name, cred in parsed.items() if isinstance(cred, Password)}
+
+    def add_user(self, name: str, password: str) -> None:
+        """Add or replace a user. Raises ValueError for a name or password the file cannot hold."""
+        if not name or ":" in name or "\n" in name or name.strip() != name:
+            raise ValueError("a username must be non-empty, without ':', newlines or edge spaces")
+        if not password or "\n" in password:
+            raise ValueError("a password must be non-empty and on one line")
+        users = self.users()
+        users[name] = password
+        self._save_users(users)
+
+    def remove_user(self, name: str) -> bool:
+        """Remove a runtime user; False if there is none of that name."""
+        users = self.users()
+        if users.pop(name, None) is None:
+            return False
+        self._save_users(users)
+        return True
+
+    def _save_users(self, users: dict[str, str]) -> None:
+        _write(self.users_path, "".join(f"{name}:{pw}\n" for name, pw in sorted(users.items())))
+
+    def secrets(self) -> list[str]:
+        """Runtime REST secrets, newest first."""
+        try:
+            lines = self.secrets_path.read_text(encoding="ascii").splitlines()
+        except FileNotFoundError:
+            return []
+        return [line.strip() for line in lines if line.strip()]
+
+    def add_secret(self, value: str | None) -> str:
+        """Add a secret (generated when ``value`` is None) as the newest; return it."""
+        secret = value if value is not None else secrets.token_urlsafe(GENERATED_SECRET_BYTES)
+        if not secret or not secret.isascii() or any(c.isspace() for c in secret):
+            raise ValueError("a secret must be non-empty printable ASCII without spaces")
+        current = [s for s in self.secrets() if s != secret]
+        _write(self.secrets_path, "".join(f"{s}\n" for s in [secret, *current]))
+        return secret
+
+    def remove_secret(self, identifier: str) -> bool:
+        """Remove the runtime secret whose :func:`secret_id` is ``identifier``."""
+        current = self.secrets()
+        kept = [s for s in current if secret_id(s) != identifier]
+        if len(kept) == len(current):
+            return False
+        _write(self.secrets_path, "".join(f"{s}\n" for s in kept))
+        return True
