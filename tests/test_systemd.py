@@ -1,9 +1,10 @@
-"""turnd.systemd: sd_notify datagrams received on real AF_UNIX sockets, and every failure → False."""
+"""turnd.systemd: sd_notify datagrams on real AF_UNIX sockets; every failure gives False."""
 
 from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,6 @@ from turnd import systemd
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temporary directory with a short path: AF_UNIX paths are limited to 107 bytes."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="sdn") as name:
         yield Path(name)
 
@@ -190,7 +189,7 @@ def test_full_socket_gives_up_instead_of_blocking(
     receiver: tuple[socket.socket, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A manager that stops reading cannot stall the caller for longer than SEND_TIMEOUT."""
-    sock, env = receiver
+    _, env = receiver
     monkeypatch.setattr(systemd, "SEND_TIMEOUT", 0.05)
     big = "STATUS=" + "x" * 60000
     results = []
