@@ -115,6 +115,7 @@ def start_turnd(
     *,
     listen: str = '["udp:0"]',
     addresses: str = '["127.0.0.1"]',
+    env: dict[str, str] | None = None,
 ) -> Daemon:
     """Start turnd with :func:`write_config` and wait until it serves."""
     config = write_config(directory, extra, listen=listen, addresses=addresses)
@@ -124,7 +125,7 @@ def start_turnd(
             [sys.executable, "-m", "turnd", "--config", str(config), *args],
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from turnd import logs
+from turnd import logs, systemd
 from turnd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from turnd.service import StartupError, TurnService, resolve_secrets
 from turnd.state import StateError
@@ -148,15 +148,25 @@ async def _serve(
         stop.set()
 
     def on_reload() -> None:
-        service.reload_from_source()  # logs reload.done or reload.refused with the reason
+        systemd.reloading("reloading configuration")
+        error = service.reload_from_source()  # logs reload.done or reload.refused
+        systemd.ready(f"reload refused: {error}" if error else _status_line(service))
 
+    systemd.ready(_status_line(service))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         await stop.wait()
     finally:
+        systemd.stopping("shutting down")
         await service.stop()
+
+
+def _status_line(service: TurnService) -> str:
+    """The one-line status systemctl shows."""
+    listeners = ", ".join(f"{kind} {address.port}" for kind, address in service.bound)
+    return f"serving {listeners}; {len(service.core.allocations)} allocations"
 
 
 @app.command("check-config")
