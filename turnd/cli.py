@@ -50,7 +50,8 @@ def _overrides(**flags: object) -> dict[str, object]:
 def main_command(
     ctx: typer.Context,
     config: Annotated[
-        str | None, typer.Option("--config", "-c", help=f"TOML file [{DEFAULT_CONFIG_PATH}]")
+        str | None,
+        typer.Option("--config", "-c", help=f"TOML file (default {DEFAULT_CONFIG_PATH})"),
     ] = None,
     listen: Annotated[
         list[str] | None,
@@ -152,10 +153,10 @@ async def _serve(
         error = service.reload_from_source()  # logs reload.done or reload.refused
         systemd.ready(f"reload refused: {error}" if error else _status_line(service))
 
-    systemd.ready(_status_line(service))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    systemd.ready(_status_line(service))  # after the handlers: a reload may follow at once
     try:
         await stop.wait()
     finally:

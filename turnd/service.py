@@ -9,6 +9,7 @@ under ``internal_errors`` — never fatal.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import ipaddress
@@ -93,7 +94,16 @@ def bind_failure_reason(exc: OSError, port: int) -> str:
 
 
 def detect_relay_address() -> str:
-    """The first global IPv4 address of this host, or 127.0.0.1 if there is none."""
+    """The first global IPv4 address of this host, or 127.0.0.1 if there is none.
+
+    Asks the kernel over netlink (pyroute2) in a worker thread: pyroute2's blocking API refuses
+    to run on a thread whose event loop is running, and turnd asks from inside its loop.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_first_global_ipv4).result()
+
+
+def _first_global_ipv4() -> str:
     try:
         from pyroute2 import IPRoute  # imported here: the package works without it
     except ImportError:
@@ -258,6 +268,8 @@ class TurnService:
         self.tls_context: ssl.SSLContext | None = None
         self.tls_error = ""
         self._metrics: Any = None  # aiohttp AppRunner of the metrics listener
+        self._api: Any = None  # aiohttp Application of the credential endpoint
+        self._api_runner: Any = None
         #: The metrics listener's bound address, once it serves.
         self.metrics_address: Address | None = None
         self._relays: dict[Address, asyncio.DatagramTransport] = {}
@@ -295,6 +307,7 @@ class TurnService:
                         Transport(listener.transport.value), str(address), listener.port
                     )
         await self._start_metrics()
+        await self._start_api()
         if not self.bound:
             raise StartupError(
                 "no listener could be started: "
@@ -413,6 +426,50 @@ class TurnService:
         self.metrics_address = Address(endpoint.host, port)
         event(logging.INFO, "metrics.started", address=endpoint.host, port=port)
 
+    def _api_settings(self, config: Config) -> Any:
+        """The credential endpoint's settings from ``config`` and the serving listeners."""
+        from auth.endpoint import EndpointSettings
+
+        stun_urls, turn_urls = self.ice_urls(config)
+        secrets = self.secret_sources(config)
+        return EndpointSettings(
+            keys={key: token.reveal() for key, token in config.api.keys.items()},
+            max_ttl=config.api.max_ttl,
+            secret=secrets[0][0] if secrets else "",
+            stun_urls=tuple(stun_urls),
+            turn_urls=tuple(turn_urls),
+        )
+
+    async def _start_api(self) -> None:
+        """Serve the credential REST endpoint on ``[api] listen``; failures are reported."""
+        endpoint = self.config.api.listen
+        if endpoint is None:
+            return
+        from aiohttp import web
+
+        from auth.endpoint import make_app
+
+        try:
+            app = make_app(self._api_settings(self.config), self, time.time)
+        except ValueError as exc:
+            self._report("api", endpoint.host, endpoint.port, False, f"bad [api] settings: {exc}")
+            return
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = bind_failure_reason(exc, endpoint.port)
+            self._report("api", endpoint.host, endpoint.port, False, reason)
+            return
+        self._api, self._api_runner = app, runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else endpoint.port
+        event(logging.INFO, "api.started", address=endpoint.host, port=port)
+
     def stream_counts(self) -> Counter[str]:
         """Open TCP/TLS client connections by transport."""
         return Counter(five_tuple.transport.value for five_tuple in self._streams)
@@ -484,9 +541,10 @@ class TurnService:
         self._listeners.clear()
         self._relays.clear()
         self._reserved.clear()
-        if self._metrics is not None:
-            await self._metrics.cleanup()
-            self._metrics = None
+        for runner in (self._metrics, self._api_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._metrics = self._api_runner = self._api = None
         await asyncio.sleep(0)
         event(logging.INFO, "service.stopped", allocations=len(self.core.allocations))
 
@@ -500,6 +558,7 @@ class TurnService:
         from turnd.tls import TlsError, certificate_files, server_context
 
         authenticator = build_authenticator(config, self.runtime, self.revoked)
+        api_settings = self._api_settings(config) if self._api is not None else None
         if self.tls_context is not None:
             try:
                 cert, key, _ = certificate_files(config)
@@ -509,6 +568,10 @@ class TurnService:
                 raise ValueError(f"TLS certificate not reloaded: {exc}") from exc
         self.core.auth.authenticator = authenticator
         self.config = config
+        if api_settings is not None:
+            from auth.endpoint import update_settings
+
+            update_settings(self._api, api_settings)
 
     def reload_from_source(self) -> str | None:
         """Reload from :attr:`config_source`; None when done, else why it was refused."""
@@ -534,10 +597,10 @@ class TurnService:
         """The static users the authenticator knows (config, users file, runtime)."""
         return self.core.auth.authenticator.static_usernames
 
-    def secret_sources(self) -> list[tuple[str, str]]:
+    def secret_sources(self, config: Config | None = None) -> list[tuple[str, str]]:
         """REST secrets, newest first, with where each comes from ("runtime" or "config")."""
         return [(s, "runtime") for s in self.runtime.secrets()] + [
-            (s.reveal(), "config") for s in self.config.auth.secrets
+            (s.reveal(), "config") for s in (config or self.config).auth.secrets
         ]
 
     def revoke(self, username: str) -> int:
@@ -549,9 +612,9 @@ class TurnService:
         event(logging.INFO, "auth.revoked", username=username, allocations=len(ended))
         return len(ended)
 
-    def ice_urls(self) -> tuple[list[str], list[str]]:
+    def ice_urls(self, config: Config | None = None) -> tuple[list[str], list[str]]:
         """stun:/turn:/turns: URLs of the listeners that serve, for minted credentials."""
-        host = self.config.api.public_host or self.relay_ipv4
+        host = (config or self.config).api.public_host or self.relay_ipv4
         where = f"[{host}]" if ":" in host else host
         stun: list[str] = []
         turn: list[str] = []
@@ -710,10 +773,13 @@ class TurnService:
 
     def _write_usage(self, path: str, ended: AllocationEnded) -> None:
         """Append one JSON line of accounting for an ended relay; a write failure is logged."""
+        key_id, tag = None, ended.rest_id or None
+        if ended.rest_id and ended.rest_id.split(":", 1)[0] in self.config.api.keys:
+            key_id, _, tag = ended.rest_id.partition(":")  # minted by the credential endpoint
         record = {
             "username": ended.username,
-            "key_id": None,  # the credential REST endpoint's key, once it exists
-            "customIdentifier": ended.rest_id or None,
+            "key_id": key_id,
+            "customIdentifier": tag or None,
             "transport": ended.five_tuple.transport.value,
             "client": str(ended.five_tuple.client),
             "relay": str(ended.relay),
