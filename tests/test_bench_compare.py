@@ -1,0 +1,190 @@
+"""bench.compare's pure helpers: statistics, the table, the JSON file, the /proc readers, flags.
+
+No server is started and nothing is timed: the benchmark itself prints figures, never verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import compare
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    """p50 of 1..100 lies between 50 and 51; p0 and p100 are the extremes; order is ignored."""
+    samples = [float(n) for n in range(100, 0, -1)]
+    assert compare.percentile(samples, 50) == 50.5
+    assert compare.percentile(samples, 0) == 1.0
+    assert compare.percentile(samples, 100) == 100.0
+    assert math.isclose(compare.percentile(samples, 99) or 0.0, 99.01)
+
+
+def test_percentile_of_one_sample_is_that_sample_and_of_none_is_none() -> None:
+    assert compare.percentile([7.0], 99) == 7.0
+    assert compare.percentile([], 50) is None
+
+
+def test_ratio_and_per_refuse_missing_or_zero_denominators() -> None:
+    assert compare.ratio(4.0, 2.0) == 2.0
+    assert compare.ratio(None, 2.0) is None
+    assert compare.ratio(4.0, None) is None
+    assert compare.ratio(4.0, 0.0) is None
+    assert compare.per(3.0, 2, 1e6) == 1.5e6
+    assert compare.per(3.0, 0) is None
+
+
+def test_format_number_keeps_sensible_digits() -> None:
+    assert compare.format_number(None) == "-"
+    assert compare.format_number(float("nan")) == "-"
+    assert compare.format_number(12345.6) == "12,346"
+    assert compare.format_number(123.4) == "123"
+    assert compare.format_number(12.34) == "12.3"
+    assert compare.format_number(1.234) == "1.23"
+
+
+def test_table_groups_rows_and_shows_the_turnd_over_coturn_ratio() -> None:
+    rows = [
+        compare.Row("CPU", "UDP channels", "µs/pkt", "lower", {"turnd": 20.0, "coturn": 10.0}),
+        compare.Row("CPU", "TCP channels", "µs/pkt", "lower", {"turnd": 30.0, "coturn": None}),
+        compare.Row("Rate", "pkt/s", "pkt/s", "higher", {"turnd": 1.0, "coturn": 4.0}, "a note"),
+    ]
+    text = compare.format_table(rows)
+    lines = text.splitlines()
+    assert lines[0] == "CPU"
+    assert "turnd/coturn" in lines[1]
+    udp = next(line for line in lines if "UDP channels" in line)
+    assert udp.split()[-2:] == ["2.00", "lower"]
+    tcp = next(line for line in lines if "TCP channels" in line)
+    assert tcp.split()[-4:] == ["30.0", "-", "-", "lower"]
+    assert "Rate" in lines and "    a note" in lines
+    assert compare.format_table([]) == "(no figures)"
+
+
+def _results() -> dict[str, dict[str, object]]:
+    level = {"allocations": 1000, "achieved": 1000, "bytes_per_allocation": 3000.0, "failures": {}}
+    capped = {
+        "allocations": 20000,
+        "achieved": 19800,
+        "bytes_per_allocation": 2900.0,
+        "failures": {},
+        "capped": "measured at 19,800: open-file limit 20000 at 1.00 per allocation",
+    }
+    return {
+        "turnd": {
+            "cpu": {"udp-channel": {"cpu_us_per_relayed_packet": 20.0, "server_cpu_s": 0.5}},
+            "rate": {"best_pps": 24000, "limited_by": "server", "steps": []},
+            "binding": {"answers_per_s": 30000.0, "client_cpu_percent": 90.0},
+            "rss": {"levels": [level, capped], "port_range_reason": "relay ports 1-2"},
+        },
+        "coturn": {
+            "cpu": {"udp-channel": {"cpu_us_per_relayed_packet": 10.0, "server_cpu_s": 0.2}},
+            "rate": {"best_pps": 32000, "limited_by": "generator", "steps": []},
+            "rss": {"levels": [dict(level, bytes_per_allocation=22000.0)]},
+        },
+    }
+
+
+def test_rows_carry_both_figures_and_say_where_a_figure_is_only_a_floor() -> None:
+    rows = {(row.group.split()[0], row.label): row for row in compare.build_rows(_results())}
+    cpu = rows[("Server", "UDP channels")]
+    assert cpu.values == {"turnd": 20.0, "coturn": 10.0}
+    assert cpu.better == "lower"
+    rate = next(row for key, row in rows.items() if key[0] == "Highest")
+    assert rate.values == {"turnd": 24000, "coturn": 32000}
+    assert "coturn: a floor" in rate.note
+    binding = next(row for key, row in rows.items() if key[1] == "answers per second")
+    assert "saturated" in binding.note
+    rss = {key[1]: row for key, row in rows.items() if key[0] == "RSS"}
+    assert rss["1,000 allocations"].values == {"turnd": 3000.0, "coturn": 22000.0}
+    assert rss["20,000 allocations"].values == {"turnd": 2900.0, "coturn": None}
+    assert "measured at 19,800" in rss["20,000 allocations"].note
+    assert not any(key[1].startswith("TLS") for key in rows), "rows without figures are left out"
+
+
+def test_explain_reports_the_clock_tick_error_of_the_smallest_sample() -> None:
+    lines = compare.explain(_results())
+    assert any("20 ticks" in line for line in lines)
+    assert any("relay ports 1-2" in line for line in lines)
+
+
+def test_json_is_strict_nan_becomes_null_and_tuples_lists(tmp_path: Path) -> None:
+    path = compare.write_json(
+        tmp_path / "deep" / "out.json", {"a": float("nan"), "b": (1, 2), "c": {3: float("inf")}}
+    )
+    assert json.loads(path.read_text()) == {"a": None, "b": [1, 2], "c": {"3": None}}
+
+
+def test_default_json_path_is_under_bench_results_with_a_timestamp() -> None:
+    path = compare.default_json_path(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert path.parent.name == "results"
+    assert path.parent.parent.name == "bench"
+    assert path.name == "compare-20260102T030405Z.json"
+
+
+def test_proc_readers_read_this_process() -> None:
+    pid = os.getpid()
+    assert compare.cpu_seconds(pid) >= 0.0
+    assert compare.rss_bytes(pid) > 1 << 20
+    assert sum(compare.thread_names(pid).values()) >= 1
+    assert compare.open_files(pid) >= 3
+
+
+def test_udp_drops_lists_a_bound_socket_by_its_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        assert compare.udp_drops()[port] == 0
+
+
+def test_parse_udp_drops_sums_the_last_column_per_local_port() -> None:
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"
+    row = "{n}: 0100007F:{port:04X} 00000000:0000 07 00000000:00000000 00:00000000 00000000"
+    row += " 0 0 1 2 0 {d}"
+    text = "\n".join(
+        [
+            header,
+            row.format(n=1, port=5000, d=3),
+            row.format(n=2, port=5000, d=4),
+            row.format(n=3, port=6000, d=0),
+            "short line",
+        ]
+    )
+    assert compare.parse_udp_drops(text) == {5000: 7, 6000: 0}
+
+
+def test_quick_flags_choose_small_loads_and_only_narrows_the_metrics() -> None:
+    options, metrics, servers, path = compare.parse_options(["--quick"])
+    assert options.quick and options.allocations == (1000,)
+    assert options.seconds == 1.0
+    assert metrics == list(compare.METRICS)
+    assert servers == ["turnd", "coturn"]
+    assert path is None
+    argv = "--only rss --only cpu --allocations 10,20 --server turnd --rss-port-range 10000-10100"
+    options, metrics, servers, path = compare.parse_options([*argv.split(), "--json", "x.json"])
+    assert metrics == ["rss", "cpu"]
+    assert options.allocations == (10, 20)
+    assert options.rss_port_range == (10000, 10100)
+    assert servers == ["turnd"]
+    assert path == Path("x.json")
+
+
+def test_rss_range_widens_only_when_the_default_cannot_hold_the_largest_level() -> None:
+    small, _, _, _ = compare.parse_options(["--allocations", "1000,16384"])
+    assert compare.rss_port_range(small)[0] == compare.DEFAULT_PORT_RANGE
+    large, _, _, _ = compare.parse_options(["--allocations", "20000"])
+    port_range, why = compare.rss_port_range(large)
+    assert port_range == compare.WIDE_PORT_RANGE
+    assert "do not fit the default" in why
+
+
+def test_client_addresses_never_repeat_and_avoid_127_0_0_1() -> None:
+    addresses = compare.client_addresses()
+    first = [next(addresses) for _ in range(70000)]
+    assert first[0] == ("127.0.0.2", 1024)
+    assert len(set(first)) == len(first)
+    assert all(host != "127.0.0.1" for host, _ in first)
