@@ -56,6 +56,11 @@ class Daemon:
         """The first UDP listener's port."""
         return self.udp_ports[0]
 
+    @property
+    def control_socket(self) -> str:
+        """The control API's Unix socket (turnctl --socket)."""
+        return str(self.config_path.parent / "control.sock")
+
     def log_events(self) -> list[dict[str, Any]]:
         events = []
         for line in self.log_path.read_text().splitlines():
@@ -102,6 +107,9 @@ allow = ["127.0.0.0/8", "::1/128"]
 
 [metrics]
 listen = "127.0.0.1:0"
+
+[control]
+socket = "{directory / "control.sock"}"
 {extra}
 """
     )

@@ -270,6 +270,7 @@ class TurnService:
         self._metrics: Any = None  # aiohttp AppRunner of the metrics listener
         self._api: Any = None  # aiohttp Application of the credential endpoint
         self._api_runner: Any = None
+        self._control: list[Any] = []  # aiohttp AppRunners of the control API
         #: The metrics listener's bound address, once it serves.
         self.metrics_address: Address | None = None
         self._relays: dict[Address, asyncio.DatagramTransport] = {}
@@ -308,6 +309,7 @@ class TurnService:
                     )
         await self._start_metrics()
         await self._start_api()
+        await self._start_control()
         if not self.bound:
             raise StartupError(
                 "no listener could be started: "
@@ -470,6 +472,34 @@ class TurnService:
         port = sockets[0].getsockname()[1] if sockets else endpoint.port
         event(logging.INFO, "api.started", address=endpoint.host, port=port)
 
+    async def _start_control(self) -> None:
+        """The control API (turnctl) on the Unix socket and, with a token, on TCP."""
+        from turnd.control import make_app, start_control
+        from turnd.operations import Operations
+
+        control = self.config.control
+        operations = Operations(self)
+        if control.socket:
+            try:
+                self._control += await start_control(
+                    make_app(operations, None), control.socket, None
+                )
+                event(logging.INFO, "control.started", socket=control.socket)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                self._report("control", control.socket, 0, False, reason)
+        if control.listen is not None and control.token is not None:
+            listen = (control.listen.host, control.listen.port)
+            try:
+                self._control += await start_control(
+                    make_app(operations, control.token.reveal()), None, listen
+                )
+            except OSError as exc:
+                reason = bind_failure_reason(exc, control.listen.port)
+                self._report("control", control.listen.host, control.listen.port, False, reason)
+            else:
+                event(logging.INFO, "control.started", address=control.listen.host)
+
     def stream_counts(self) -> Counter[str]:
         """Open TCP/TLS client connections by transport."""
         return Counter(five_tuple.transport.value for five_tuple in self._streams)
@@ -541,6 +571,11 @@ class TurnService:
         self._listeners.clear()
         self._relays.clear()
         self._reserved.clear()
+        if self._control:
+            from turnd.control import stop_control
+
+            await stop_control(self._control)
+            self._control = []
         for runner in (self._metrics, self._api_runner):
             if runner is not None:
                 await runner.cleanup()
