@@ -140,6 +140,29 @@ def test_a_url_that_is_not_http_host_port_is_a_usage_error(url: str) -> None:
     assert "expected http://host:port" in result.stderr
 
 
+def _read_request(connection: socket.socket) -> bytes:
+    """One whole HTTP request: headers, then Content-Length bytes of body."""
+    connection.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 class FakeTurnd:
     """A Unix socket server answering every connection with ``answer`` (None: never answers)."""
 
@@ -156,7 +179,7 @@ class FakeTurnd:
     def _serve(self) -> None:
         connection, _ = self.listener.accept()
         with connection:
-            connection.recv(65536)
+            _read_request(connection)  # all of it: closing early would break the client's send
             if self.answer is not None:
                 connection.sendall(self.answer)
             else:

@@ -125,9 +125,25 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         service = self.service
+        core = service.core
         five_tuple = FiveTuple(Transport.UDP, Address(addr[0], addr[1]), self.server)
+        now = time.time()
+        if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
+            # Hot path (DESIGN.md): ChannelData straight to the peer, no action objects.
+            try:
+                route = core.channel_data_route(five_tuple, data, now)
+            except Exception:
+                service.internal_error("client datagram")
+                return
+            if route is not None:
+                relay = service._relays.get(route[0])
+                if relay is None:
+                    core.stats["drop.relay_socket_missing"] += 1
+                else:
+                    relay.sendto(route[2], route[1])
+            return
         try:
-            actions = service.core.handle_client(five_tuple, data, time.time())
+            actions = core.handle_client(five_tuple, data, now)
         except Exception:
             service.internal_error("client_datagram")
             return
@@ -147,10 +163,21 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         service = self.service
+        core = service.core
+        peer = Address(addr[0], addr[1])
+        now = time.time()
+        if not core.timers_due(now):
+            # Hot path (DESIGN.md): straight back to the client, no action objects.
+            try:
+                route = core.peer_route(self.relay, peer, data, now)
+            except Exception:
+                service.internal_error("peer datagram")
+                return
+            if route is not None:
+                service.send_to_client(route[0], route[1])
+            return
         try:
-            actions = service.core.handle_peer(
-                self.relay, Address(addr[0], addr[1]), data, time.time()
-            )
+            actions = core.handle_peer(self.relay, peer, data, now)
         except Exception:
             service.internal_error("peer_datagram")
             return
@@ -687,19 +714,7 @@ class TurnService:
                     relay.sendto(action.data, action.peer)
             elif kind is SendToClient:
                 assert isinstance(action, SendToClient)
-                five_tuple = action.five_tuple
-                if five_tuple.transport is Transport.UDP:
-                    listener = self._listeners.get(five_tuple.server)
-                    if listener is None:
-                        self.core.stats["drop.listener_missing"] += 1
-                    else:
-                        listener.sendto(action.data, five_tuple.client)
-                else:
-                    stream = self._streams.get(five_tuple)
-                    if stream is None:
-                        self.core.stats["drop.stream_closed"] += 1
-                    else:
-                        stream.write(action.data)
+                self.send_to_client(action.five_tuple, action.data)
             elif kind is OpenRelay:
                 assert isinstance(action, OpenRelay)
                 self._open_relay(action)
@@ -725,6 +740,21 @@ class TurnService:
                 if closing is not None:
                     closing.close()
         self._arm_timer()
+
+    def send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """Send to a client over its listener (UDP) or its connection (TCP/TLS)."""
+        if five_tuple.transport is Transport.UDP:
+            listener = self._listeners.get(five_tuple.server)
+            if listener is None:
+                self.core.stats["drop.listener_missing"] += 1
+            else:
+                listener.sendto(data, five_tuple.client)
+        else:
+            stream = self._streams.get(five_tuple)
+            if stream is None:
+                self.core.stats["drop.stream_closed"] += 1
+            else:
+                stream.write(data)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

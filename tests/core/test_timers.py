@@ -168,3 +168,16 @@ def test_traffic_totals_count_live_and_ended_relays() -> None:
     alice.refresh(0)
     assert world.server.allocations == {}
     assert world.server.traffic() == live
+
+
+def test_timers_due_says_when_the_fast_path_must_yield() -> None:
+    """timers_due(now) is True exactly when handle_timer has work (the adapter's hot path
+    checks it before calling the tuple-returning routes)."""
+    world = World()
+    assert not world.server.timers_due(world.now)
+    alice = world.client()
+    alice.allocate()
+    deadline = world.server.next_deadline()
+    assert deadline is not None
+    assert not world.server.timers_due(deadline - 0.001)
+    assert world.server.timers_due(deadline)

@@ -162,11 +162,29 @@ class TurnServer:
         """A datagram that a peer sent to relay address ``relay`` (RFC 8656 §10.3, §12.6)."""
         if self._timers and self._timers[0][0] <= now:
             return self.handle_timer(now) + self.handle_peer(relay, peer, data, now)
+        route = self.peer_route(relay, peer, data, now)
+        return [] if route is None else [SendToClient(*route)]
+
+    # --- hot path (DESIGN.md "Hot path exception") -------------------------------------------
+    # The adapter calls these two directly for relayed data when timers_due() is False: the same
+    # checks and counters as the action-returning paths (which are built on them), but plain
+    # tuples out, so relaying a packet builds no action object and re-arms no timer.
+
+    def timers_due(self, now: float) -> bool:
+        """Whether handle_timer has work at ``now`` (then use the action-returning inputs)."""
+        return bool(self._timers) and self._timers[0][0] <= now
+
+    def peer_route(
+        self, relay: Address, peer: Address, data: bytes, now: float
+    ) -> tuple[FiveTuple, bytes] | None:
+        """Where a peer's datagram goes (5-tuple, framed bytes), or None: dropped, counted."""
         alloc = self.by_relay.get(relay)
         if alloc is None:
-            return self._drop("peer_no_allocation")
+            self.stats["drop.peer_no_allocation"] += 1
+            return None
         if not alloc.has_permission(peer.host, now):
-            return self._drop("peer_no_permission")
+            self.stats["drop.peer_no_permission"] += 1
+            return None
         binding = alloc.channel_by_peer.get(peer)
         if binding is not None and binding.expires > now:
             frame = frame_channel_data(
@@ -183,7 +201,7 @@ class TurnServer:
         part = alloc.relays[relay.family]
         part.packets_to_client += 1
         part.bytes_to_client += len(data)
-        return [SendToClient(alloc.five_tuple, frame)]
+        return alloc.five_tuple, frame
 
     def relay_opened(self, ticket: int, ok: bool, now: float) -> list[Action]:
         """The adapter's answer to ``OpenRelay(ticket)``."""
@@ -616,28 +634,46 @@ class TurnServer:
 
     def _client_channel_data(self, five_tuple: FiveTuple, data: bytes, now: float) -> list[Action]:
         """RFC 8656 §12.5: relay a ChannelData message to the channel's peer."""
+        route = self.channel_data_route(five_tuple, data, now)
+        return [] if route is None else [SendToPeer(*route)]
+
+    def channel_data_route(
+        self, five_tuple: FiveTuple, data: bytes, now: float
+    ) -> tuple[Address, Address, bytes] | None:
+        """Hot path of :meth:`_client_channel_data`: (relay, peer, payload), or None: dropped,
+        counted. ``data`` must start with a channel byte (0x40-0x7F, see classify())."""
+        route = self._channel_route(five_tuple, data, now)
+        if isinstance(route, str):
+            self.stats["drop.channel_data_" + route] += 1
+            return None
+        return route
+
+    def _channel_route(
+        self, five_tuple: FiveTuple, data: bytes, now: float
+    ) -> tuple[Address, Address, bytes] | str:
+        """The route of a client's ChannelData, or why it is dropped."""
         if len(data) < CHANNEL_HEADER_SIZE:
-            return self._drop("channel_data_short")
-        # classify() let through first bytes 0x40-0x4F only: the channel is in range (§12).
+            return "short"
+        # The first byte is 0x40-0x7F: the channel number is in range (§12).
         channel, length = CHANNEL_HEADER.unpack_from(data)
         if CHANNEL_HEADER_SIZE + length > len(data):
-            return self._drop("channel_data_short")
+            return "short"
         alloc = self.allocations.get(five_tuple)
         if alloc is None:
-            return self._drop("channel_data_no_allocation")
+            return "no_allocation"
         if alloc.tcp:
-            return self._drop("channel_data_tcp_allocation")
+            return "tcp_allocation"
         binding = alloc.channels.get(channel)
         if binding is None or binding.expires <= now:
-            return self._drop("channel_data_unbound")
+            return "unbound"
         peer = binding.peer
         if not alloc.has_permission(peer.host, now):
-            return self._drop("channel_data_no_permission")
+            return "no_permission"
         payload = data[CHANNEL_HEADER_SIZE : CHANNEL_HEADER_SIZE + length]
         relay = alloc.relays[peer.family]  # channels go with their family's relay (§8.1)
         relay.packets_to_peer += 1
         relay.bytes_to_peer += length
-        return [SendToPeer(relay.address, peer, payload)]
+        return relay.address, peer, payload
 
 
 #: The one dispatch table: (method, class) -> handler.
