@@ -71,6 +71,7 @@ class FakeOps:
             {"id": "1a2b3c4d", "source": "runtime", "fingerprint": "1a2b3c4d"},
             {"id": "9f8e7d6c", "source": "config", "fingerprint": "9f8e7d6c"},
         ]
+        self.key_list = {"app1": "config"}
         self.draining = False
         self.reload_error: str | None = None
         self.mint_error: str | None = None
@@ -143,6 +144,21 @@ class FakeOps:
             raise ValueError("this is the last REST secret")
         self.secret_list = kept
         return True
+
+    def keys(self) -> list[dict[str, Any]]:
+        return [{"id": key, "source": source} for key, source in sorted(self.key_list.items())]
+
+    def add_key(self, key_id: str, token: str | None) -> dict[str, Any]:
+        if ":" in key_id:
+            raise ValueError("a key id has no ':'")
+        self.key_list[key_id] = "runtime"
+        return {"id": key_id, "token": token or "generated-token"}
+
+    def remove_key(self, key_id: str) -> bool:
+        source = self.key_list.get(key_id)
+        if source == "config":
+            raise ValueError("this key comes from [api] keys in the configuration")
+        return self.key_list.pop(key_id, None) is not None
 
     def reload(self) -> dict[str, Any]:
         return {"ok": self.reload_error is None, "error": self.reload_error}
@@ -658,3 +674,24 @@ def test_both_doors_of_one_app_share_a_runner(ops: FakeOps, tmp_path: Path) -> N
 def test_the_app_is_an_aiohttp_application() -> None:
     """make_app gives a plain aiohttp application the daemon can serve as it likes."""
     assert isinstance(make_app(_typed(FakeOps()), TOKEN), web.Application)
+
+
+# --- credential endpoint keys ---------------------------------------------------------------------
+
+
+def test_keys_are_listed_added_and_removed(server: ControlServer, door: str) -> None:
+    """GET /v1/keys lists ids and sources; PUT adds (201, token once); DELETE removes (204)."""
+    assert call(server, "GET", "/v1/keys", door=door).body == [{"id": "app1", "source": "config"}]
+    added = call(server, "PUT", "/v1/keys/app2", {"token": "t0ken"}, door=door)
+    assert (added.status, added.body) == (201, {"id": "app2", "token": "t0ken"})
+    generated = call(server, "PUT", "/v1/keys/app3", door=door)
+    assert generated.body["token"] == "generated-token"
+    assert call(server, "DELETE", "/v1/keys/app2", door=door).status == 204
+
+
+def test_key_refusals(server: ControlServer) -> None:
+    """A bad id is 400; an unknown key 404; a configured key 409 (remove it from the file)."""
+    assert call(server, "PUT", "/v1/keys/a:b", {"token": "t"}).status == 400
+    assert call(server, "DELETE", "/v1/keys/nope").status == 404
+    refused = call(server, "DELETE", "/v1/keys/app1")
+    assert refused.status == 409 and "configuration" in refused.body["error"]

@@ -682,3 +682,23 @@ def test_with_host_rewrites_only_the_host() -> None:
         ],
         "ttl": 5,
     }
+
+
+def test_keys_list_add_remove(server: ControlServer) -> None:
+    """keys list (table, --json, none), add (token once, on stdout), remove."""
+    assert run(server, "keys", "list").stdout.splitlines() == ["ID    SOURCE", "app1  config"]
+    added = run(server, "keys", "add", "app2", "--token", "t0ken")
+    assert (added.exit_code, added.stdout) == (0, "id     app2\ntoken  t0ken\n")
+    assert "shown only this once" in added.stderr
+    generated = run(server, "--json", "keys", "add", "app3")
+    assert json.loads(generated.stdout) == {"id": "app3", "token": "generated-token"}
+    assert json.loads(run(server, "--json", "keys", "list").stdout)[1] == {
+        "id": "app2",
+        "source": "runtime",
+    }
+    assert run(server, "keys", "remove", "app2").stdout == "removed key app2\n"
+    assert run(server, "--json", "keys", "remove", "app3").stdout == ""
+    refused = run(server, "keys", "remove", "app1")
+    assert refused.exit_code == 1 and "configuration" in refused.stderr
+    server.ops.key_list.clear()
+    assert run(server, "keys", "list").stdout == "no keys\n"

@@ -92,6 +92,15 @@ class ControlOps(Protocol):
     def retire_secret(self, secret_id: str) -> bool:
         """Retire a secret; False if unknown; ValueError when it may not go (the last one)."""
 
+    def keys(self) -> list[dict[str, Any]]:
+        """Credential endpoint keys: [{id, source}] — never the token."""
+
+    def add_key(self, key_id: str, token: str | None) -> dict[str, Any]:
+        """Add a key (token None: generate one); {id, token}. ValueError for a bad id or token."""
+
+    def remove_key(self, key_id: str) -> bool:
+        """Remove a key; False if unknown; ValueError when it may not go (from the config)."""
+
     def reload(self) -> dict[str, Any]:
         """Reload configuration, secrets and certificates: {ok, error}."""
 
@@ -248,6 +257,26 @@ class _Routes:
             _refuse(404, f"no secret {request.match_info['id']}")
         return _no_content()
 
+    async def keys(self, _: web.Request) -> web.Response:
+        return web.json_response(self.ops.keys())
+
+    async def add_key(self, request: web.Request) -> web.Response:
+        token = _field(await _body(request), "token", str, required=False)
+        try:
+            added = self.ops.add_key(request.match_info["id"], token)
+        except ValueError as exc:
+            _refuse(400, str(exc))
+        return web.json_response(added, status=201)
+
+    async def remove_key(self, request: web.Request) -> web.Response:
+        try:
+            removed = self.ops.remove_key(request.match_info["id"])
+        except ValueError as exc:
+            _refuse(409, str(exc))
+        if not removed:
+            _refuse(404, f"no key {request.match_info['id']}")
+        return _no_content()
+
     async def reload(self, _: web.Request) -> web.Response:
         result = self.ops.reload()
         return web.json_response(result, status=200 if result.get("ok") else 409)
@@ -294,6 +323,9 @@ def make_app(ops: ControlOps, token: str | None) -> web.Application:
             web.get("/v1/secrets", routes.secrets),
             web.post("/v1/secrets", routes.add_secret),
             web.delete("/v1/secrets/{id}", routes.retire_secret),
+            web.get("/v1/keys", routes.keys),
+            web.put("/v1/keys/{id}", routes.add_key),
+            web.delete("/v1/keys/{id}", routes.remove_key),
             web.post("/v1/reload", routes.reload),
             web.post("/v1/drain", routes.drain),
             web.post("/v1/revoke/{username}", routes.revoke),

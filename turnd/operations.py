@@ -133,6 +133,7 @@ class Operations:
     def add_secret(self, value: str | None) -> dict[str, Any]:
         secret = self.service.runtime.add_secret(value)
         self.service.rebuild_authenticator()
+        self.service.refresh_api()
         return {"id": secret_id(secret), "secret": secret}
 
     def retire_secret(self, secret_id_: str) -> bool:
@@ -148,7 +149,30 @@ class Operations:
             )
         self.service.runtime.remove_secret(secret_id_)
         self.service.rebuild_authenticator()
+        self.service.refresh_api()
         return True
+
+    def keys(self) -> list[dict[str, Any]]:
+        configured = self.service.config.api.keys
+        runtime = self.service.runtime.api_keys()
+        return [
+            {"id": key, "source": "runtime" if key in runtime else "config"}
+            for key in sorted({*configured, *runtime})
+        ]
+
+    def add_key(self, key_id: str, token: str | None) -> dict[str, Any]:
+        value = self.service.runtime.add_key(key_id, token)
+        self.service.refresh_api()
+        return {"id": key_id, "token": value}
+
+    def remove_key(self, key_id: str) -> bool:
+        if key_id in self.service.runtime.api_keys():
+            self.service.runtime.remove_key(key_id)
+            self.service.refresh_api()
+            return True
+        if key_id in self.service.config.api.keys:
+            raise ValueError("this key comes from [api] keys in the configuration: remove it there")
+        return False
 
     def reload(self) -> dict[str, Any]:
         error = self.service.reload_from_source()

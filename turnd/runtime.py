@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from auth.credentials import Password, parse_users_file
 
 USERS_FILE = "users.runtime"
 SECRETS_FILE = "secrets.runtime"
+KEYS_FILE = "api-keys.runtime"
+#: A credential endpoint key id: it is part of URLs and usernames (auth/endpoint.py's rule).
+KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~@+=-]{0,63}")
 #: Bytes of a generated secret: the SHA-1 block size used by the REST HMAC is 64; 32 random
 #: bytes are beyond any search.
 GENERATED_SECRET_BYTES = 32
@@ -44,6 +48,7 @@ class RuntimeCredentials:
     def __init__(self, state_dir: str | Path) -> None:
         self.users_path = Path(state_dir) / USERS_FILE
         self.secrets_path = Path(state_dir) / SECRETS_FILE
+        self.keys_path = Path(state_dir) / KEYS_FILE
 
     def users(self) -> dict[str, str]:
         """Runtime users and their passwords."""
@@ -100,3 +105,35 @@ class RuntimeCredentials:
             return False
         _write(self.secrets_path, "".join(f"{s}\n" for s in kept))
         return True
+
+    def api_keys(self) -> dict[str, str]:
+        """Credential endpoint keys added at run time: key id -> bearer token."""
+        try:
+            lines = self.keys_path.read_text(encoding="ascii").splitlines()
+        except FileNotFoundError:
+            return {}
+        pairs = (line.split(":", 1) for line in lines if ":" in line)
+        return {key.strip(): token.strip() for key, token in pairs}
+
+    def add_key(self, key_id: str, token: str | None) -> str:
+        """Add or replace key ``key_id`` (token generated when None); return the token."""
+        if not KEY_ID.fullmatch(key_id):
+            raise ValueError("a key id is 1-64 of A-Z a-z 0-9 . _ ~ @ + = -, starting alnum")
+        value = token if token is not None else secrets.token_urlsafe(GENERATED_SECRET_BYTES)
+        if not value or not value.isascii() or any(c.isspace() for c in value):
+            raise ValueError("a token must be non-empty printable ASCII without spaces")
+        keys = self.api_keys()
+        keys[key_id] = value
+        self._save_keys(keys)
+        return value
+
+    def remove_key(self, key_id: str) -> bool:
+        """Remove a runtime key; False if there is none of that id."""
+        keys = self.api_keys()
+        if keys.pop(key_id, None) is None:
+            return False
+        self._save_keys(keys)
+        return True
+
+    def _save_keys(self, keys: dict[str, str]) -> None:
+        _write(self.keys_path, "".join(f"{k}:{t}\n" for k, t in sorted(keys.items())))

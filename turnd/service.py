@@ -462,7 +462,7 @@ class TurnService:
         stun_urls, turn_urls = self.ice_urls(config)
         secrets = self.secret_sources(config)
         return EndpointSettings(
-            keys={key: token.reveal() for key, token in config.api.keys.items()},
+            keys=self.api_keys(config),
             max_ttl=config.api.max_ttl,
             secret=secrets[0][0] if secrets else "",
             stun_urls=tuple(stun_urls),
@@ -659,6 +659,19 @@ class TurnService:
         """The static users the authenticator knows (config, users file, runtime)."""
         return self.core.auth.authenticator.static_usernames
 
+    def api_keys(self, config: Config | None = None) -> dict[str, str]:
+        """Credential endpoint keys: the config's, then turnctl's (which win on a clash)."""
+        keys = {key: token.reveal() for key, token in (config or self.config).api.keys.items()}
+        keys.update(self.runtime.api_keys())
+        return keys
+
+    def refresh_api(self) -> None:
+        """Give the running credential endpoint the current keys and secrets."""
+        if self._api is not None:
+            from auth.endpoint import update_settings
+
+            update_settings(self._api, self._api_settings(self.config))
+
     def secret_sources(self, config: Config | None = None) -> list[tuple[str, str]]:
         """REST secrets, newest first, with where each comes from ("runtime" or "config")."""
         return [(s, "runtime") for s in self.runtime.secrets()] + [
@@ -839,7 +852,7 @@ class TurnService:
     def _write_usage(self, path: str, ended: AllocationEnded) -> None:
         """Append one JSON line of accounting for an ended relay; a write failure is logged."""
         key_id, tag = None, ended.rest_id or None
-        if ended.rest_id and ended.rest_id.split(":", 1)[0] in self.config.api.keys:
+        if ended.rest_id and ended.rest_id.split(":", 1)[0] in self.api_keys():
             key_id, _, tag = ended.rest_id.partition(":")  # minted by the credential endpoint
         record = {
             "username": ended.username,

@@ -36,10 +36,12 @@ credentials_app = typer.Typer(no_args_is_help=True, help="Short-lived TURN crede
 allocations_app = typer.Typer(no_args_is_help=True, help="Live allocations.")
 users_app = typer.Typer(no_args_is_help=True, help="Long-term-credential users.")
 secrets_app = typer.Typer(no_args_is_help=True, help="REST (ephemeral credential) secrets.")
+keys_app = typer.Typer(no_args_is_help=True, help="Keys of the credential REST endpoint.")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(allocations_app, name="allocations")
 app.add_typer(users_app, name="users")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(keys_app, name="keys")
 
 #: Default credential lifetime: a working day; browsers re-fetch credentials per session.
 DEFAULT_TTL = 86_400
@@ -592,6 +594,41 @@ def secrets_retire(
     _call(ctx, "DELETE", f"/v1/secrets/{_segment(secret_id)}")
     if not _wants_json(ctx):
         typer.echo(f"retired secret {secret_id}")
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List the credential endpoint's keys (never their tokens)."""
+    found = _call(ctx, "GET", "/v1/keys")
+    if _wants_json(ctx):
+        _emit_json(found)
+    elif found:
+        typer.echo(table([(k["id"], k["source"]) for k in found], ("ID", "SOURCE")))
+    else:
+        typer.echo("no keys")
+
+
+@keys_app.command("add")
+def keys_add(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="ID")],
+    token: Annotated[str | None, typer.Option(help="the bearer token (default: generate)")] = None,
+) -> None:
+    """Add a key for an application back end. Its token is printed only this once."""
+    added = _call(ctx, "PUT", f"/v1/keys/{_segment(key_id)}", {"token": token})
+    if _wants_json(ctx):
+        _emit_json(added)
+        return
+    typer.echo(table([("id", added["id"]), ("token", added["token"])]))
+    typer.echo("turnctl: the token is shown only this once: store it now", err=True)
+
+
+@keys_app.command("remove")
+def keys_remove(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Remove a key: its back end can no longer mint or revoke credentials."""
+    _call(ctx, "DELETE", f"/v1/keys/{_segment(key_id)}")
+    if not _wants_json(ctx):
+        typer.echo(f"removed key {key_id}")
 
 
 # --- levers -------------------------------------------------------------------------------------

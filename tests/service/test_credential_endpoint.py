@@ -95,3 +95,23 @@ def test_wrong_token_is_401_without_detail(daemon: Daemon) -> None:
         daemon, "/v1/turn/keys/app1/credentials/generate-ice-servers", {"ttl": 60}, "nope"
     )
     assert status == 401 and body == {"error": "unauthorized"}
+
+
+def test_keys_added_with_turnctl_mint_and_removed_ones_are_refused(daemon: Daemon) -> None:
+    """turnctl keys add → the endpoint accepts its token; keys remove → 401 again; a key from the
+    configuration cannot be removed at run time."""
+    from typer.testing import CliRunner
+
+    from turnd.turnctl import app
+
+    runner = CliRunner()
+    base = ["--socket", daemon.control_socket, "--json"]
+    added = runner.invoke(app, [*base, "keys", "add", "app9"])
+    assert added.exit_code == 0, added.output
+    token = json.loads(added.stdout)["token"]
+    path = "/v1/turn/keys/app9/credentials/generate-ice-servers"
+    assert _post(daemon, path, {"ttl": 60}, token)[0] == 201
+    assert runner.invoke(app, [*base, "keys", "remove", "app9"]).exit_code == 0
+    assert _post(daemon, path, {"ttl": 60}, token)[0] == 401
+    refused = runner.invoke(app, [*base, "keys", "remove", "app1"])
+    assert refused.exit_code == 1 and "configuration" in refused.stderr
