@@ -82,6 +82,8 @@ def test_defaults_are_the_documented_ones() -> None:
         "max_permissions_per_allocation": 1000,
         "max_channels_per_allocation": 1000,
         "max_peer_connections_per_allocation": 100,
+        "unauthenticated_rate": 500,
+        "unauthenticated_burst": 1000,
         "max_connections": 10_000,
         "max_connections_per_ip": 64,
         "tls_handshake_timeout": 10,

@@ -345,6 +345,14 @@ class LimitsConfig:
     """RFC 6062 peer TCP connections per TCP allocation, made by Connect or accepted from peers.
     Default 100: each is a socket and buffers; past it Connect gets 403 and peers are refused."""
 
+    unauthenticated_rate: int = attrs.field(default=500, metadata=_kind(Int(1)))
+    """Answers per second to one source IP that has not authenticated (Binding, 401, 400 before
+    credentials). Default 500: many ICE clients share a NAT address; past it requests from that
+    address are dropped and counted (drops{reason="unauthenticated_rate"})."""
+
+    unauthenticated_burst: int = attrs.field(default=1000, metadata=_kind(Int(1)))
+    """How many such answers one source may get at once before the rate applies. Default 1000."""
+
     max_connections: int = attrs.field(default=10_000, metadata=_kind(Int(1)))
     """TCP and TLS client connections on this node, all listeners together. Default 10000: each
     holds a file descriptor and buffers; past that, new connections are closed at once."""

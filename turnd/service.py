@@ -209,6 +209,8 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         max_permissions_per_allocation=limits.max_permissions_per_allocation,
         max_channels_per_allocation=limits.max_channels_per_allocation,
         max_peer_connections_per_allocation=limits.max_peer_connections_per_allocation,
+        unauthenticated_rate=float(limits.unauthenticated_rate),
+        unauthenticated_burst=float(limits.unauthenticated_burst),
         allow_anonymous_binding=config.auth.allow_anonymous_binding,
     )
     own = [

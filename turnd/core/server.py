@@ -70,12 +70,29 @@ from turnd.core.allocation import Allocation, ChannelBinding, Relay
 from turnd.core.authn import RequestAuthenticator
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.ports import PortPool
+from turnd.core.ratelimit import SourceLimiter
 from turnd.core.request import Request, StunError
 from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 
 Handler = Callable[["TurnServer", Request], list[Action]]
 
+
+#: The most an unauthenticated answer exceeds its request by, besides the padded REALM: a 401 to
+#: a bare 20-byte request adds ERROR-CODE (24), REALM's header (4), NONCE (48) and
+#: PASSWORD-ALGORITHMS (12). Binding answers, 400s and 420s stay well under it.
+UNAUTHENTICATED_OVERHEAD = 88
+
+
+def amplification_bound(realm: str) -> int:
+    """Bytes an unauthenticated answer may exceed its request by, for ``realm``."""
+    size = len(realm.encode())
+    return UNAUTHENTICATED_OVERHEAD + size + (-size % 4)
+
+
+#: Characters of the reason in a 400 to an undecodable request: enough to name the problem,
+#: short enough that the answer stays close to the request's size (amplification).
+MALFORMED_REASON_CHARS = 48
 
 #: The per-relay traffic counters (allocation.Relay) that TurnServer.traffic() sums.
 TRAFFIC_COUNTERS = ("packets_to_peer", "bytes_to_peer", "packets_to_client", "bytes_to_client")
@@ -97,6 +114,7 @@ class TurnServer:
         self._rng = rng
         self.stats: Counter[str] = Counter()
         self.auth = RequestAuthenticator(authenticator, nonces, self.stats)
+        self.limiter = SourceLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
         #: A draining server answers new Allocates with 508 and keeps serving its allocations.
         self.draining = False
         self.allocations: dict[FiveTuple, Allocation] = {}
@@ -144,7 +162,9 @@ class TurnServer:
         except StunDecodeError as exc:
             header = exc.header
             if header is not None and header.cls is MessageClass.REQUEST:
-                self.stats["drop.malformed_request"] += 1
+                if not self._may_answer_unauthenticated(five_tuple, now):
+                    return []
+                self.stats["request.malformed"] += 1
                 return self._reply(five_tuple, self._error_bytes(header, 400, exc.reason))
             return self._drop("malformed_stun")
         if message.cls is MessageClass.REQUEST:
@@ -351,9 +371,19 @@ class TurnServer:
 
     # --- requests ----------------------------------------------------------------------------
 
+    def _may_answer_unauthenticated(self, five_tuple: FiveTuple, now: float) -> bool:
+        """The per-source limit on unauthenticated answers (turnd.core.ratelimit)."""
+        if self.limiter.allow(five_tuple.client.host, now):
+            return True
+        self.stats["drop.unauthenticated_rate"] += 1
+        return False
+
     def _handle_request(self, five_tuple: FiveTuple, message: Message, now: float) -> list[Action]:
         request = Request(five_tuple, message, now, message.has(at.Fingerprint))
         handler = _DISPATCH.get((message.method, message.cls))
+        unsigned = message.mi_offset is None and message.mi256_offset is None
+        if unsigned and not self._may_answer_unauthenticated(five_tuple, now):
+            return []  # no credential can come of it: the answer would be unauthenticated
         try:
             if handler is None:
                 self.stats["request.unknown_method"] += 1
@@ -365,6 +395,9 @@ class TurnServer:
                 raise StunError(420, None, at.UnknownAttributes(unknown))
             return handler(self, request)
         except StunError as err:
+            refused = request.credential is None and not unsigned
+            if refused and not self._may_answer_unauthenticated(five_tuple, now):
+                return []  # credentials were offered and refused: unauthenticated answer too
             self.stats[f"error.{err.code}"] += 1
             return self._reply(five_tuple, self._error_response(request, err))
 
@@ -372,12 +405,14 @@ class TurnServer:
         """Encode a success response to ``request``, signed if it was authenticated."""
         message = request.message
         attrs_ = list(attributes)
-        if self.settings.software:
+        cred = request.credential
+        if self.settings.software and cred is not None:
+            # Only to authenticated clients: in an unauthenticated answer it is amplification
+            # (and tells a scanner what runs here).
             attrs_.append(at.Software(self.settings.software))
         response = Message(
             message.method, MessageClass.SUCCESS, message.transaction_id, tuple(attrs_)
         )
-        cred = request.credential
         return encode(
             response,
             key=cred.key if cred else None,
@@ -411,7 +446,7 @@ class TurnServer:
             header.method,
             MessageClass.ERROR,
             header.transaction_id,
-            (at.ErrorCode(code, f"{REASON_PHRASES[code]}: {reason}"[:120]),),
+            (at.ErrorCode(code, f"{REASON_PHRASES[code]}: {reason}"[:MALFORMED_REASON_CHARS]),),
         )
         return encode(reply)
 

@@ -47,3 +47,8 @@ class CoreSettings:
     max_peer_connections_per_allocation: int = 100
     #: STUN Binding is answered without credentials (ICE servers are used that way).
     allow_anonymous_binding: bool = True
+    #: Unauthenticated answers (Binding, 401, 400 before auth) per second per source IP. Generous:
+    #: many ICE clients share one NAT address; it stops floods and reflection, not browsers.
+    unauthenticated_rate: float = 500.0
+    #: Bucket size of the limit above: the burst one source may get answered at once.
+    unauthenticated_burst: float = 1000.0
