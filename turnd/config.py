@@ -345,6 +345,22 @@ class LimitsConfig:
     """RFC 6062 peer TCP connections per TCP allocation, made by Connect or accepted from peers.
     Default 100: each is a socket and buffers; past it Connect gets 403 and peers are refused."""
 
+    allocation_packet_rate: int = attrs.field(default=50_000, metadata=_kind(Int(0)))
+    """Relayed packets per second per allocation, both directions together; 0: no limit.
+    Default 50000: far above any call; past it packets are dropped and counted."""
+
+    allocation_byte_rate: int = attrs.field(default=12_500_000, metadata=_kind(Int(0)))
+    """Relayed payload bytes per second per allocation; 0: no limit. Default 12500000 (100
+    Mbit/s): a 4K screen share fits; one allocation cannot take the node's uplink."""
+
+    new_peer_rate: int = attrs.field(default=50, metadata=_kind(Int(1)))
+    """New peer addresses per second one allocation may start using (a port-scan guard); past it
+    Send drops and CreatePermission/ChannelBind get 403. Default 50."""
+
+    new_peer_burst: int = attrs.field(default=100, metadata=_kind(Int(1)))
+    """New peer addresses at once before new_peer_rate applies (ICE starts with a burst).
+    Default 100."""
+
     unauthenticated_rate: int = attrs.field(default=500, metadata=_kind(Int(1)))
     """Answers per second to one source IP that has not authenticated (Binding, 401, 400 before
     credentials). Default 500: many ICE clients share a NAT address; past it requests from that

@@ -307,6 +307,11 @@ def _create(server: TurnServer, pending: PendingAllocate, now: float) -> list[Ac
         started=now,
         allocate_txid=request.message.transaction_id,
         tcp=pending.tcp,
+        budget_packets=server.packet_rate,
+        budget_bytes=server.byte_rate,
+        budget_time=now,
+        new_peer_tokens=server.settings.new_peer_burst,
+        new_peer_time=now,
     )
     attributes: list[Any] = [at.XorRelayedAddress(r.address) for r in alloc.relays.values()]
     attributes += [*pending.extra, at.Lifetime(int(pending.lifetime))]

@@ -30,6 +30,8 @@ from turnd.core.actions import FiveTuple
 #: RFC 8656 §12: a channel number or peer address of an expired binding stays unusable for another
 #: binding for this long, so late packets are not misdelivered.
 CHANNEL_REUSE_DELAY = 300.0
+#: Peer transport addresses one allocation remembers for the new-peer budget.
+MAX_PEERS_SEEN = 4096
 
 
 @attrs.define(slots=True, eq=False)
@@ -75,6 +77,43 @@ class Allocation:
     channel_by_peer: dict[Address, ChannelBinding] = attrs.field(factory=dict)
     #: Expired bindings still in their reuse delay: number -> (peer, until).
     cooling: dict[int, tuple[Address, float]] = attrs.field(factory=dict)
+    #: Traffic budget (token buckets, both directions together): packets, bytes, last refill.
+    budget_packets: float = 0.0
+    budget_bytes: float = 0.0
+    budget_time: float = 0.0
+    #: Peer transport addresses used so far, and the budget for new ones (port-scan guard).
+    peers_seen: set[Address] = attrs.field(factory=set)
+    new_peer_tokens: float = 0.0
+    new_peer_time: float = 0.0
+
+    def admit(self, size: int, now: float, packet_rate: float, byte_rate: float) -> bool:
+        """Spend one packet and ``size`` bytes of the traffic budget; False: over the rate.
+
+        Buckets hold one second of the rates (the burst) and refill continuously."""
+        elapsed = now - self.budget_time
+        if elapsed > 0:
+            self.budget_packets = min(packet_rate, self.budget_packets + elapsed * packet_rate)
+            self.budget_bytes = min(byte_rate, self.budget_bytes + elapsed * byte_rate)
+            self.budget_time = now
+        if self.budget_packets < 1 or self.budget_bytes < size:
+            return False
+        self.budget_packets -= 1
+        self.budget_bytes -= size
+        return True
+
+    def admit_peer(self, peer: Address, now: float, rate: float, burst: float) -> bool:
+        """Whether ``peer`` may be used: known peers always; new ones spend the budget."""
+        if peer in self.peers_seen:
+            return True
+        self.new_peer_tokens = min(burst, self.new_peer_tokens + (now - self.new_peer_time) * rate)
+        self.new_peer_time = now
+        if self.new_peer_tokens < 1:
+            return False
+        self.new_peer_tokens -= 1
+        if len(self.peers_seen) >= MAX_PEERS_SEEN:
+            self.peers_seen.clear()  # bounded memory: forgotten peers count as new again
+        self.peers_seen.add(peer)
+        return True
 
     @property
     def relay(self) -> Address:

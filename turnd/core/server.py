@@ -29,6 +29,7 @@ Theory of operation (RFC 8489, RFC 8656):
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,9 @@ class TurnServer:
         self.stats: Counter[str] = Counter()
         self.auth = RequestAuthenticator(authenticator, nonces, self.stats)
         self.limiter = SourceLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
+        #: Per-allocation traffic rates; 0 in the settings means no limit.
+        self.packet_rate = settings.allocation_packet_rate or math.inf
+        self.byte_rate = settings.allocation_byte_rate or math.inf
         #: A draining server answers new Allocates with 508 and keeps serving its allocations.
         self.draining = False
         self.allocations: dict[FiveTuple, Allocation] = {}
@@ -204,6 +208,9 @@ class TurnServer:
             return None
         if not alloc.has_permission(peer.host, now):
             self.stats["drop.peer_no_permission"] += 1
+            return None
+        if not alloc.admit(len(data), now, self.packet_rate, self.byte_rate):
+            self.stats["drop.allocation_rate"] += 1
             return None
         binding = alloc.channel_by_peer.get(peer)
         if binding is not None and binding.expires > now:
@@ -581,6 +588,15 @@ class TurnServer:
             if not self.policy.ip_allowed(peer.host):
                 self.stats["denied.peer"] += 1
                 raise StunError(403, "peer address is not allowed")
+        rate, burst = self.settings.new_peer_rate, self.settings.new_peer_burst
+        # A permission is per IP (§9): CreatePermission's ports mean nothing, so count new IPs.
+        per_ip = request.message.method == Method.CREATE_PERMISSION
+        for peer in peers:
+            if not alloc.admit_peer(
+                Address(peer.host, 0) if per_ip else peer, request.now, rate, burst
+            ):
+                self.stats["quota.new_peer_rate"] += 1
+                raise StunError(403, "too many new peer addresses per second")
         return peers
 
     def _install_permission(self, alloc: Allocation, host: str, now: float) -> None:
@@ -663,6 +679,11 @@ class TurnServer:
             return self._drop("send_no_permission")
         if not self.policy.peer_allowed(peer.host, peer.port):
             return self._drop("send_denied_peer")
+        settings = self.settings
+        if not alloc.admit_peer(peer, now, settings.new_peer_rate, settings.new_peer_burst):
+            return self._drop("send_new_peer_rate")
+        if not alloc.admit(len(data_attr.value), now, self.packet_rate, self.byte_rate):
+            return self._drop("send_allocation_rate")
         relay.packets_to_peer += 1
         relay.bytes_to_peer += len(data_attr.value)
         return [SendToPeer(relay.address, peer, data_attr.value)]
@@ -704,6 +725,8 @@ class TurnServer:
         peer = binding.peer
         if not alloc.has_permission(peer.host, now):
             return "no_permission"
+        if not alloc.admit(length, now, self.packet_rate, self.byte_rate):
+            return "allocation_rate"
         payload = data[CHANNEL_HEADER_SIZE : CHANNEL_HEADER_SIZE + length]
         relay = alloc.relays[peer.family]  # channels go with their family's relay (§8.1)
         relay.packets_to_peer += 1

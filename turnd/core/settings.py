@@ -47,6 +47,15 @@ class CoreSettings:
     max_peer_connections_per_allocation: int = 100
     #: STUN Binding is answered without credentials (ICE servers are used that way).
     allow_anonymous_binding: bool = True
+    #: Relayed packets per second per allocation, both directions together (0: no limit). Past it
+    #: packets are dropped and counted: a relay drops, it does not queue.
+    allocation_packet_rate: float = 50_000.0
+    #: Relayed payload bytes per second per allocation (0: no limit); 12.5 MB/s is 100 Mbit/s.
+    allocation_byte_rate: float = 12_500_000.0
+    #: New peer addresses per second one allocation may start using (a port-scan guard).
+    new_peer_rate: float = 50.0
+    #: How many new peer addresses at once before that rate applies (ICE checks come in bursts).
+    new_peer_burst: float = 100.0
     #: Unauthenticated answers (Binding, 401, 400 before auth) per second per source IP. Generous:
     #: many ICE clients share one NAT address; it stops floods and reflection, not browsers.
     unauthenticated_rate: float = 500.0
