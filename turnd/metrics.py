@@ -10,6 +10,7 @@ Served by aiohttp on ``[metrics] listen`` (GET /metrics).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -67,6 +68,12 @@ class TurndCollector(Collector):
         for transport, count in sorted(self.service.stream_counts().items()):
             connections.add_metric([transport], count)
         yield connections
+
+        yield GaugeMetricFamily(
+            "turnd_tasks",
+            "asyncio tasks alive in turnd (a fixed few plus short-lived work; a leak shows here).",
+            value=len(asyncio.all_tasks()),
+        )
 
         traffic = core.traffic()
         packets = CounterMetricFamily(

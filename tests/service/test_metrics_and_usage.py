@@ -103,3 +103,15 @@ def _drain(client: TurnClient) -> list[object]:
     while (item := client.receive(0.05)) is not None:
         out.append(item)
     return out
+
+
+def test_task_count_is_exported_and_settles_back_after_allocations_end(daemon: Daemon) -> None:
+    """``turnd_tasks`` is what bench/soak watches for task leaks."""
+    tasks = ("turnd_tasks", ())
+    idle = scrape(daemon)[tasks]
+    assert idle >= 1  # at least the task answering this scrape
+    for _ in range(3):
+        with TurnClient(("127.0.0.1", daemon.port), USER, "s3cret") as client:
+            assert error_code(client.allocate()) is None
+            assert error_code(client.refresh(0)) is None
+    assert wait_until(lambda: scrape(daemon)[tasks] == idle)
