@@ -86,3 +86,39 @@ def test_release_of_a_free_port_is_harmless() -> None:
     pool.release(5001)
     pool.release(5001)
     assert pool.taken == set()
+
+
+def test_a_restricted_pool_picks_only_its_own_slices() -> None:
+    """A cluster node picks relay ports only from the slices it owns (DESIGN.md, the cluster)."""
+    pool = PortPool(50000, 50099, counter_rng())
+    pool.restrict([(50090, 50099), (50000, 50009), (50005, 50012)])
+    assert pool.ranges == [(50000, 50012), (50090, 50099)]
+    assert pool.size == 23
+    picks = {pool.pick() for _ in range(300)}
+    assert picks == set(range(50000, 50013)) | set(range(50090, 50100))
+
+
+def test_a_restricted_pool_scans_its_slices_when_probes_miss() -> None:
+    """The fallback scan walks the owned ports only, and even pairs stay inside them."""
+    pool = PortPool(1000, 1099, constant_rng)
+    pool.restrict([(1011, 1013), (1050, 1051)])
+    pool.take(1011)
+    assert pool.pick() == 1012
+    assert pool.pick(even_pair=True) == 1012
+    pool.take(1012)
+    assert pool.pick(even_pair=True) == 1050
+    pool.take(1050)
+    assert pool.pick(even_pair=True) is None
+    for port in (1013, 1051):
+        pool.take(port)
+    assert pool.pick() is None
+
+
+def test_restricting_to_nothing_or_outside_the_range() -> None:
+    """No owned slice: nothing to pick (the node relays no new allocation); outside: refused."""
+    pool = PortPool(2000, 2099, constant_rng)
+    pool.restrict([])
+    assert pool.size == 0
+    assert pool.pick() is None
+    with pytest.raises(ValueError, match="outside 2000-2099"):
+        pool.restrict([(1990, 2010)])

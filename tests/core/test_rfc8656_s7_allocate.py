@@ -524,3 +524,19 @@ def test_draining_server_refuses_new_allocations_and_keeps_old_ones() -> None:
     assert world.server.stats["quota.draining"] == 1
     assert error_code(alice.refresh()) is None
     assert error_code(alice.create_permission(PEER)) is None
+
+
+def test_a_cluster_node_relays_only_from_its_own_port_slices() -> None:
+    """Relay ports come from the node's slices; restricting later applies to new allocations."""
+    world = World(core_settings(port_min=50000, port_max=50099, port_ranges=((50010, 50019),)))
+    first = world.client()
+    assert error_code(first.allocate()) is None
+    assert 50010 <= first.relayed.port <= 50019
+    world.server.restrict_ports([(50090, 50099)])
+    second = world.client(address=Address("192.0.2.98", 40000))
+    assert error_code(second.allocate()) is None
+    assert 50090 <= second.relayed.port <= 50099
+    world.server.restrict_ports([])
+    third = world.client(address=Address("192.0.2.99", 40000))
+    assert error_code(third.allocate()) == 508
+    assert first.five_tuple in world.server.allocations

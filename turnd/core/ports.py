@@ -3,11 +3,15 @@
 The core decides the port and the adapter binds exactly that port (``OpenRelay``); if the kernel
 refuses (another program holds it), the core marks it taken and tries another. Ports are chosen at
 random (RFC 8656 §7.2 recommends unpredictable relay ports, RFC 6056) from an injected rng.
+
+In a cluster the range is cut into slices and a node may only use its own (DESIGN.md, "The
+cluster"): :meth:`PortPool.restrict` narrows the pool to those ports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Sequence
 
 #: Random probes before falling back to a scan; with the range under 50 % full a probe almost
 #: always hits, and the scan bounds the worst case.
@@ -15,7 +19,7 @@ RANDOM_PROBES = 16
 
 
 class PortPool:
-    """Taken ports of one relay address family inside [low, high]."""
+    """Taken ports of one relay address family inside [low, high] (or the owned part of it)."""
 
     def __init__(self, low: int, high: int, rng: Callable[[int], bytes]) -> None:
         if not 0 < low <= high <= 65535:
@@ -24,37 +28,63 @@ class PortPool:
         self.high = high
         self._rng = rng
         self.taken: set[int] = set()
+        self.restrict([(low, high)])
 
-    @property
-    def size(self) -> int:
-        """Number of ports in the range."""
-        return self.high - self.low + 1
+    def restrict(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Pick only from ``ranges`` (inclusive, inside [low, high]); taken ports stay taken."""
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(ranges):
+            if not self.low <= first <= last <= self.high:
+                raise ValueError(f"port range {first}-{last} is outside {self.low}-{self.high}")
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
+            else:
+                merged.append((first, last))
+        self.ranges = merged
+        #: Index of each range's first port among all usable ports, for bisect.
+        self._offsets: list[int] = []
+        total = 0
+        for first, last in merged:
+            self._offsets.append(total)
+            total += last - first + 1
+        self.size = total
 
-    def _random_port(self) -> int:
-        return self.low + int.from_bytes(self._rng(4), "big") % self.size
+    def _port(self, index: int) -> int:
+        """The ``index``-th usable port (0 <= index < size)."""
+        slot = bisect.bisect_right(self._offsets, index) - 1
+        return self.ranges[slot][0] + index - self._offsets[slot]
+
+    def _random_index(self) -> int:
+        return int.from_bytes(self._rng(4), "big") % self.size
 
     def pick(self, *, even_pair: bool = False) -> int | None:
         """A free port (with ``even_pair``: an even port P with P+1 free too), or None if full."""
+        if not self.size:
+            return None
         for _ in range(RANDOM_PROBES):
-            port = self._random_port()
+            port = self._port(self._random_index())
             if even_pair:
                 port &= ~1
             if self._free(port, even_pair):
                 return port
-        start = self._random_port()
+        start = self._random_index()
         for i in range(self.size):
-            port = self.low + (start - self.low + i) % self.size
+            port = self._port((start + i) % self.size)
             if even_pair and port % 2:
                 continue
             if self._free(port, even_pair):
                 return port
         return None
 
+    def _usable(self, port: int) -> bool:
+        slot = bisect.bisect_right(self.ranges, (port, 65536)) - 1
+        return slot >= 0 and port <= self.ranges[slot][1]
+
     def _free(self, port: int, pair: bool) -> bool:
-        if port < self.low or port in self.taken:
+        if port in self.taken or not self._usable(port):
             return False
         if pair:
-            return port + 1 <= self.high and port + 1 not in self.taken
+            return self._usable(port + 1) and port + 1 not in self.taken
         return True
 
     def take(self, port: int) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from auth.credentials import Authenticator
@@ -138,6 +138,8 @@ class TurnServer:
         ):
             if host is not None:
                 self._pools[family] = PortPool(settings.port_min, settings.port_max, rng)
+        if settings.port_ranges is not None:
+            self.restrict_ports(settings.port_ranges)
         self._relay_hosts = {
             AddressFamily.IPV4: settings.relay_ipv4,
             AddressFamily.IPV6: settings.relay_ipv6,
@@ -149,6 +151,11 @@ class TurnServer:
         self._txid_counter = 0
 
     # --- inputs ------------------------------------------------------------------------------
+
+    def restrict_ports(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Pick new relay ports only from ``ranges`` (a cluster node's slices); live relays stay."""
+        for pool in self._pools.values():
+            pool.restrict(ranges)
 
     def handle_client(self, five_tuple: FiveTuple, data: bytes, now: float) -> list[Action]:
         """A datagram (UDP) or a whole frame (TCP/TLS) from a client."""

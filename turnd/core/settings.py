@@ -22,6 +22,9 @@ class CoreSettings:
     relay_ipv6: str | None = None
     port_min: int = 49152
     port_max: int = 65535
+    #: The parts of [port_min, port_max] this server may pick relay ports from (a cluster node's
+    #: slices); None: all of it.
+    port_ranges: tuple[tuple[int, int], ...] | None = None
     #: RFC 8656 §7.2: default allocation lifetime.
     allocation_lifetime: float = 600.0
     #: RFC 8656 §7.2: an operator's ceiling on requested lifetimes (3600 s recommended).
