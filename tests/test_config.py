@@ -39,6 +39,7 @@ SECTIONS = (
     "usage",
     "control",
     "api",
+    "cluster",
 )
 ALL_FIELDS = [
     f"{section}.{field.name}"
@@ -160,6 +161,8 @@ def test_example_file_values_are_valid_and_are_the_defaults() -> None:
     examples |= {"auth.secrets", "auth.users", "auth.nonce_key", "peers.allow", "peers.deny"}
     examples |= {"tls.cert_file", "tls.key_file", "usage.file", "control.listen", "control.token"}
     examples |= {"api.listen", "api.public_host", "api.keys"}
+    examples |= {"cluster.node_id", "cluster.nodes", "cluster.service_ip", "cluster.key"}
+    examples |= {"cluster.accept_keys"}
     text = EXAMPLE.read_text()
     for _, line in example_settings():
         text = text.replace(line, line[1:])
@@ -809,3 +812,86 @@ def test_control_listen_needs_a_token() -> None:
         parse_config('[control]\nlisten = "127.0.0.1:9642"\n', {})
     config = parse_config('[control]\nlisten = "127.0.0.1:9642"\ntoken = "t0ken"\n', {})
     assert config.control.token is not None and config.control.token.reveal() == "t0ken"
+
+
+# The cluster ---------------------------------------------------------------------------------
+
+CLUSTER = """
+[cluster]
+node_id = 2
+nodes = ["1=10.77.1.2:7478", "2=10.77.2.2:7478", "3=[fd77::3]:7478"]
+service_ip = "10.77.255.1"
+key = "0123456789abcdef0123456789abcdef"
+"""
+
+
+def test_no_cluster_section_is_a_cluster_of_one() -> None:
+    """The default lists no nodes: not a cluster, listeners on server.addresses as written."""
+    config = Config.default()
+    assert not config.cluster.enabled
+    assert config.listen_addresses() == config.server.addresses
+
+
+def test_a_cluster_node_listens_and_relays_on_the_service_ip() -> None:
+    """Nodes parse to ids and backbone endpoints; the wildcard becomes the service IP."""
+    config = parse_config(CLUSTER, {})
+    cluster = config.cluster
+    assert cluster.enabled and cluster.node_id == 2
+    assert [str(node) for node in cluster.nodes] == [
+        "1=10.77.1.2:7478",
+        "2=10.77.2.2:7478",
+        "3=[fd77::3]:7478",
+    ]
+    assert cluster.nodes[2].backbone.host == "fd77::3"
+    assert [str(a) for a in config.listen_addresses()] == ["10.77.255.1"]
+    assert str(config.relay_address()) == "10.77.255.1"
+    assert "<secret>" in config.describe() and "0123456789abcdef" not in config.describe()
+
+
+def test_cluster_nodes_come_from_the_environment_as_text() -> None:
+    """TURND_CLUSTER_NODES is comma-separated "id=address:port" items."""
+    config = parse_config(CLUSTER, {"TURND_CLUSTER_NODES": "2=10.0.0.2:9000, 5=10.0.0.5:9000"})
+    assert [node.id for node in config.cluster.nodes] == [2, 5]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ('nodes = ["1=10.0.0.1"]', "cluster.nodes[0]", "id=address:port"),
+        ('nodes = ["0=10.0.0.1:7478"]', "cluster.nodes[0]", "id 1-65535"),
+        ('nodes = ["x=10.0.0.1:7478"]', "cluster.nodes[0]", "id=address:port"),
+        ('nodes = ["1=10.0.0.1:0"]', "cluster.nodes[0]", "id=address:port"),
+        ('nodes = ["1=10.0.0.1:1", "1=10.0.0.2:1"]', "cluster.nodes[1]", "listed twice"),
+        ("node_id = 7", "cluster.node_id", "one of the ids in cluster.nodes (1, 2, 3)"),
+        ('key = "short"', "cluster.key", "at least 32 characters"),
+        ("dead_after = 0.25", "cluster.dead_after", "more than cluster.heartbeat_interval"),
+        ('service_ip = "0.0.0.0"', "cluster.service_ip", "concrete"),
+    ],
+)
+def test_cluster_mistakes_name_the_field(change: str, field: str, words: str) -> None:
+    """Each wrong [cluster] value is refused with its field and what is expected."""
+    name = change.partition(" = ")[0]
+    text = "\n".join(
+        change if line.startswith(name + " = ") else line for line in CLUSTER.splitlines()
+    )
+    if change not in text:
+        text += "\n" + change
+    caught = error(text)
+    assert caught.field == field
+    assert words in str(caught)
+
+
+@pytest.mark.parametrize("missing", ["service_ip", "key"])
+def test_a_cluster_needs_a_service_ip_and_a_key(missing: str) -> None:
+    """Without the service IP or the key, the message says every node needs the same one."""
+    text = "\n".join(line for line in CLUSTER.splitlines() if not line.startswith(missing))
+    caught = error(text)
+    assert caught.field == f"cluster.{missing}"
+    assert "every node needs the same" in str(caught)
+
+
+def test_a_cluster_node_must_listen_on_the_service_ip() -> None:
+    """server.addresses without the service IP (or a wildcard of its family) is refused."""
+    caught = error(CLUSTER + '[server]\naddresses = ["10.9.9.9"]\n')
+    assert caught.field == "server.addresses"
+    assert "10.77.255.1" in str(caught)

@@ -44,6 +44,7 @@ from turnd.config_values import (
     Address,
     Bool,
     Choice,
+    ClusterNodeSpec,
     Endpoint,
     HostPort,
     Int,
@@ -60,6 +61,7 @@ from turnd.config_values import (
     show,
     suggest,
 )
+from turnd.config_values import ClusterNode as ClusterNode
 from turnd.config_values import IPAddress as IPAddress
 from turnd.config_values import IPNetwork as IPNetwork
 from turnd.config_values import Listener as Listener
@@ -76,6 +78,9 @@ REALM_MAX_CHARS = 127  # RFC 8489 §14.9: REALM MUST be fewer than 128 character
 SOFTWARE_MAX_CHARS = 127  # RFC 8489 §14.14: SOFTWARE MUST be fewer than 128 characters.
 RELAY_PORT_MIN = 1024  # Relay ports go to anyone authenticated: never privileged ones.
 CHANNELS_MAX = 0x4FFF - 0x4000 + 1  # RFC 8656 §12: channel numbers 0x4000-0x4FFF, 4096 of them.
+CLUSTER_KEY_MIN_CHARS = (
+    32  # The backbone AEAD key is derived from it: 256 bits of entropy at least.
+)
 NONCE_KEY_MIN_CHARS = 16  # Shorter HMAC keys would let nonces be forged by brute force.
 STREAM_MESSAGE_MIN = 1500  # A datagram of a full Ethernet MTU must fit in one stream frame.
 STREAM_MESSAGE_MAX = 65535  # STUN and ChannelData lengths are 16 bits: no larger frame exists.
@@ -412,6 +417,62 @@ class PeersConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """[cluster]: many nodes behind one anycast service IP (DESIGN.md, "The cluster").
+
+    With no nodes listed, turnd is a cluster of one: no backbone socket, no forwarding cost.
+    Every node gets the same section, except node_id."""
+
+    node_id: int = attrs.field(default=0, metadata=_kind(Int(0, PORT_MAX)))
+    """This node's id, one of the ids in nodes. Default 0: no cluster."""
+
+    nodes: tuple[ClusterNode, ...] = attrs.field(
+        default=(),
+        metadata=_kind(ListOf(ClusterNodeSpec(), '"id=address:port" strings', unique=True)),
+    )
+    """Every node that may run, "id=backbone-address:port", this one included. Default []: no
+    cluster. List spare nodes too: relay port slices are cut among all listed nodes, so a node
+    that starts later owns its slices at once (adding a node not listed needs a reload on every
+    node)."""
+
+    service_ip: IPAddress | None = attrs.field(default=None, metadata=_kind(Address(concrete=True)))
+    """The anycast service IP every node holds (needed with nodes). Listeners bind it in place of
+    a wildcard server address, so replies leave from it, and relayed addresses carry it. Default
+    unset."""
+
+    key: Secret | None = attrs.field(default=None, metadata=_kind(SecretStr(CLUSTER_KEY_MIN_CHARS)))
+    """Shared secret sealing the backbone (ChaCha20-Poly1305 under a key derived from it), at
+    least 32 characters: `openssl rand -base64 32` makes one. Needed with nodes. Default unset."""
+
+    accept_keys: tuple[Secret, ...] = attrs.field(
+        default=(),
+        metadata=_kind(ListOf(SecretStr(CLUSTER_KEY_MIN_CHARS), "secrets of 32+ characters")),
+    )
+    """Older keys still accepted from other nodes during a key rotation. Default []. Rotate by
+    adding the new key here on every node, then making it the key, then dropping the old one."""
+
+    heartbeat_interval: float = attrs.field(default=0.5, metadata=_kind(Seconds()))
+    """Seconds between heartbeats to every other node. Default 0.5."""
+
+    dead_after: float = attrs.field(default=2.0, metadata=_kind(Seconds()))
+    """Seconds without a heartbeat before a node leaves the view (its flows move to the others),
+    more than heartbeat_interval. Default 2: four heartbeats lost."""
+
+    slice_size: int = attrs.field(default=64, metadata=_kind(Int(1, PORT_MAX)))
+    """Relay ports in one slice of the relay range; slices are shared among the listed nodes.
+    Default 64: fine-grained enough to balance, coarse enough to list."""
+
+    setup_service_ip: bool = attrs.field(default=True, metadata=_kind(Bool()))
+    """Put service_ip on the loopback interface at start when it is missing (needs
+    CAP_NET_ADMIN). Default true; false when the network setup does it."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when this node is part of a cluster (nodes are listed)."""
+        return bool(self.nodes)
+
+
+@attrs.frozen
 class Config:
     """The whole configuration: one attribute per TOML section."""
 
@@ -425,17 +486,32 @@ class Config:
     usage: UsageConfig = attrs.field(factory=UsageConfig)
     control: ControlConfig = attrs.field(factory=ControlConfig)
     api: ApiConfig = attrs.field(factory=ApiConfig)
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
 
     @classmethod
     def default(cls) -> "Config":
         """The embedded defaults: what turnd runs on with no file, no environment, no flags."""
         return cls()
 
+    def listen_addresses(self) -> tuple[IPAddress, ...]:
+        """Addresses the listeners bind: server.addresses, where in a cluster a wildcard of the
+        service IP's family is the service IP (replies must leave from it)."""
+        service_ip = self.cluster.service_ip
+        if not self.cluster.enabled or service_ip is None:
+            return self.server.addresses
+        found: list[IPAddress] = []
+        for address in self.server.addresses:
+            if address.is_unspecified and address.version == service_ip.version:
+                address = service_ip
+            if address not in found:
+                found.append(address)
+        return tuple(found)
+
     def relay_address(self) -> ipaddress.IPv4Address | None:
-        """relay.address, else the first concrete IPv4 service address; None: detect at start."""
+        """relay.address, else the first concrete IPv4 listen address; None: detect at start."""
         if self.relay.address is not None:
             return self.relay.address
-        for address in self.server.addresses:
+        for address in self.listen_addresses():
             if isinstance(address, ipaddress.IPv4Address) and not address.is_unspecified:
                 return address
         return None
@@ -580,7 +656,43 @@ def config_from_mapping(
         where = _where(raw["control.listen"].origin)
         problem = "must be set when control.listen is: the TCP control API needs a bearer token"
         raise ConfigError(f"control.token: {problem}{where}", "control.token")
+    _check_cluster(raw, config)
     return config
+
+
+def _check_cluster(raw: Mapping[str, _Raw], config: Config) -> None:
+    """With nodes listed: node_id among them, ids unique, service_ip and key set, timing sane."""
+    cluster = config.cluster
+    if not cluster.enabled:
+        return
+    where = _where(raw["cluster.nodes"].origin)
+    ids = [node.id for node in cluster.nodes]
+    for index, node in enumerate(cluster.nodes):
+        if ids.index(node.id) != index:
+            problem = f"node id {node.id} is listed twice"
+            path = f"cluster.nodes[{index}]"
+            raise ConfigError(f"{path}: {problem}{where}", path)
+    if cluster.node_id not in ids:
+        problem = f"must be one of the ids in cluster.nodes ({', '.join(map(str, ids))})"
+        raise ConfigError(f"cluster.node_id: {problem}, got {cluster.node_id}", "cluster.node_id")
+    for name in ("service_ip", "key"):
+        if getattr(cluster, name) is None:
+            problem = f"must be set when cluster.nodes is (every node needs the same {name})"
+            raise ConfigError(f"cluster.{name}: {problem}", f"cluster.{name}")
+    if cluster.dead_after <= cluster.heartbeat_interval:
+        problem = (
+            f"must be more than cluster.heartbeat_interval ({cluster.heartbeat_interval}), "
+            f"got {cluster.dead_after}"
+        )
+        raise ConfigError(f"cluster.dead_after: {problem}", "cluster.dead_after")
+    service_ip = cluster.service_ip
+    assert service_ip is not None
+    if service_ip not in config.listen_addresses():
+        problem = (
+            f"must include the cluster service_ip {service_ip} (or a wildcard of its family): "
+            "clients reach every node there"
+        )
+        raise ConfigError(f"server.addresses: {problem}", "server.addresses")
 
 
 def _ordered(raw: Mapping[str, _Raw], config: Config, low: str, high: str) -> None:

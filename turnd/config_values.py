@@ -380,6 +380,34 @@ class HostPort(Kind):
         raise self.bad(path, value)
 
 
+@attrs.frozen
+class ClusterNode:
+    """One node of the cluster: its id and its backbone address ("1=10.0.0.1:7478")."""
+
+    id: int
+    backbone: Endpoint
+
+    def __str__(self) -> str:
+        return f"{self.id}={self.backbone}"
+
+
+class ClusterNodeSpec(Kind):
+    """A :class:`ClusterNode` written "id=address:port", id 1-65535."""
+
+    expected = '"id=address:port" with id 1-65535, such as "1=10.0.0.1:7478"'
+    _backbone = HostPort()
+
+    def parse(self, value: object, path: str, text: bool) -> ClusterNode:
+        if isinstance(value, str) and "=" in value:
+            node, _, where = value.strip().partition("=")
+            with contextlib.suppress(ValueError, Invalid):
+                number = int(node)
+                endpoint = self._backbone.parse(where.strip(), path, text)
+                if 1 <= number <= PORT_MAX and endpoint is not None and endpoint.port:
+                    return ClusterNode(number, endpoint)
+        raise self.bad(path, value)
+
+
 class Network(Kind):
     """A CIDR network (host bits allowed: 10.1.2.3/8 is 10.0.0.0/8), not touching ``never``."""
 

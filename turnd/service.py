@@ -219,7 +219,7 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
     )
     own = [
         (str(address), listener.port)
-        for address in server.addresses
+        for address in config.listen_addresses()
         for listener in server.listen
         if not ipaddress.ip_address(address).is_unspecified
     ]
@@ -332,7 +332,7 @@ class TurnService:
         listen = self.config.server.listen
         if any(listener.transport is ListenerTransport.TLS for listener in listen):
             self._load_tls()
-        for address in self.config.server.addresses:
+        for address in self.config.listen_addresses():
             for listener in listen:
                 if listener.transport is ListenerTransport.UDP:
                     await self._start_udp(str(address), listener.port)

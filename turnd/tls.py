@@ -136,7 +136,7 @@ def certificate_files(config: Config) -> tuple[Path, Path, list[str]]:
         raise TlsError("set both tls.cert_file and tls.key_file, or neither")
     own_names = dict.fromkeys(("localhost", socket.gethostname()))
     hostnames = [name for name in own_names if name and name.isascii()]  # DNS names are ASCII.
-    concrete = [str(ip) for ip in config.server.addresses if not ip.is_unspecified]
+    concrete = [str(ip) for ip in config.listen_addresses() if not ip.is_unspecified]
     ips = list(dict.fromkeys((*concrete, *LOOPBACK_IPS)))
     cert, key, created = ensure_self_signed(config.server.state_dir, hostnames, ips)
     made = "generated now" if created else "kept from an earlier start"
