@@ -88,6 +88,14 @@ def test_udp_allocate_over_tcp_still_opens_a_udp_relay() -> None:
     assert not world.opened[0].tcp
 
 
+def test_tcp_allocate_is_442_where_tcp_relays_are_off() -> None:
+    """An anycast cluster node (tcp_relays off) answers TCP allocations 442, opening nothing."""
+    world = World(core_settings(tcp_relays=False))
+    reply = world.client(transport=Transport.TCP).allocate(TCP)
+    assert error_code(reply) == 442
+    assert world.opened == [] and world.server.allocations == {}
+
+
 def test_tcp_allocate_over_udp_is_400() -> None:
     """§5.1 item 2: a TCP allocation over a client connection that is not TCP or TLS is 400."""
     world = World()

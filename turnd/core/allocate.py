@@ -102,6 +102,8 @@ def handle_allocate(server: TurnServer, request: Request) -> list[Action]:
     tcp = transport.protocol == TCP_PROTOCOL
     if transport.protocol != UDP_PROTOCOL and not tcp:
         raise StunError(442)
+    if tcp and not server.settings.tcp_relays:
+        raise StunError(442, "TCP relays are not offered by this anycast cluster")
     token = message.get(at.ReservationToken)
     even_port = message.get(at.EvenPort)
     family_attr = message.get(at.RequestedAddressFamily)

@@ -48,6 +48,9 @@ class CoreSettings:
     #: RFC 6062 peer data connections per TCP allocation, made or being made: bounds the sockets
     #: one allocation can hold open (Connect beyond it is 403, peers connecting in are refused).
     max_peer_connections_per_allocation: int = 100
+    #: RFC 6062 TCP allocations are offered. An anycast cluster turns them off: a peer's TCP
+    #: connection to the shared relay address may reach any node, and TCP is not forwarded.
+    tcp_relays: bool = True
     #: STUN Binding is answered without credentials (ICE servers are used that way).
     allow_anonymous_binding: bool = True
     #: Relayed packets per second per allocation, both directions together (0: no limit). Past it
