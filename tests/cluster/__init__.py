@@ -1,0 +1,1 @@
+"""Cluster tests on a network-namespace test bed (needs root)."""
