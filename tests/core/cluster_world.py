@@ -1,0 +1,199 @@
+"""An in-memory anycast cluster: several cores, each wrapped in a ClusterNode, and a backbone.
+
+No sockets. The "network" hands every client and peer datagram to a node chosen at random (as
+ECMP would, but without its stickiness — the harshest case); a node either handles it or seals it
+into a backbone frame, which the world delivers to the target node's ``receive``. Heartbeats are
+delivered when the test calls :meth:`MemoryCluster.heartbeat` (or :meth:`advance`).
+
+A :class:`MemoryCluster` stands in for the harness's ``World``, so the harness's ``Client``
+speaks TURN through the whole cluster. Every relay bind is checked: the port must be in the
+binding node's own slices and bound nowhere else.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+
+from auth.credentials import Authenticator
+from auth.nonce import NonceManager, SecurityFeature
+from forwarding.frames import BackboneCodec
+from forwarding.membership import Membership
+from forwarding.slices import SliceTable
+from stun.addresses import Address
+from tests.core.harness import SERVER, START, Client, core_settings, counter_rng
+from turnd.core.actions import Action, CloseRelay, FiveTuple, OpenRelay
+from turnd.core.cluster import ClientHere, ClusterNode, ControlHere, PeerHere, ToNode
+from turnd.core.peer_policy import PeerPolicy
+from turnd.core.server import TurnServer
+
+KEY_ID = 7
+KEY = bytes(range(32))
+PORT_MIN, PORT_MAX = 50000, 50511
+
+
+class MemoryCluster:
+    """``nodes`` cluster nodes (ids 1..n) sharing the service address ``SERVER``."""
+
+    def __init__(self, nodes: int = 3, *, seed: int = 1, up: Iterable[int] | None = None) -> None:
+        self.now = START
+        self.rng = random.Random(seed)
+        self.ids = list(range(1, nodes + 1))
+        self.nodes: dict[int, ClusterNode] = {}
+        auth = Authenticator.create(
+            core_settings().realm, users={"alice": "alice-pw", "bob": "bob-pw"}
+        )
+        features = (SecurityFeature.PASSWORD_ALGORITHMS,)
+        for node_id in self.ids:
+            core = TurnServer(
+                core_settings(port_min=PORT_MIN, port_max=PORT_MAX),
+                auth,
+                NonceManager(b"k" * 32, features=features),  # one key: nonces valid anywhere
+                PeerPolicy.build(allow=(), deny=(), own_addresses=[SERVER]),
+                counter_rng(node_id),
+            )
+            self.nodes[node_id] = self.make_node(core, node_id)
+        #: Nodes that are running; a dead one neither receives nor sends.
+        self.up = set(self.ids if up is None else up)
+        #: Nodes the network delivers client and peer datagrams to (ECMP next hops).
+        self.next_hops = set(self.up)
+        #: Relay address -> node that bound it.
+        self.bound: dict[Address, int] = {}
+        #: Backbone frames delivered, by how many hops the datagram had taken when it arrived.
+        self.hops: Counter[int] = Counter()
+        #: Datagrams handled, by whether the node that got them from the network handled them.
+        self.handled: Counter[str] = Counter()
+        #: Node that handled the latest client datagram.
+        self.answered_by: int | None = None
+        #: Frames tapped off the backbone (for tampering tests).
+        self.tapped: list[tuple[int, bytes]] = []
+        #: Operator actions delivered: (receiving node, body).
+        self.controls: list[tuple[int, dict[str, object]]] = []
+        self.heartbeat()
+
+    def make_node(self, core: TurnServer, node_id: int, epoch: int = 1) -> ClusterNode:
+        codec = BackboneCodec({KEY_ID: KEY}, KEY_ID, node_id, epoch, self.ids)
+        membership = Membership(node_id, self.ids, dead_after=2.0)
+        slices = SliceTable(PORT_MIN, PORT_MAX, self.ids, 16)
+        backbone = {i: Address(f"10.0.0.{i}", 7478) for i in self.ids}
+        return ClusterNode(core, codec, membership, slices, backbone)
+
+    # --- the network -------------------------------------------------------------------------
+
+    def pick(self) -> int:
+        return self.rng.choice(sorted(self.next_hops & self.up))
+
+    def client_packet(self, five_tuple: FiveTuple, data: bytes) -> list[Action]:
+        """A client datagram reaches a random node; the actions of whichever node handled it."""
+        first = self.pick()
+        node = self.nodes[first]
+        target = node.client_target(five_tuple, data)
+        if target == first:
+            self.handled["first"] += 1
+            return self._client_here(first, five_tuple, data)
+        self.handled["forwarded"] += 1
+        return self.deliver(target, node.forward_client(target, five_tuple, data), hop=1)
+
+    def peer_packet(self, relay: Address, peer: Address, data: bytes) -> list[Action]:
+        """A peer datagram to ``relay`` reaches a random node."""
+        first = self.pick()
+        node = self.nodes[first]
+        target = node.peer_target(relay)
+        if target is None:
+            return []
+        if target == first:
+            self.handled["first"] += 1
+            return self.settle(first, node.core.handle_peer(relay, peer, data, self.now))
+        self.handled["forwarded"] += 1
+        return self.deliver(target, node.forward_peer(target, relay, peer, data), hop=1)
+
+    def deliver(self, node_id: int, frame: bytes, hop: int = 1) -> list[Action]:
+        """A frame arrives at ``node_id`` over the backbone (lost if that node is down)."""
+        self.tapped.append((node_id, frame))
+        if node_id not in self.up:
+            return []
+        self.hops[hop] += 1
+        delivery = self.nodes[node_id].receive(frame, self.now)
+        if isinstance(delivery, ClientHere):
+            return self._client_here(node_id, delivery.five_tuple, delivery.data)
+        if isinstance(delivery, PeerHere):
+            core = self.nodes[node_id].core
+            actions = core.handle_peer(delivery.relay, delivery.peer, delivery.data, self.now)
+            return self.settle(node_id, actions)
+        if isinstance(delivery, ToNode):
+            return self.deliver(delivery.node, delivery.data, hop + 1)
+        if isinstance(delivery, ControlHere):
+            self.controls.append((node_id, dict(delivery.body)))
+        return []
+
+    def _client_here(self, node_id: int, five_tuple: FiveTuple, data: bytes) -> list[Action]:
+        self.answered_by = node_id
+        core = self.nodes[node_id].core
+        return self.settle(node_id, core.handle_client(five_tuple, data, self.now))
+
+    def settle(self, node_id: int, actions: list[Action]) -> list[Action]:
+        """Bind relays for ``node_id`` (checking slice ownership), as its adapter would."""
+        out: list[Action] = []
+        queue = list(actions)
+        node = self.nodes[node_id]
+        while queue:
+            action = queue.pop(0)
+            out.append(action)
+            if isinstance(action, OpenRelay):
+                owner = node.slices.owner(action.relay.port)
+                assert owner == node_id, f"node {node_id} bound {action.relay} of node {owner}"
+                assert action.relay not in self.bound, f"{action.relay} bound twice"
+                self.bound[action.relay] = node_id
+                queue.extend(node.core.relay_opened(action.ticket, True, self.now))
+            elif isinstance(action, CloseRelay):
+                self.bound.pop(action.relay, None)
+        return out
+
+    # --- time and membership -----------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Every running node sends its heartbeats; then every node expires silent ones."""
+        for node_id in sorted(self.up):
+            for frame in self.nodes[node_id].heartbeats():
+                if frame.node in self.up:
+                    self.nodes[frame.node].receive(frame.data, self.now)
+        for node_id in self.up:
+            self.nodes[node_id].expire(self.now)
+
+    def advance(self, seconds: float, step: float = 0.5) -> list[Action]:
+        """Move the clock in heartbeat steps, running heartbeats and every core's timers."""
+        actions: list[Action] = []
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + step)
+            self.heartbeat()
+            for node_id in sorted(self.up):
+                core = self.nodes[node_id].core
+                actions += self.settle(node_id, core.handle_timer(self.now))
+        return actions
+
+    def kill(self, node_id: int) -> None:
+        """The node stops: its allocations are gone with it, and it is no next hop."""
+        self.up.discard(node_id)
+        self.next_hops.discard(node_id)
+        self.bound = {relay: n for relay, n in self.bound.items() if n != node_id}
+
+    def start(self, node_id: int) -> None:
+        """A node that was down starts (fresh core and epoch) and becomes a next hop."""
+        old = self.nodes[node_id].core
+        core = TurnServer(
+            old.settings,
+            old.auth.authenticator,
+            old.auth.nonces,
+            old.policy,
+            counter_rng(node_id + 100),
+        )
+        self.nodes[node_id] = self.make_node(core, node_id, epoch=2)
+        self.up.add(node_id)
+        self.next_hops.add(node_id)
+
+    def owner_of(self, client: Client) -> int:
+        """The node holding ``client``'s allocation."""
+        [node_id] = [n for n in self.up if client.five_tuple in self.nodes[n].core.allocations]
+        return node_id

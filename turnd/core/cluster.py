@@ -1,0 +1,243 @@
+"""One node of an anycast cluster, sans-I/O: who handles a datagram, and what crosses the backbone.
+
+Every node holds the service IP and the same listeners, so the network may hand any node a
+datagram of any flow (DESIGN.md, "The cluster"). This module decides, per datagram:
+
+* a client datagram (UDP) is handled here when this node has its allocation, or when the
+  :class:`~forwarding.router.Router` says this node owns the flow; otherwise it is sealed into a
+  CLIENT frame for the owner, which answers the client itself, from the service address;
+* a peer datagram is handled here when one of this node's relays is bound to its destination,
+  otherwise it goes to the owner of the relay port's slice as a PEER frame;
+* a frame from the backbone is opened (forged, tampered and replayed frames are dropped and
+  counted), then either handled here or — membership views disagree for a moment — forwarded once
+  more (at most 2 backbone hops, :data:`forwarding.router.MAX_HOPS`).
+
+Binding requests are answered by whichever node receives them (they need no state), and TCP/TLS
+clients belong to the node that accepted the connection: neither is ever forwarded. Heartbeats
+carry a node's draining flag; CONTROL frames carry operator actions (revocations) to every node.
+
+Counters (in ``TurnServer.stats``): ``cluster.forwarded.client|peer`` (sent to the owner),
+``cluster.second_chance`` (sent to a previous owner), ``backbone.sent.<type>``,
+``backbone.received.<type>``, ``backbone.drop.<reason>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from forwarding.frames import BackboneCodec, Frame, FrameError, FrameType
+from forwarding.hashing import flow_key
+from forwarding.membership import Membership
+from forwarding.router import Router
+from forwarding.slices import SliceTable
+from stun.addresses import Address
+from turnd.core.actions import FiveTuple, Transport
+from turnd.core.server import TurnServer
+
+#: What HEARTBEAT and CONTROL frames carry as their (unused) addresses.
+NOWHERE = Address("0.0.0.0", 0)
+#: STUN methods (RFC 8489 §5, RFC 8656 §17) the router treats specially.
+_BINDING, _ALLOCATE = 0x001, 0x003
+_TYPE_NAMES = {kind: kind.name.lower() for kind in FrameType}
+
+
+@attrs.frozen
+class ToNode:
+    """Send ``data`` (a sealed frame) to ``node``'s backbone address."""
+
+    node: int
+    data: bytes
+
+
+@attrs.frozen
+class ClientHere:
+    """Handle ``data`` as if it had arrived from ``five_tuple.client`` on this node's listener."""
+
+    five_tuple: FiveTuple
+    data: bytes
+
+
+@attrs.frozen
+class PeerHere:
+    """Handle ``data`` as if it had arrived from ``peer`` on this node's relay ``relay``."""
+
+    relay: Address
+    peer: Address
+    data: bytes
+
+
+@attrs.frozen
+class ControlHere:
+    """An operator action another node broadcast (e.g. ``{"op": "revoke", "username": ...}``)."""
+
+    origin: int
+    body: Mapping[str, Any]
+
+
+Delivery = ToNode | ClientHere | PeerHere | ControlHere | None
+
+
+def classify(data: bytes) -> tuple[bool, bool]:
+    """``(stateless, creates)`` of a client datagram.
+
+    Stateless: a STUN Binding (any node answers it) or something that is not STUN or ChannelData
+    (the core drops it where it lands). Creates: an Allocate request, which must reach the owner
+    and is never sent to a previous owner.
+    """
+    if len(data) < 4:
+        return True, False
+    first = data[0]
+    if 0x40 <= first <= 0x7F:
+        return False, False  # ChannelData
+    if first & 0xC0 or len(data) < 20:
+        return True, False
+    kind = (first << 8) | data[1]
+    method = (kind & 0x000F) | ((kind & 0x00E0) >> 1) | ((kind & 0x3E00) >> 2)
+    request = not kind & 0x0110
+    return method == _BINDING, method == _ALLOCATE and request
+
+
+class ClusterNode:
+    """The cluster logic of the node ``codec.node_id`` around its ``core``.
+
+    ``backbone`` maps every configured node id to its backbone address (the adapter sends
+    :class:`ToNode` there). The core's relay ports are restricted to this node's slices.
+    """
+
+    def __init__(
+        self,
+        core: TurnServer,
+        codec: BackboneCodec,
+        membership: Membership,
+        slices: SliceTable,
+        backbone: Mapping[int, Address],
+    ) -> None:
+        self.core = core
+        self.codec = codec
+        self.node_id = codec.node_id
+        self.membership = membership
+        self.slices = slices
+        self.router = Router(self.node_id, membership, slices)
+        self.backbone = dict(backbone)
+        self.stats = core.stats
+        core.restrict_ports(slices.ranges(self.node_id))
+
+    # --- datagrams that arrived from the network ---------------------------------------------
+
+    def client_target(self, five_tuple: FiveTuple, data: bytes) -> int:
+        """The node that must handle a client datagram that arrived here (this node's id: here)."""
+        if five_tuple.transport is not Transport.UDP or five_tuple in self.core.allocations:
+            return self.node_id
+        stateless, creates = classify(data)
+        if stateless:
+            return self.node_id
+        key = flow_key(five_tuple.transport.value, five_tuple.client, five_tuple.server)
+        return self.router.client(key, 0, self.node_id, False, creates)
+
+    def forward_client(
+        self, target: int, five_tuple: FiveTuple, data: bytes, hop: int = 1
+    ) -> bytes:
+        """A CLIENT frame carrying ``data`` to ``target``, counted."""
+        self.stats["cluster.forwarded.client"] += 1
+        frame = Frame(
+            FrameType.CLIENT,
+            self.node_id,
+            hop,
+            five_tuple.transport.value,
+            five_tuple.client,
+            five_tuple.server,
+            data,
+        )
+        return self._seal(frame)
+
+    def peer_target(self, relay: Address) -> int | None:
+        """The node that must handle a peer datagram sent to ``relay``; None: nobody (drop)."""
+        if relay in self.core.by_relay:
+            return self.node_id
+        target = self.router.peer(relay.port, 0, False)
+        if target is None:
+            self.stats["drop.peer_slice_owner_down"] += 1
+        return target
+
+    def forward_peer(self, target: int, relay: Address, peer: Address, data: bytes) -> bytes:
+        """A PEER frame carrying ``data`` to the owner of ``relay``'s slice, counted."""
+        self.stats["cluster.forwarded.peer"] += 1
+        return self._seal(Frame(FrameType.PEER, self.node_id, 1, "udp", peer, relay, data))
+
+    # --- the backbone ------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> Delivery:
+        """Open a backbone datagram and say what to do with it; bad frames are counted drops."""
+        try:
+            frame = self.codec.open(data)
+        except FrameError as exc:
+            self.stats["backbone.drop." + exc.reason] += 1
+            return None
+        self.stats["backbone.received." + _TYPE_NAMES[frame.type]] += 1
+        if frame.type is FrameType.CLIENT:
+            return self._client_frame(frame)
+        if frame.type is FrameType.PEER:
+            if frame.destination in self.core.by_relay:
+                return PeerHere(frame.destination, frame.source, frame.payload)
+            self.stats["drop.peer_no_allocation"] += 1
+            return None
+        if frame.type is FrameType.HEARTBEAT:
+            draining = frame.payload[:1] == b"\x01"
+            self.membership.heard(frame.origin, now, draining)
+            return None
+        try:
+            body = json.loads(frame.payload)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self.stats["backbone.drop.malformed"] += 1
+            return None
+        return ControlHere(frame.origin, body)
+
+    def _client_frame(self, frame: Frame) -> Delivery:
+        try:
+            transport = Transport(frame.transport)
+        except ValueError:
+            self.stats["backbone.drop.malformed"] += 1
+            return None
+        five_tuple = FiveTuple(transport, frame.source, frame.destination)
+        if five_tuple in self.core.allocations:
+            return ClientHere(five_tuple, frame.payload)
+        _, creates = classify(frame.payload)
+        key = flow_key(frame.transport, frame.source, frame.destination)
+        target = self.router.client(key, frame.hop, frame.origin, False, creates)
+        if target == self.node_id:
+            return ClientHere(five_tuple, frame.payload)
+        self.stats["cluster.second_chance"] += 1
+        return ToNode(target, self.forward_client(target, five_tuple, frame.payload, frame.hop + 1))
+
+    # --- membership and control --------------------------------------------------------------
+
+    def heartbeats(self) -> list[ToNode]:
+        """One HEARTBEAT frame for every other configured node (the adapter sends them)."""
+        flag = b"\x01" if self.core.draining else b"\x00"
+        self.membership.set_draining(self.core.draining)
+        frame = Frame(FrameType.HEARTBEAT, self.node_id, 0, "udp", NOWHERE, NOWHERE, flag)
+        return [ToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id]
+
+    def expire(self, now: float) -> bool:
+        """Forget nodes not heard for ``dead_after`` seconds; True when the view changed."""
+        return self.membership.expire(now)
+
+    def broadcast(self, body: Mapping[str, Any]) -> list[ToNode]:
+        """A CONTROL frame with ``body`` (JSON) for every other configured node."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        frame = Frame(FrameType.CONTROL, self.node_id, 0, "udp", NOWHERE, NOWHERE, payload)
+        return [ToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id]
+
+    def owner(self, transport: str, client: Address, server: Address) -> int:
+        """The node that owns a client flow in the current view (for turnctl)."""
+        return self.router.owner_of(flow_key(transport, client, server))
+
+    def _seal(self, frame: Frame) -> bytes:
+        self.stats["backbone.sent." + _TYPE_NAMES[frame.type]] += 1
+        return self.codec.seal(frame)
