@@ -21,7 +21,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
@@ -53,6 +53,9 @@ from turnd.runtime import RuntimeCredentials
 from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
 from turnd.streams import ClientStream
 from turnd.tcp_relays import TcpRelays
+
+if TYPE_CHECKING:
+    from turnd.cluster import ClusterLink
 
 # Linux socket options for the DF bit (RFC 8656 §18.9); not all are exported by ``socket``.
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
@@ -124,9 +127,12 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         self.server = server
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.handle(FiveTuple(Transport.UDP, Address(addr[0], addr[1]), self.server), data)
+
+    def handle(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """One client datagram of ``five_tuple`` (received here, or forwarded by another node)."""
         service = self.service
         core = service.core
-        five_tuple = FiveTuple(Transport.UDP, Address(addr[0], addr[1]), self.server)
         now = time.time()
         if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
             # Hot path (DESIGN.md): ChannelData straight to the peer, no action objects.
@@ -154,6 +160,25 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         self.service.core.stats["socket.listener_errors"] += 1
 
 
+class _ClusterClientDatagrams(_ClientDatagrams):
+    """A UDP listener of a cluster node: a datagram of a flow another node owns goes to it."""
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        five_tuple = FiveTuple(Transport.UDP, Address(addr[0], addr[1]), self.server)
+        link = self.service.cluster
+        assert link is not None
+        node = link.node
+        try:
+            target = node.client_target(five_tuple, data)
+        except Exception:
+            self.service.internal_error("client datagram routing")
+            return
+        if target == node.node_id:
+            self.handle(five_tuple, data)
+        else:
+            link.send(target, node.forward_client(target, five_tuple, data))
+
+
 class _RelayDatagrams(asyncio.DatagramProtocol):
     """A relay socket: every datagram goes to ``TurnServer.handle_peer``."""
 
@@ -162,9 +187,12 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
         self.relay = relay
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.handle(Address(addr[0], addr[1]), data)
+
+    def handle(self, peer: Address, data: bytes) -> None:
+        """One datagram from ``peer`` (received here, or forwarded by another node)."""
         service = self.service
         core = service.core
-        peer = Address(addr[0], addr[1])
         now = time.time()
         if not core.timers_due(now):
             # Hot path (DESIGN.md): straight back to the client, no action objects.
@@ -216,6 +244,7 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         unauthenticated_rate=float(limits.unauthenticated_rate),
         unauthenticated_burst=float(limits.unauthenticated_burst),
         allow_anonymous_binding=config.auth.allow_anonymous_binding,
+        tcp_relays=not config.cluster.enabled,
     )
     own = [
         (str(address), listener.port)
@@ -313,6 +342,13 @@ class TurnService:
         self._timer_when: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._client_protocols: dict[Address, _ClientDatagrams] = {}
+        #: This node's cluster I/O, when [cluster] lists nodes (DESIGN.md "The cluster").
+        self.cluster: ClusterLink | None = None
+        if config.cluster.enabled:
+            from turnd.cluster import ClusterLink, build_node
+
+            self.cluster = ClusterLink(self, config.cluster, build_node(self, config))
 
     @staticmethod
     def _relay_address(config: Config) -> str:
@@ -329,6 +365,13 @@ class TurnService:
     async def start(self) -> None:
         """Start every configured listener; fail only if none starts."""
         self._loop = asyncio.get_running_loop()
+        if self.cluster is not None:
+            from turnd.cluster import ClusterError
+
+            try:
+                await self.cluster.start()
+            except ClusterError as exc:
+                raise StartupError(str(exc)) from exc
         listen = self.config.server.listen
         if any(listener.transport is ListenerTransport.TLS for listener in listen):
             self._load_tls()
@@ -370,10 +413,11 @@ class TurnService:
             self._report("udp", host, port, False, bind_failure_reason(exc, port))
             return
         bound = Address(host, sock.getsockname()[1])
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _ClientDatagrams(self, bound), sock=sock
-        )
+        kind = _ClientDatagrams if self.cluster is None else _ClusterClientDatagrams
+        protocol = kind(self, bound)
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         self._listeners[bound] = transport
+        self._client_protocols[bound] = protocol
         self.bound.append(("udp", bound))
         self._report("udp", host, bound.port, True)
 
@@ -590,6 +634,8 @@ class TurnService:
         """Close every socket; allocations end with the process."""
         if self._timer is not None:
             self._timer.cancel()
+        if self.cluster is not None:
+            self.cluster.stop()
         for task in list(self._tasks):
             task.cancel()
         for server in self._servers:
@@ -602,6 +648,7 @@ class TurnService:
         for sock in self._reserved.values():
             sock.close()
         self._listeners.clear()
+        self._client_protocols.clear()
         self._relays.clear()
         self._reserved.clear()
         if self._control:
@@ -684,9 +731,14 @@ class TurnService:
             (s.reveal(), "config") for s in (config or self.config).auth.secrets
         ]
 
-    def revoke(self, username: str) -> int:
-        """Refuse ``username`` from now on and end its allocations here; how many ended."""
+    def revoke(self, username: str, *, broadcast: bool = True) -> int:
+        """Refuse ``username`` from now on and end its allocations here; how many ended.
+
+        In a cluster (and with ``broadcast``) every other node is told to do the same.
+        """
         self.revoked.add(username)
+        if broadcast and self.cluster is not None:
+            self.cluster.broadcast({"op": "revoke", "username": username})
         actions = self.core.revoke(username, time.time())
         ended = {a.five_tuple for a in actions if isinstance(a, AllocationEnded)}
         self.execute(actions)
@@ -759,6 +811,22 @@ class TurnService:
                 if closing is not None:
                     closing.close()
         self._arm_timer()
+
+    def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """Handle a UDP client datagram another node forwarded, as if its listener had it."""
+        protocol = self._client_protocols.get(five_tuple.server)
+        if protocol is None:
+            self.core.stats["drop.listener_missing"] += 1
+        else:
+            protocol.handle(five_tuple, data)
+
+    def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
+        """Handle a peer datagram another node forwarded, as if relay ``relay`` had it."""
+        transport = self._relays.get(relay)
+        if transport is None:
+            self.core.stats["drop.relay_socket_missing"] += 1
+            return
+        cast(_RelayDatagrams, transport.get_protocol()).handle(peer, data)
 
     def send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
         """Send to a client over its listener (UDP) or its connection (TCP/TLS)."""

@@ -70,7 +70,8 @@ Received = DataIndication | ChannelData | Message
 
 
 class TurnClient:
-    """A TURN client on a UDP socket bound to 127.0.0.1."""
+    """A TURN client on a UDP socket bound to 127.0.0.1 (``bind``: another local address, e.g.
+    inside a test namespace)."""
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class TurnClient:
         password: str = "",
         *,
         timeout: float = TIMEOUT,
+        bind: str = LOOPBACK,
     ) -> None:
         self.server = server
         self.username = username
@@ -90,7 +92,7 @@ class TurnClient:
         self.relay: Address | None = None
         self._pending: deque[Received] = deque()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOOPBACK, 0))
+        self.sock.bind((bind, 0))
 
     @property
     def address(self) -> Address:
