@@ -21,6 +21,7 @@ import pytest
 from aiohttp import ClientSession, UnixConnector, web
 
 from turnd.control import ControlOps, make_app, start_control, stop_control
+from turnd.operations import parse_address
 
 TOKEN = "a-control-token"
 T = TypeVar("T")
@@ -59,6 +60,75 @@ DETAIL = {
     "permission_list": ["203.0.113.5", "203.0.113.6"],
     "channel_list": [{"number": 0x4000, "peer": "203.0.113.5:7000"}],
 }
+#: Node 2 of four: 1 alive, 3 draining, 4 gone for two minutes.
+CLUSTER_NODES: list[dict[str, Any]] = [
+    {
+        "node": 1,
+        "self": False,
+        "alive": True,
+        "draining": False,
+        "last_heard_ago": 0.31,
+        "backbone": "10.77.1.2:7478",
+        "relay_ports": 192,
+    },
+    {
+        "node": 2,
+        "self": True,
+        "alive": True,
+        "draining": False,
+        "last_heard_ago": None,
+        "backbone": "10.77.2.2:7478",
+        "relay_ports": 64,
+    },
+    {
+        "node": 3,
+        "self": False,
+        "alive": True,
+        "draining": True,
+        "last_heard_ago": 0.42,
+        "backbone": "[fd77::3]:7478",
+        "relay_ports": 192,
+    },
+    {
+        "node": 4,
+        "self": False,
+        "alive": False,
+        "draining": False,
+        "last_heard_ago": 125.0,
+        "backbone": "10.77.4.2:7478",
+        "relay_ports": 64,
+    },
+]
+CLUSTER_COUNTERS: dict[str, Any] = {
+    "forwarded_client": 12,
+    "forwarded_peer": 30,
+    "second_chance": 1,
+    "frames_sent": {"client": 12, "heartbeat": 900, "peer": 30},
+    "frames_received": {"client": 7, "heartbeat": 899},
+    "drops": {"auth": 1, "replay": 2},
+}
+NO_CLUSTER_COUNTERS: dict[str, Any] = {
+    "forwarded_client": 0,
+    "forwarded_peer": 0,
+    "second_chance": 0,
+    "frames_sent": {},
+    "frames_received": {},
+    "drops": {},
+}
+CLUSTER_TABLE: dict[str, Any] = {
+    "slice_size": 64,
+    "port_min": 49152,
+    "port_max": 49663,
+    "nodes": {
+        "1": [[49152, 49279], [49408, 49471]],
+        "2": [[49280, 49343]],
+        "3": [[49344, 49407], [49472, 49599]],
+        "4": [[49600, 49663]],
+    },
+    "catch_sockets": 448,
+}
+#: The first UDP listener of the fake node: the default server of an owner question.
+SERVICE_ADDRESS = "10.77.255.1:3478"
 
 
 class FakeOps:
@@ -75,6 +145,8 @@ class FakeOps:
         self.draining = False
         self.reload_error: str | None = None
         self.mint_error: str | None = None
+        #: False: a node whose [cluster] lists no nodes.
+        self.in_cluster = True
         self.calls: list[tuple[Any, ...]] = []
 
     def status(self) -> dict[str, Any]:
@@ -187,6 +259,28 @@ class FakeOps:
                 },
             ]
         }
+
+    def cluster_nodes(self) -> dict[str, Any]:
+        if not self.in_cluster:
+            return {"enabled": False, "node_id": 0, "nodes": [], "counters": NO_CLUSTER_COUNTERS}
+        return {"enabled": True, "node_id": 2, "nodes": CLUSTER_NODES, "counters": CLUSTER_COUNTERS}
+
+    def cluster_table(self) -> dict[str, Any] | None:
+        return CLUSTER_TABLE if self.in_cluster else None
+
+    def cluster_owner(
+        self, transport: str, client: str, server: str | None
+    ) -> dict[str, Any] | None:
+        """Every flow belongs to node 3 (draining, so alive); alice's is here."""
+        self.calls.append(("cluster_owner", transport, client, server))
+        if not self.in_cluster:
+            return None
+        if transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"not a transport: {transport!r}")
+        source, destination = parse_address(client), parse_address(server or SERVICE_ADDRESS)
+        here = str(source) == ALICE_ALLOCATION["client"]
+        flow = f"{transport} {source} -> {destination}"
+        return {"node": 3, "alive": True, "here": here, "flow": flow}
 
 
 def _typed(ops: FakeOps) -> ControlOps:
@@ -469,6 +563,96 @@ def test_credentials_turnd_cannot_mint_are_409(server: ControlServer) -> None:
     server.ops.mint_error = "no REST secret is configured"
     reply = call(server, "POST", "/v1/credentials", {"ttl": 60})
     assert (reply.status, reply.body) == (409, {"error": "no REST secret is configured"})
+
+
+# --- cluster ------------------------------------------------------------------------------------
+
+
+def test_cluster_nodes_is_the_view_and_the_counters(server: ControlServer, door: str) -> None:
+    """GET /v1/cluster/nodes answers {enabled, node_id, nodes, counters} as ops gives them."""
+    reply = call(server, "GET", "/v1/cluster/nodes", door=door)
+    assert reply.status == 200
+    assert reply.body == {
+        "enabled": True,
+        "node_id": 2,
+        "nodes": CLUSTER_NODES,
+        "counters": CLUSTER_COUNTERS,
+    }
+
+
+def test_cluster_nodes_of_a_single_node_is_200_not_enabled(server: ControlServer) -> None:
+    """Not a cluster is an answer here, not a refusal: enabled false, no nodes, zero counters."""
+    server.ops.in_cluster = False
+    reply = call(server, "GET", "/v1/cluster/nodes")
+    assert reply.status == 200
+    assert reply.body == {
+        "enabled": False,
+        "node_id": 0,
+        "nodes": [],
+        "counters": NO_CLUSTER_COUNTERS,
+    }
+
+
+def test_cluster_table_is_the_slice_table(server: ControlServer, door: str) -> None:
+    """GET /v1/cluster/table answers the ranges per node."""
+    reply = call(server, "GET", "/v1/cluster/table", door=door)
+    assert (reply.status, reply.body) == (200, CLUSTER_TABLE)
+
+
+def test_cluster_questions_to_a_single_node_are_409(server: ControlServer) -> None:
+    """The table and owner routes refuse with 409 and say why on a node not in a cluster."""
+    server.ops.in_cluster = False
+    not_a_cluster = {"error": "not a cluster: [cluster] lists no nodes"}
+    table = call(server, "GET", "/v1/cluster/table")
+    assert (table.status, table.body) == (409, not_a_cluster)
+    owner = call(server, "GET", "/v1/cluster/owner?client=203.0.113.5:5000")
+    assert (owner.status, owner.body) == (409, not_a_cluster)
+
+
+def test_cluster_owner_passes_the_query_with_udp_and_no_server_by_default(
+    server: ControlServer, door: str
+) -> None:
+    """client is required; transport defaults to udp, server to None (the daemon's listener)."""
+    reply = call(server, "GET", "/v1/cluster/owner?client=198.51.100.7:5000", door=door)
+    assert reply.status == 200
+    assert reply.body == {
+        "node": 3,
+        "alive": True,
+        "here": True,
+        "flow": "udp 198.51.100.7:5000 -> 10.77.255.1:3478",
+    }
+    query = "client=%5B2001%3Adb8%3A%3A7%5D%3A6000&server=%5B2001%3Adb8%3A%3A1%5D%3A3478"
+    v6 = call(server, "GET", f"/v1/cluster/owner?{query}&transport=tcp", door=door)
+    assert v6.body["flow"] == "tcp [2001:db8::7]:6000 -> [2001:db8::1]:3478"
+    assert server.ops.calls[-2:] == [
+        ("cluster_owner", "udp", "198.51.100.7:5000", None),
+        ("cluster_owner", "tcp", "[2001:db8::7]:6000", "[2001:db8::1]:3478"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("", '"client" is required: the client address, ip:port'),
+        ("client=", '"client" is required: the client address, ip:port'),
+        (
+            "client=203.0.113.5",
+            "not an address: '203.0.113.5' (expected ip:port, or [ipv6]:port)",
+        ),
+        (
+            "client=203.0.113.5:5000&server=turn.example.org:3478",
+            "not an address: 'turn.example.org:3478' (expected ip:port, or [ipv6]:port)",
+        ),
+        ("client=203.0.113.5:5000&transport=sctp", "not a transport: 'sctp'"),
+    ],
+    ids=["no-client", "empty-client", "no-port", "a-name", "bad-transport"],
+)
+def test_a_cluster_owner_question_that_does_not_parse_is_400(
+    server: ControlServer, query: str, error: str
+) -> None:
+    """A missing client, an address or a transport ops cannot parse: 400 with the reason."""
+    reply = call(server, "GET", f"/v1/cluster/owner?{query}")
+    assert (reply.status, reply.body) == (400, {"error": error})
 
 
 # --- HTTP errors --------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from auth.credentials import parse_rest_username, rest_password
 from tests.test_control import (
     ALICE_ALLOCATION,
     BOB_ALLOCATION,
+    CLUSTER_TABLE,
     TOKEN,
     ControlServer,
     FakeOps,
@@ -483,6 +484,109 @@ def test_drain_and_drain_off(server: ControlServer) -> None:
     assert (off.exit_code, off.stdout) == (0, "not draining: 2 allocations\n")
     assert not server.ops.draining
     assert json.loads(run(server, "--json", "drain").stdout) == {"draining": True, "allocations": 2}
+
+
+# --- cluster ------------------------------------------------------------------------------------
+
+
+def test_cluster_nodes_is_a_table_of_states_and_a_line_of_counters(server: ControlServer) -> None:
+    """One row per configured node (alive, draining, dead; this node marked), then counters."""
+    result = run(server, "cluster", "nodes")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "NODE  BACKBONE        STATE     LAST HEARD  RELAY PORTS",
+        "   1  10.77.1.2:7478  alive     0.3s ago            192",
+        "   2  10.77.2.2:7478  alive     -                    64  (this node)",
+        "   3  [fd77::3]:7478  draining  0.4s ago            192",
+        "   4  10.77.4.2:7478  dead      2m 05s ago           64",
+        "forwarded: 12 client, 30 peer; second chance: 1; backbone drops: auth 1, replay 2",
+    ]
+
+
+def test_cluster_nodes_json_is_the_daemon_answer(server: ControlServer) -> None:
+    """--json prints turnd's view and counters as they are."""
+    result = run(server, "--json", "cluster", "nodes")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == server.ops.cluster_nodes()
+
+
+def test_cluster_nodes_on_a_single_node_says_so_and_exits_0(server: ControlServer) -> None:
+    """Not being in a cluster is a fact about the node, not a failure."""
+    server.ops.in_cluster = False
+    result = run(server, "cluster", "nodes")
+    assert (result.exit_code, result.stdout) == (0, "not a cluster: [cluster] lists no nodes\n")
+    as_json = json.loads(run(server, "--json", "cluster", "nodes").stdout)
+    assert (as_json["enabled"], as_json["nodes"]) == (False, [])
+
+
+def test_cluster_table_lists_each_nodes_port_ranges(server: ControlServer) -> None:
+    """The range and slice size, then per node its port count and merged ranges."""
+    result = run(server, "cluster", "table")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "relay ports 49152-49663 in slices of 64; 448 catch sockets on this node",
+        "NODE  PORTS  RANGES",
+        "   1    192  49152-49279 49408-49471",
+        "   2     64  49280-49343",
+        "   3    192  49344-49407 49472-49599",
+        "   4     64  49600-49663",
+    ]
+    assert json.loads(run(server, "--json", "cluster", "table").stdout) == CLUSTER_TABLE
+
+
+def test_cluster_owner_names_the_node_and_whether_the_allocation_is_here(
+    server: ControlServer,
+) -> None:
+    """The flow asked about (server defaulted by turnd), its owner's state and "here"."""
+    result = run(server, "cluster", "owner", "198.51.100.7:5000")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "udp 198.51.100.7:5000 -> 10.77.255.1:3478",
+        "node 3 (alive) — allocation here: yes",
+    ]
+    args = ["[2001:db8::7]:6000", "--server", "[2001:db8::1]:3478", "--transport", "tcp"]
+    other = run(server, "cluster", "owner", *args)
+    assert other.stdout.splitlines()[1] == "node 3 (alive) — allocation here: no"
+    assert server.ops.calls[-2:] == [
+        ("cluster_owner", "udp", "198.51.100.7:5000", None),
+        ("cluster_owner", "tcp", "[2001:db8::7]:6000", "[2001:db8::1]:3478"),
+    ]
+    as_json = json.loads(run(server, "--json", "cluster", "owner", "198.51.100.7:5000").stdout)
+    assert as_json == {
+        "node": 3,
+        "alive": True,
+        "here": True,
+        "flow": "udp 198.51.100.7:5000 -> 10.77.255.1:3478",
+    }
+
+
+def test_cluster_owner_of_a_dead_node_says_dead(server: ControlServer) -> None:
+    """An owner outside the live view shows as dead."""
+    answer = {"node": 4, "alive": False, "here": False, "flow": "udp 1.2.3.4:5 -> 10.0.0.1:3478"}
+    server.ops.cluster_owner = lambda *_: answer  # type: ignore[method-assign]
+    result = run(server, "cluster", "owner", "1.2.3.4:5")
+    assert result.stdout.splitlines()[1] == "node 4 (dead) — allocation here: no"
+
+
+def test_cluster_owner_of_an_address_turnd_cannot_parse_is_a_usage_error(
+    server: ControlServer,
+) -> None:
+    """turnd's 400 becomes exit 2 with its reason."""
+    result = run(server, "cluster", "owner", "203.0.113.5")
+    assert result.exit_code == 2
+    expected = "not an address: '203.0.113.5' (expected ip:port, or [ipv6]:port)"
+    assert result.stderr == f"turnctl: {expected}\n"
+
+
+@pytest.mark.parametrize(
+    "args", [["cluster", "table"], ["cluster", "owner", "203.0.113.5:5000"]], ids=["table", "owner"]
+)
+def test_cluster_questions_to_a_single_node_exit_1(server: ControlServer, args: list[str]) -> None:
+    """table and owner have no answer off a cluster: turnd's 409 message, exit 1."""
+    server.ops.in_cluster = False
+    result = run(server, *args)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == "turnctl: not a cluster: [cluster] lists no nodes\n"
 
 
 def test_reload(server: ControlServer) -> None:

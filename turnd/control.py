@@ -25,6 +25,11 @@ Routes (all under /v1)::
     POST   /drain  {"on": bool}         200 {draining, allocations}
     POST   /revoke/{username}           200 {"ended": n}
     POST   /credentials  {"ttl", "id"?} 201 {"iceServers": [...]} | 409
+    GET    /cluster/nodes               200 {enabled, node_id, nodes, counters}
+    GET    /cluster/table               200 {slice_size, port_min, port_max, nodes, catch_sockets}
+                                        | 409 (not a cluster)
+    GET    /cluster/owner?client=&server=&transport=
+                                        200 {node, alive, here, flow} | 400 | 409
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ MAX_BODY = 64 * 1024
 SOCKET_MODE = 0o600
 #: Mode of the socket's directory when turnd creates it (systemd's RuntimeDirectory= makes it).
 SOCKET_DIR_MODE = 0o755
+#: The refusal of the cluster routes that need a cluster, on a node that is not in one.
+NOT_A_CLUSTER = "not a cluster: [cluster] lists no nodes"
 
 
 class ControlOps(Protocol):
@@ -113,6 +120,24 @@ class ControlOps(Protocol):
     def mint(self, ttl: int, ident: str) -> dict[str, Any]:
         """A REST credential as the credential endpoint returns it: {"iceServers": [...]}.
         ValueError when none can be minted (no secret)."""
+
+    def cluster_nodes(self) -> dict[str, Any]:
+        """The cluster as this node sees it: enabled (bool), node_id (0: not a cluster),
+        nodes [{node, self, alive, draining, last_heard_ago (seconds or None), backbone,
+        relay_ports}], counters {forwarded_client, forwarded_peer, second_chance,
+        frames_sent {type: n}, frames_received {type: n}, drops {reason: n}}."""
+
+    def cluster_table(self) -> dict[str, Any] | None:
+        """The relay port slices: slice_size, port_min, port_max, nodes {"id": [[low, high],
+        ...]}, catch_sockets (int); None when this node is not in a cluster."""
+
+    def cluster_owner(
+        self, transport: str, client: str, server: str | None
+    ) -> dict[str, Any] | None:
+        """Which node owns the flow from ``client`` to ``server`` ("ip:port", "[v6]:port"; None:
+        the first UDP listener) over ``transport``: {node, alive, here (this node holds its
+        allocation), flow (text)}. None when this node is not in a cluster; ValueError for an
+        address or transport that does not parse."""
 
 
 class _Refusal(Exception):
@@ -300,6 +325,30 @@ class _Routes:
             _refuse(409, str(exc))
         return web.json_response(minted, status=201)
 
+    async def cluster_nodes(self, _: web.Request) -> web.Response:
+        return web.json_response(self.ops.cluster_nodes())
+
+    async def cluster_table(self, _: web.Request) -> web.Response:
+        found = self.ops.cluster_table()
+        if found is None:
+            _refuse(409, NOT_A_CLUSTER)
+        return web.json_response(found)
+
+    async def cluster_owner(self, request: web.Request) -> web.Response:
+        query = request.query
+        client = query.get("client")
+        if not client:
+            _refuse(400, '"client" is required: the client address, ip:port')
+        try:
+            found = self.ops.cluster_owner(
+                query.get("transport") or "udp", client, query.get("server") or None
+            )
+        except ValueError as exc:
+            _refuse(400, str(exc))
+        if found is None:
+            _refuse(409, NOT_A_CLUSTER)
+        return web.json_response(found)
+
 
 #: Whether an application demands a bearer token (TCP may only serve one that does).
 _TOKEN_REQUIRED = web.AppKey("token_required", bool)
@@ -330,6 +379,9 @@ def make_app(ops: ControlOps, token: str | None) -> web.Application:
             web.post("/v1/drain", routes.drain),
             web.post("/v1/revoke/{username}", routes.revoke),
             web.post("/v1/credentials", routes.credentials),
+            web.get("/v1/cluster/nodes", routes.cluster_nodes),
+            web.get("/v1/cluster/table", routes.cluster_table),
+            web.get("/v1/cluster/owner", routes.cluster_owner),
         ]
     )
     return app

@@ -3,7 +3,8 @@
 Nothing on the packet path changes for metrics. The core already counts everything in
 ``TurnServer.stats`` (drops by reason, auth failures by reason, error responses by code, ...) and
 per relay; this collector turns those into metric families when Prometheus asks, so counters move
-live, between scrapes, not at allocation end.
+live, between scrapes, not at allocation end. On a cluster node it also reads the membership view
+and the slice table (``TurnService.cluster``).
 
 Served by aiohttp on ``[metrics] listen`` (GET /metrics).
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -37,8 +38,29 @@ _LABELLED = {
         "reason",
     ),
     "quota.": ("turnd_quota_refusals_total", "Requests refused by a quota, by quota.", "quota"),
+    "backbone.sent.": (
+        "turnd_backbone_frames_sent_total",
+        "Frames sealed for other cluster nodes, by frame type.",
+        "type",
+    ),
+    "backbone.received.": (
+        "turnd_backbone_frames_received_total",
+        "Backbone frames opened (authentic, not replayed), by frame type.",
+        "type",
+    ),
+    "backbone.drop.": (
+        "turnd_backbone_drops_total",
+        "Backbone frames dropped (forged, replayed, malformed, ...), by reason.",
+        "reason",
+    ),
+    "cluster.forwarded.": (
+        "turnd_cluster_forwarded_total",
+        "Datagrams forwarded over the backbone to the node owning them, by side (client, peer).",
+        "side",
+    ),
 }
-_SKIP = ("relayed.",)  # summed into turnd_relayed_*_total instead
+#: Summed into turnd_relayed_*_total, or a family of its own, instead.
+_SKIP = ("relayed.", "cluster.second_chance")
 
 
 class TurndCollector(Collector):
@@ -111,6 +133,41 @@ class TurndCollector(Collector):
                 families[prefix].add_metric([key[len(prefix) :]], value)
         yield from families.values()
         yield events
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        """The cluster's own families; its gauges only on a cluster node."""
+        yield CounterMetricFamily(
+            "turnd_cluster_second_chance",
+            "Client datagrams a new owner did not know, sent on to the flow's previous owner.",
+            value=self.service.core.stats["cluster.second_chance"],
+        )
+        link = self.service.cluster
+        if link is None:
+            return
+        states: Counter[str] = Counter({"alive": 0, "dead": 0, "draining": 0})
+        for node in link.nodes():
+            states[node_state(node)] += 1
+        nodes = GaugeMetricFamily(
+            "turnd_cluster_nodes",
+            "Configured cluster nodes as this node sees them, by state (alive, dead, draining).",
+            labels=["state"],
+        )
+        for state, count in sorted(states.items()):
+            nodes.add_metric([state], count)
+        yield nodes
+        yield GaugeMetricFamily(
+            "turnd_cluster_relay_ports",
+            "Relay ports of this node's slices (the ports it may allocate).",
+            value=link.node.slices.share(link.node.node_id),
+        )
+
+
+def node_state(node: Mapping[str, Any]) -> str:
+    """One state of a row of ``ClusterLink.nodes()``: dead, draining (alive) or alive."""
+    if not node["alive"]:
+        return "dead"
+    return "draining" if node["draining"] else "alive"
 
 
 def registry_for(service: TurnService) -> CollectorRegistry:

@@ -6,10 +6,14 @@ races the packet path. Views are plain JSON-ready dicts.
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from auth.credentials import mint_rest_credentials
+from stun.addresses import Address
+from turnd.core.actions import FiveTuple, Transport
 from turnd.core.allocation import Allocation
 from turnd.runtime import secret_id
 
@@ -49,6 +53,45 @@ def _view(alloc: Allocation, detail: bool) -> dict[str, Any]:
             for number, binding in sorted(alloc.channels.items())
         ]
     return view
+
+
+#: Per-type or per-reason backbone counters of the cluster view: answer key -> stats key prefix.
+_CLUSTER_BREAKDOWNS = {
+    "frames_sent": "backbone.sent.",
+    "frames_received": "backbone.received.",
+    "drops": "backbone.drop.",
+}
+_TRANSPORTS = ", ".join(t.value for t in Transport)
+
+
+def parse_address(text: str) -> Address:
+    """``ip:port`` (IPv6 as ``[v6]:port``) as an :class:`Address`; ValueError saying why not."""
+    host, colon, port = text.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address((host[1:-1] if bracketed else host).split("%", 1)[0])
+        number = int(port) if colon and port.isascii() and port.isdigit() else -1
+    except ValueError:
+        ip, number = None, -1
+    if ip is None or not 0 <= number <= 0xFFFF or (ip.version == 6) != bracketed:
+        raise ValueError(f"not an address: {text!r} (expected ip:port, or [ipv6]:port)")
+    return Address(str(ip), number)
+
+
+def cluster_counters(stats: Counter[str]) -> dict[str, Any]:
+    """The cluster's counters from the core's stats (zeros and empty maps on a single node)."""
+    counters: dict[str, Any] = {
+        "forwarded_client": stats["cluster.forwarded.client"],
+        "forwarded_peer": stats["cluster.forwarded.peer"],
+        "second_chance": stats["cluster.second_chance"],
+    }
+    for name, prefix in _CLUSTER_BREAKDOWNS.items():
+        counters[name] = {
+            key.removeprefix(prefix): value
+            for key, value in sorted(stats.items())
+            if key.startswith(prefix)
+        }
+    return counters
 
 
 class Operations:
@@ -181,7 +224,51 @@ class Operations:
     def drain(self, on: bool) -> dict[str, Any]:
         core = self.service.core
         core.draining = on
+        link = self.service.cluster
+        if link is not None:
+            # The view changes here now, and the other nodes hear it now, not at the next beat.
+            link.node.membership.set_draining(on)
+            link.send_all(link.node.heartbeats())
         return {"draining": on, "allocations": len(core.allocations)}
+
+    def cluster_nodes(self) -> dict[str, Any]:
+        link = self.service.cluster
+        return {
+            "enabled": link is not None,
+            "node_id": 0 if link is None else link.node.node_id,
+            "nodes": [] if link is None else link.nodes(),
+            "counters": cluster_counters(self.service.core.stats),
+        }
+
+    def cluster_table(self) -> dict[str, Any] | None:
+        link = self.service.cluster
+        return None if link is None else link.table()
+
+    def cluster_owner(
+        self, transport: str, client: str, server: str | None
+    ) -> dict[str, Any] | None:
+        link = self.service.cluster
+        if link is None:
+            return None
+        if transport not in {t.value for t in Transport}:
+            raise ValueError(f"not a transport: {transport!r} (expected one of {_TRANSPORTS})")
+        flow = FiveTuple(Transport(transport), parse_address(client), self._server(server))
+        owner = link.node.owner(flow.transport.value, flow.client, flow.server)
+        return {
+            "node": owner,
+            "alive": owner in link.node.membership.alive,
+            "here": flow in self.service.core.allocations,
+            "flow": f"{flow.transport.value} {flow.client} -> {flow.server}",
+        }
+
+    def _server(self, server: str | None) -> Address:
+        """``server`` parsed, or the first UDP listener's address."""
+        if server is not None:
+            return parse_address(server)
+        listener = next((address for kind, address in self.service.bound if kind == "udp"), None)
+        if listener is None:
+            raise ValueError("turnd has no UDP listener: name the server address")
+        return listener
 
     def revoke(self, username: str) -> int:
         return self.service.revoke(username)

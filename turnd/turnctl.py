@@ -7,7 +7,8 @@ TCP control listener. People get aligned tables; ``--json`` prints the daemon's 
 ``credentials generate`` also works with no daemon: it mints from the REST secret file.
 
 Exit status: 0 done; 1 turnd cannot be reached, or refused (unknown allocation, last secret,
-failed reload...); 2 a usage error, including a request turnd found malformed (HTTP 400).
+failed reload, a cluster question to a node not in a cluster...); 2 a usage error, including a
+request turnd found malformed (HTTP 400).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ allocations_app = typer.Typer(no_args_is_help=True, help="Live allocations.")
 users_app = typer.Typer(no_args_is_help=True, help="Long-term-credential users.")
 secrets_app = typer.Typer(no_args_is_help=True, help="REST (ephemeral credential) secrets.")
 keys_app = typer.Typer(no_args_is_help=True, help="Keys of the credential REST endpoint.")
+cluster_app = typer.Typer(no_args_is_help=True, help="The cluster, as this node sees it.")
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(allocations_app, name="allocations")
 app.add_typer(users_app, name="users")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(keys_app, name="keys")
+app.add_typer(cluster_app, name="cluster")
 
 #: Default credential lifetime: a working day; browsers re-fetch credentials per session.
 DEFAULT_TTL = 86_400
@@ -53,6 +56,10 @@ DEFAULT_STATE_DIR = "/var/lib/turnd"
 DEFAULT_PORT = 3478
 #: Seconds to wait for turnd: a reload reads certificates and files, nothing takes longer.
 TIMEOUT = 30.0
+#: What ``cluster nodes`` says on a node whose [cluster] lists no nodes (turnd's 409 elsewhere).
+NOT_A_CLUSTER = "not a cluster: [cluster] lists no nodes"
+#: Below this many seconds "last heard" shows tenths: heartbeats come every fraction of one.
+PRECISE_SECONDS = 10
 
 
 # --- talking to turnd ---------------------------------------------------------------------------
@@ -629,6 +636,108 @@ def keys_remove(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metava
     _call(ctx, "DELETE", f"/v1/keys/{_segment(key_id)}")
     if not _wants_json(ctx):
         typer.echo(f"removed key {key_id}")
+
+
+# --- cluster ------------------------------------------------------------------------------------
+
+
+def _node_state(node: dict[str, Any]) -> str:
+    if not node.get("alive"):
+        return "dead"
+    return "draining" if node.get("draining") else "alive"
+
+
+def _last_heard(node: dict[str, Any]) -> str:
+    if node.get("self"):
+        return "-"
+    ago = node.get("last_heard_ago")
+    if not isinstance(ago, int | float):
+        return "never"
+    return f"{ago:.1f}s ago" if ago < PRECISE_SECONDS else f"{duration(ago)} ago"
+
+
+def _by_name(counts: Any) -> str:
+    if not isinstance(counts, dict) or not any(counts.values()):
+        return "none"
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()) if count)
+
+
+def _spans(spans: Iterable[Sequence[int]]) -> str:
+    """``[[49152, 49215], [49280, 49280]]`` as ``49152-49215 49280``."""
+    return " ".join(f"{low}-{high}" if high != low else str(low) for low, high in spans) or "-"
+
+
+@cluster_app.command("nodes")
+def cluster_nodes(ctx: typer.Context) -> None:
+    """List the configured nodes (alive, dead or draining) and the forwarding counters."""
+    found = _call(ctx, "GET", "/v1/cluster/nodes")
+    if _wants_json(ctx):
+        _emit_json(found)
+        return
+    if not found.get("enabled"):
+        typer.echo(NOT_A_CLUSTER)
+        return
+    rows = [
+        (
+            node["node"],
+            node["backbone"],
+            _node_state(node),
+            _last_heard(node),
+            node["relay_ports"],
+            "(this node)" if node.get("self") else "",
+        )
+        for node in found.get("nodes", [])
+    ]
+    typer.echo(table(rows, ("NODE", "BACKBONE", "STATE", "LAST HEARD", "RELAY PORTS", "")))
+    counters = found.get("counters", {})
+    typer.echo(
+        f"forwarded: {counters.get('forwarded_client', 0)} client,"
+        f" {counters.get('forwarded_peer', 0)} peer;"
+        f" second chance: {counters.get('second_chance', 0)};"
+        f" backbone drops: {_by_name(counters.get('drops'))}"
+    )
+
+
+@cluster_app.command("table")
+def cluster_table(ctx: typer.Context) -> None:
+    """Show which relay ports each node owns (its slices, adjacent ones merged)."""
+    found = _call(ctx, "GET", "/v1/cluster/table")
+    if _wants_json(ctx):
+        _emit_json(found)
+        return
+    typer.echo(
+        f"relay ports {found['port_min']}-{found['port_max']} in slices of {found['slice_size']};"
+        f" {found.get('catch_sockets', 0)} catch sockets on this node"
+    )
+    nodes = found.get("nodes", {})
+    rows = [
+        (int(node), sum(high - low + 1 for low, high in spans), _spans(spans))
+        for node, spans in sorted(nodes.items(), key=lambda item: int(item[0]))
+    ]
+    typer.echo(table(rows, ("NODE", "PORTS", "RANGES")))
+
+
+@cluster_app.command("owner")
+def cluster_owner(
+    ctx: typer.Context,
+    client: Annotated[str, typer.Argument(help="the client address, ip:port or [ipv6]:port")],
+    server: Annotated[
+        str | None,
+        typer.Option(help="the server address the client sends to (default: turnd's UDP one)"),
+    ] = None,
+    transport: Annotated[str, typer.Option(help="the client transport: udp, tcp, tls")] = "udp",
+) -> None:
+    """Say which node owns a client flow, and whether this node holds its allocation."""
+    query = {"client": client, "transport": transport}
+    if server is not None:
+        query["server"] = server
+    found = _call(ctx, "GET", f"/v1/cluster/owner?{urlencode(query)}")
+    if _wants_json(ctx):
+        _emit_json(found)
+        return
+    state = "alive" if found.get("alive") else "dead"
+    typer.echo(found.get("flow", client))
+    typer.echo(f"node {found['node']} ({state}) — allocation here: {_yes(found.get('here'))}")
 
 
 # --- levers -------------------------------------------------------------------------------------

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon import USER, Daemon, start_turnd
 from tests.service.client import EchoPeer, TurnClient, error_code, wait_until
+from tests.test_operations_cluster import link_of, make_service
+from turnd.metrics import registry_for
+from turnd.service import TurnService
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 PAYLOAD = b"m" * 100
 
@@ -28,11 +36,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, usage_path: Path) -> Iterat
     assert running.stop() == 0
 
 
-def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(daemon: Daemon) -> Samples:
     """Every sample of GET /metrics, keyed by (name, sorted labels)."""
     url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+        return samples_of(response.read().decode())
+
+
+def samples_of(text: str) -> Samples:
+    """Every sample of an exposition text, keyed by (name, sorted labels)."""
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -115,3 +127,81 @@ def test_task_count_is_exported_and_settles_back_after_allocations_end(daemon: D
             assert error_code(client.allocate()) is None
             assert error_code(client.refresh(0)) is None
     assert wait_until(lambda: scrape(daemon)[tasks] == idle)
+
+
+# --- the cluster, on unstarted services whose stats are set by hand ------------------------------
+
+
+def collect(service: TurnService) -> Samples:
+    """What a scrape of ``service`` shows (inside a loop: the collector counts its tasks)."""
+
+    async def exposition() -> bytes:
+        return generate_latest(registry_for(service))
+
+    return samples_of(asyncio.run(exposition()).decode())
+
+
+def test_backbone_and_forwarding_stats_become_labelled_families(tmp_path: Path) -> None:
+    """backbone.sent/received/drop.* and cluster.forwarded.* are labelled families, and
+    cluster.second_chance one of its own; none of them is left in turnd_events_total."""
+    service = make_service(tmp_path)
+    service.core.stats.update(
+        {
+            "backbone.sent.heartbeat": 40,
+            "backbone.sent.client": 3,
+            "backbone.received.peer": 9,
+            "backbone.drop.replay": 2,
+            "backbone.drop.auth": 1,
+            "cluster.forwarded.client": 3,
+            "cluster.forwarded.peer": 8,
+            "cluster.second_chance": 4,
+            "drop.peer_slice_owner_down": 5,
+        }
+    )
+    samples = collect(service)
+    assert samples["turnd_backbone_frames_sent_total", (("type", "heartbeat"),)] == 40
+    assert samples["turnd_backbone_frames_sent_total", (("type", "client"),)] == 3
+    assert samples["turnd_backbone_frames_received_total", (("type", "peer"),)] == 9
+    assert samples["turnd_backbone_drops_total", (("reason", "replay"),)] == 2
+    assert samples["turnd_backbone_drops_total", (("reason", "auth"),)] == 1
+    assert samples["turnd_cluster_forwarded_total", (("side", "client"),)] == 3
+    assert samples["turnd_cluster_forwarded_total", (("side", "peer"),)] == 8
+    assert samples["turnd_cluster_second_chance_total", ()] == 4
+    assert samples["turnd_drops_total", (("reason", "peer_slice_owner_down"),)] == 5
+    events = [labels for name, labels in samples if name == "turnd_events_total"]
+    leaked = [label for label in events if label[0][1].startswith(("backbone.", "cluster."))]
+    assert leaked == []
+
+
+def by_state(samples: Samples) -> dict[str, float]:
+    """turnd_cluster_nodes by its state label."""
+    return {
+        dict(labels)["state"]: value
+        for (name, labels), value in samples.items()
+        if name == "turnd_cluster_nodes"
+    }
+
+
+def test_cluster_gauges_count_nodes_by_state_and_this_nodes_ports(tmp_path: Path) -> None:
+    """turnd_cluster_nodes{state} partitions the configured nodes; turnd_cluster_relay_ports is
+    the size of this node's slices."""
+    service = make_service(tmp_path)
+    link = link_of(service)
+    samples = collect(service)
+    assert by_state(samples) == {"alive": 1, "dead": 2, "draining": 0}
+    ports = link.node.slices.share(2)
+    assert samples["turnd_cluster_relay_ports", ()] == ports
+    assert 0 < ports < 1000
+
+    link.node.membership.heard(1, time.time(), draining=True)
+    link.node.membership.heard(3, time.time())
+    assert by_state(collect(service)) == {"alive": 2, "dead": 0, "draining": 1}
+
+
+def test_a_single_node_has_no_cluster_gauges(tmp_path: Path) -> None:
+    """Off a cluster: no node or port gauges, no backbone samples, second chances at zero."""
+    samples = collect(make_service(tmp_path, None))
+    names = {name for name, _ in samples}
+    assert not names & {"turnd_cluster_nodes", "turnd_cluster_relay_ports"}
+    assert not any(name.startswith("turnd_backbone_") for name in names)
+    assert samples["turnd_cluster_second_chance_total", ()] == 0
