@@ -31,3 +31,21 @@ ensure_debian_packages() {
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# ensure_npm_packages DIR : install DIR's package-lock.json into DIR/node_modules (npm ci) when
+# node_modules is missing or older than the lock file. Debian's npm is installed when npm is
+# missing; without it the tests that need these packages are skipped.
+ensure_npm_packages() {
+  local dir=$1
+  command -v npm >/dev/null || ensure_debian_packages nodejs npm
+  if ! command -v npm >/dev/null; then
+    echo "note: npm is missing; tests that need the npm packages of $dir will be skipped" >&2
+    return 0
+  fi
+  local stamp="$dir/node_modules/.package-lock.json"
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$dir/package-lock.json" ]; then
+    return 0
+  fi
+  echo "installing npm packages in $dir" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
