@@ -284,16 +284,20 @@ def markdown(results: Sequence[Result]) -> str:
 
 
 def notes(results: Sequence[Result]) -> list[str]:
-    """One line per failed or skipped cell, and one per distinct n/a reason."""
-    lines, said = [], set()
+    """One line per failed or skipped cell, and one per client and n/a reason."""
+    lines = [
+        f"{r.status.upper()} {r.cell.id}: {r.reason}" for r in results if r.status in (FAIL, SKIP)
+    ]
+    unsupported: dict[tuple[str, str], list[str]] = {}
     for result in results:
-        if result.status in (FAIL, SKIP):
-            lines.append(f"{result.status.upper()} {result.cell.id}: {result.reason}")
-        elif result.status == UNSUPPORTED:
-            key = (result.cell.client, result.cell.transport)
-            if key not in said:
-                said.add(key)
-                lines.append(f"n/a {result.cell.client}/{result.cell.transport}: {result.reason}")
+        if result.status == UNSUPPORTED:
+            transports = unsupported.setdefault((result.cell.client, result.reason), [])
+            if result.cell.transport not in transports:
+                transports.append(result.cell.transport)
+    lines += [
+        f"n/a {client} over {', '.join(transports)}: {reason}"
+        for (client, reason), transports in unsupported.items()
+    ]
     return lines
 
 
@@ -381,9 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.netns != "off":
         why = netns.unavailable()
         if why is None:
-            with netns.private_namespace() as name:
-                inner = [sys.executable, "-m", "tests.interop.matrix", *args_list, "--netns", "off"]
-                return netns.run_inside(name, inner)
+            inner = [sys.executable, "-m", "tests.interop.matrix", *args_list, "--netns", "off"]
+            try:
+                with netns.private_namespace() as name:
+                    return netns.run_inside(name, inner)
+            except netns.NamespaceError as exc:
+                why = str(exc)
         if args.netns == "on":
             print(f"cannot make a network namespace: {why}", file=sys.stderr)
             return 2

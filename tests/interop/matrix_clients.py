@@ -194,19 +194,21 @@ def _echo_report(job: Job, result: dict[str, Any], protocol_known: bool) -> Clie
         result.get("answered", 0),
     )
     protocols = list(result.get("relayProtocols", []))
+    detail = f"{answered} answered, {echoed} echoed; selected candidates {protocols or '?'}"
+    if result.get("candidateErrors"):  # e.g. one of several networks could not reach turnd
+        detail += "; ICE candidate errors: " + "; ".join(result["candidateErrors"])
     report = ClientReport(
         sent=sent,
         received=echoed,
         expected=MESSAGES,
+        # Offerer to answerer and the echoes back: each crosses both relays once.
         bytes_out=result.get("bytesSent", 0) + answered * SIZE,
-        bytes_in=result.get("bytesSent", 0) + answered * SIZE,
-        detail=f"{answered} answered, {echoed} echoed; selected candidates {protocols or '?'}",
+        bytes_in=answered * SIZE + result.get("bytesEchoed", 0),
+        detail=detail,
     )
     problems = []
     if result.get("error"):
         problems.append(str(result["error"]))
-    if result.get("candidateErrors"):
-        problems.append("ICE candidate errors: " + "; ".join(result["candidateErrors"]))
     if not (sent == answered == echoed == MESSAGES):
         problems.append(f"sent {sent}, answered {answered}, echoed {echoed} of {MESSAGES}")
     if result.get("outOfOrder"):

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
@@ -38,8 +39,14 @@ def unavailable() -> str | None:
     return None
 
 
+class NamespaceError(RuntimeError):
+    """``ip`` refused to make or set up the namespace; the message carries what it said."""
+
+
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise NamespaceError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
 
 
 def _stop_leftovers(name: str) -> None:
@@ -51,15 +58,26 @@ def _stop_leftovers(name: str) -> None:
 
 @contextmanager
 def private_namespace() -> Iterator[str]:
-    """Make a namespace with ``lo`` up (127.0.0.1 and ::1), yield its name, then delete it."""
+    """Make a namespace with ``lo`` up (127.0.0.1 and ::1), yield its name, then delete it.
+
+    Raises :class:`NamespaceError` before yielding when it cannot be made; a failure to delete
+    it afterwards is only reported on stderr (the run inside has already ended).
+    """
     name = f"{PREFIX}-{os.getpid()}"
     _ip("netns", "add", name)
     try:
         _ip("-n", name, "link", "set", "lo", "up")
+    except NamespaceError:
+        _ip("netns", "del", name)
+        raise
+    try:
         yield name
     finally:
         _stop_leftovers(name)
-        _ip("netns", "del", name)
+        try:
+            _ip("netns", "del", name)
+        except NamespaceError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
 
 
 def run_inside(name: str, argv: Sequence[str]) -> int:

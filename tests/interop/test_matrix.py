@@ -50,7 +50,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _entry(matrix: dict[str, Any], cell: Cell) -> dict[str, Any]:
-    found = [entry for entry in matrix["cells"] if entry["id"] == cell.id]
+    found: list[dict[str, Any]] = [e for e in matrix["cells"] if e["id"] == cell.id]
     assert len(found) == 1, f"{cell.id} is missing from the matrix JSON"
     return found[0]
 

@@ -74,12 +74,14 @@ def test_an_ipv4_relay_where_ipv6_was_asked_fails() -> None:
     assert result.status == FAIL and "not IPv6" in result.reason
 
 
-@pytest.mark.parametrize(
-    ("field", "direction"), [("bytes_to_peer", "peers"), ("bytes_to_client", "clients")]
-)
-def test_turnd_counting_fewer_bytes_than_the_client_fails(field: str, direction: str) -> None:
+@pytest.mark.parametrize("direction", ["peers", "clients"])
+def test_turnd_counting_fewer_bytes_than_the_client_fails(direction: str) -> None:
     """turnd must have carried at least the payload the client counted, each way."""
-    result = judge(CELL, CLEAN, attrs.evolve(BOOKS, **{field: 9_999}))
+    if direction == "peers":
+        books = attrs.evolve(BOOKS, bytes_to_peer=9_999)
+    else:
+        books = attrs.evolve(BOOKS, bytes_to_client=9_999)
+    result = judge(CELL, CLEAN, books)
     assert result.status == FAIL and f"towards {direction}" in result.reason
 
 
@@ -134,9 +136,8 @@ def test_table_markdown_and_notes() -> None:
     )  # header + werift rest, werift long-term, chromium, aioice
     assert markdown(results).splitlines()[1].startswith("|---|")
     said = notes(results)
-    assert (
-        said.count("n/a werift/udp6: werift's TURN client opens its UDP socket as udp4 only") == 1
-    )
+    assert "n/a werift over udp6: werift's TURN client opens its UDP socket as udp4 only" in said
+    assert "n/a werift over udp6: udp4 only" in said
     assert "SKIP chromium/tls/rest: Chromium is not installed" in said
     assert "FAIL aioice/tcp/long-term: 401" in said
 
