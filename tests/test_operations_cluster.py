@@ -244,6 +244,7 @@ def test_drain_tells_the_other_nodes_at_once(
     every other node at once; node 1's real codec opens it and node 1 sees node 2 draining."""
     sent: list[tuple[int, bytes]] = []
     monkeypatch.setattr(link_of(node2), "send", lambda node, data: sent.append((node, data)))
+    link_of(node2).node.joining_until = None  # past its join window (a new node takes no flows)
     node1 = link_of(make_service(tmp_path / "node1", node_id=1)).node
 
     assert Operations(node2).drain(True) == {"draining": True, "allocations": 0}

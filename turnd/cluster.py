@@ -88,7 +88,7 @@ def build_node(service: TurnService, config: Config) -> ClusterNode:
     membership = Membership(cluster.node_id, ids, cluster.dead_after, started=now)
     slices = SliceTable(config.relay.port_min, config.relay.port_max, ids, cluster.slice_size)
     backbone = {node.id: Address(node.backbone.host, node.backbone.port) for node in cluster.nodes}
-    return ClusterNode(service.core, codec, membership, slices, backbone)
+    return ClusterNode(service.core, codec, membership, slices, backbone, started=now)
 
 
 class _Backbone(asyncio.DatagramProtocol):
@@ -298,7 +298,7 @@ class ClusterLink:
     def _beat(self) -> None:
         now = time.time()
         try:
-            self.send_all(self.node.heartbeats())
+            self.send_all(self.node.heartbeats(now))
             self.node.expire(now)
             self._log_view_change()
         except Exception:

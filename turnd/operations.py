@@ -228,7 +228,7 @@ class Operations:
         if link is not None:
             # The view changes here now, and the other nodes hear it now, not at the next beat.
             link.node.membership.set_draining(on)
-            link.send_all(link.node.heartbeats())
+            link.send_all(link.node.heartbeats(time.time()))
         return {"draining": on, "allocations": len(core.allocations)}
 
     def cluster_nodes(self) -> dict[str, Any]:

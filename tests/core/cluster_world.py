@@ -155,7 +155,7 @@ class MemoryCluster:
     def heartbeat(self) -> None:
         """Every running node sends its heartbeats; then every node expires silent ones."""
         for node_id in sorted(self.up):
-            for frame in self.nodes[node_id].heartbeats():
+            for frame in self.nodes[node_id].heartbeats(self.now):
                 if frame.node in self.up:
                     self.nodes[frame.node].receive(frame.data, self.now)
         for node_id in self.up:

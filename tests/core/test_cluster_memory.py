@@ -204,3 +204,21 @@ def test_classify_tells_stateless_and_creating_datagrams(
     data: bytes, expected: tuple[bool, bool]
 ) -> None:
     assert classify(data) == expected
+
+
+def test_a_joining_node_takes_no_new_flows_until_it_has_heard_everyone() -> None:
+    """For dead_after seconds after start a node announces itself closed (as draining): the
+    others keep it out of the accepting view, so no flow moves to it before it knows the view."""
+    cluster = MemoryCluster(3, seed=7)
+    cluster.nodes[3].joining_until = cluster.now + 2.0
+    cluster.heartbeat()
+    assert all(node.membership.accepting == {1, 2} for node in cluster.nodes.values())
+    newcomers = [client(cluster, 300 + index) for index in range(12)]
+    for alice in newcomers:
+        assert error_code(alice.allocate()) is None
+        assert cluster.owner_of(alice) != 3
+    cluster.advance(2.5)
+    assert all(node.membership.accepting == {1, 2, 3} for node in cluster.nodes.values())
+    for index, alice in enumerate(newcomers):
+        assert error_code(alice.channel_bind(0x4000, PEER)) is None
+        relaying(cluster, alice, b"j%d" % index)

@@ -115,8 +115,13 @@ class ClusterNode:
         membership: Membership,
         slices: SliceTable,
         backbone: Mapping[int, Address],
+        started: float | None = None,
     ) -> None:
         self.core = core
+        #: Until then this node is *joining*: it tells the others it takes no new flows (as a
+        #: draining node does) while it learns the whole view, so that when flows move to it
+        #: its previous view is the cluster's and unknown flows find their previous owner.
+        self.joining_until = None if started is None else started + membership.dead_after
         self.codec = codec
         self.node_id = codec.node_id
         self.membership = membership
@@ -217,10 +222,15 @@ class ClusterNode:
 
     # --- membership and control --------------------------------------------------------------
 
-    def heartbeats(self) -> list[ToNode]:
-        """One HEARTBEAT frame for every other configured node (the adapter sends them)."""
-        flag = b"\x01" if self.core.draining else b"\x00"
-        self.membership.set_draining(self.core.draining)
+    def heartbeats(self, now: float) -> list[ToNode]:
+        """One HEARTBEAT frame for every other configured node (the adapter sends them).
+
+        The frame says whether this node takes new flows: not while draining or joining.
+        """
+        joining = self.joining_until is not None and now < self.joining_until
+        closed = self.core.draining or joining
+        flag = b"\x01" if closed else b"\x00"
+        self.membership.set_draining(closed)
         frame = Frame(FrameType.HEARTBEAT, self.node_id, 0, "udp", NOWHERE, NOWHERE, flag)
         return [ToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id]
 

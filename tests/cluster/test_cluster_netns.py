@@ -1,0 +1,180 @@
+"""A 3-node anycast cluster in network namespaces, driven by coturn's turnutils_uclient.
+
+The router namespace spreads flows to the service IP over the nodes by ECMP (L4 hash), which
+knows nothing of turnd's owners: most datagrams reach a node that does not own their flow and
+cross the backbone. uclient's counts must still add up exactly: 0 lost packets, while routes
+change under it, a node joins, and (separately) a node dies — which may only cost that node's own
+allocations.
+
+uclient runs with ``-c`` (no RTCP sessions): its RTP/RTCP pairs use EVEN-PORT reservations, which
+a cluster honours only when both flows hash to the same node (README, cluster limits).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.nodes import PASSWORD, USER, ClusterNodes
+from tests.cluster.testbed import TestBed
+from tests.interop.coturn_tools import (
+    PEER,
+    UCLIENT,
+    UclientReport,
+    find_tool,
+    needs_tools,
+    parse_uclient_output,
+)
+
+pytestmark = needs_tools(UCLIENT, PEER)
+
+PEER_PORT = 3480
+SESSIONS = 16
+
+
+@pytest.fixture(scope="module")
+def cluster(testbed: TestBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNodes]:
+    """turnd on nodes 1-3 of the bed (4 configured), all seeing each other; an echo peer."""
+    nodes = ClusterNodes(testbed, tmp_path_factory.mktemp("cluster"))
+    peer_tool = find_tool(PEER)
+    assert peer_tool is not None
+    testbed.popen(
+        testbed.peer_ns,
+        [peer_tool, "-L", testbed.peer_address, "-p", str(PEER_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for index in (1, 2, 3):
+            nodes.start(index)
+        nodes.wait_for_view({1, 2, 3})
+        yield nodes
+    finally:
+        nodes.stop_all()
+
+
+def uclient_argv(bed: TestBed, messages: int, *, send_indications: bool = False) -> list[str]:
+    tool = find_tool(UCLIENT)
+    assert tool is not None
+    argv = [tool, "-p", "3478", "-u", USER, "-w", PASSWORD, "-m", str(SESSIONS)]
+    argv += ["-n", str(messages), "-l", "120", "-c", "-e", bed.peer_address, "-r", str(PEER_PORT)]
+    return argv + (["-s"] if send_indications else []) + [bed.service_ip]
+
+
+def report(done: subprocess.CompletedProcess[str] | tuple[str, int]) -> UclientReport:
+    output, code = (
+        (done.stdout + done.stderr, done.returncode) if not isinstance(done, tuple) else done
+    )
+    return parse_uclient_output(output, returncode=code)
+
+
+def totals(nodes: ClusterNodes) -> dict[str, int]:
+    """Counters summed over the running nodes."""
+    summed: dict[str, int] = {}
+    for index in nodes.processes:
+        found = nodes.control(index, "/v1/cluster/nodes")["counters"]
+        for name in ("forwarded_client", "forwarded_peer", "second_chance"):
+            summed[name] = summed.get(name, 0) + int(found[name])
+        status = nodes.control(index, "/v1/status")
+        summed["allocations"] = summed.get("allocations", 0) + int(status["allocations"])
+    return summed
+
+
+def lossless(result: UclientReport, messages: int) -> None:
+    expected = SESSIONS * messages
+    assert result.sent_packets == expected, result.describe()
+    assert result.received_packets == expected, result.describe()
+    assert result.lost_packets == 0, result.describe()
+
+
+@pytest.mark.parametrize("send_indications", [False, True], ids=["channels", "send"])
+def test_uclient_relays_through_the_cluster_without_loss(
+    cluster: ClusterNodes, testbed: TestBed, send_indications: bool
+) -> None:
+    """Every packet comes back although most of them cross the backbone to their owner."""
+    before = totals(cluster)
+    messages = 40
+    argv = uclient_argv(testbed, messages, send_indications=send_indications)
+    result = report(
+        testbed.run(testbed.client_ns, argv, timeout=120, capture_output=True, text=True)
+    )
+    lossless(result, messages)
+    after = totals(cluster)
+    forwarded = sum(after[k] - before[k] for k in ("forwarded_client", "forwarded_peer"))
+    # Each relayed packet crosses a node twice (client->peer, peer->client) plus requests.
+    share = forwarded / (2 * result.sent_packets)
+    print(f"\nforwarded share: {share:.0%} ({forwarded} datagrams crossed the backbone)")
+    assert share > 0.2, "ECMP sends most flows to a node that does not own them"
+
+
+def test_routes_change_and_a_node_joins_mid_run_without_loss(
+    cluster: ClusterNodes, testbed: TestBed
+) -> None:
+    """While uclient runs: a next hop is removed and put back, then node 4 starts and becomes
+    a next hop. Flows that move keep reaching their allocation (forwarding and second chance)."""
+    messages = 400  # 8 s at uclient's 20 ms interval
+    process = testbed.popen(
+        testbed.client_ns,
+        uclient_argv(testbed, messages),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(2.5)  # choreography, not a measurement: let every session start sending
+    testbed.set_next_hops([1, 2])
+    time.sleep(1.0)
+    testbed.set_next_hops([1, 2, 3])
+    testbed.add_node()
+    cluster.start(4)
+    cluster.wait_for_view({1, 2, 3, 4})
+    testbed.set_next_hops([1, 2, 3, 4])
+    output, _ = process.communicate(timeout=120)
+    result = report((output, process.returncode))
+    lossless(result, messages)
+    found = totals(cluster)
+    print(f"\nsecond chance used {found['second_chance']} times")
+
+
+def test_killing_a_node_costs_only_its_own_allocations(
+    cluster: ClusterNodes, testbed: TestBed, tmp_path: Path
+) -> None:
+    """SIGKILL one node while uclient runs: the sessions on other nodes lose nothing; the lost
+    packets are exactly those of the dead node's sessions (uclient's totals are whole)."""
+    messages = 300
+
+    def allocations() -> dict[int, int]:
+        return {i: int(cluster.control(i, "/v1/status")["allocations"]) for i in cluster.processes}
+
+    baseline = allocations()  # earlier runs' allocations live on until they expire
+    process = testbed.popen(
+        testbed.client_ns,
+        uclient_argv(testbed, messages),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    held: dict[int, int] = {}
+    while time.monotonic() < deadline and sum(held.values()) < SESSIONS:
+        time.sleep(0.1)
+        held = {i: n - baseline[i] for i, n in allocations().items()}
+    victim = max(held, key=lambda i: held[i])
+    on_victim = held[victim]
+    assert on_victim > 0, "the victim holds some sessions"
+    cluster.kill(victim)
+    testbed.set_next_hops([i for i in testbed.next_hops if i != victim])
+    output, _ = process.communicate(timeout=120)
+    result = report((output, process.returncode))
+    assert result.sent_packets == SESSIONS * messages, result.describe()
+    # Only the victim's sessions lose packets, and at most all of theirs.
+    assert 0 < result.lost_packets <= on_victim * messages, result.describe()
+    survivors = set(cluster.processes)
+    cluster.wait_for_view(survivors)
+    print(
+        f"\nkilled node {victim} holding {on_victim} of {SESSIONS} sessions:",
+        f"lost {result.lost_packets} packets",
+    )
