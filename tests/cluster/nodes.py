@@ -122,12 +122,13 @@ class ClusterNodes:
     def log(self, index: int) -> str:
         return (self.folder(index) / "turnd.log").read_text()
 
-    def control(self, index: int, path: str) -> Any:
-        """GET ``path`` from node ``index``'s control API (HTTP/1.0 over its Unix socket)."""
+    def control(self, index: int, path: str, method: str = "GET") -> Any:
+        """``method path`` on node ``index``'s control API (HTTP/1.0 over its Unix socket)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(self.folder(index) / "control.sock"))
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: turnd\r\n\r\n".encode())
+            request = f"{method} {path} HTTP/1.0\r\nHost: turnd\r\nContent-Length: 0\r\n\r\n"
+            sock.sendall(request.encode())
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk

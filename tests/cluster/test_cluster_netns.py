@@ -13,13 +13,21 @@ a cluster honours only when both flows hash to the same node (README, cluster li
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.nodes import PASSWORD, USER, ClusterNodes
+from tests.cluster.nodes import (
+    BACKBONE_PORT,
+    CLUSTER_KEY,
+    PASSWORD,
+    USER,
+    ClusterNodes,
+    node_address,
+)
 from tests.cluster.testbed import TestBed
 from tests.interop.coturn_tools import (
     PEER,
@@ -31,6 +39,8 @@ from tests.interop.coturn_tools import (
 )
 
 pytestmark = needs_tools(UCLIENT, PEER)
+
+REPO = Path(__file__).resolve().parents[2]
 
 PEER_PORT = 3480
 SESSIONS = 16
@@ -139,6 +149,55 @@ def test_routes_change_and_a_node_joins_mid_run_without_loss(
     print(f"\nsecond chance used {found['second_chance']} times")
 
 
+FORGER = """
+import socket, sys
+from forwarding.frames import BackboneCodec, Frame, FrameType
+from stun.addresses import Address
+from turnd.cluster import cluster_keys
+from turnd.config import Secret
+
+key, target = sys.argv[1], (sys.argv[2], int(sys.argv[3]))
+keys, send = cluster_keys(Secret(key), ())
+nowhere = Address("0.0.0.0", 0)
+
+def frame(origin, payload=b"\\x00"):
+    return Frame(FrameType.HEARTBEAT, origin, 0, "udp", nowhere, nowhere, payload)
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+old = BackboneCodec(keys, send, 2, 1, [1, 2, 3, 4])  # node 2's key, an epoch long gone
+stranger = BackboneCodec(keys, send, 9, 2**62, [1, 2, 3, 4, 9])  # right key, unknown node id
+wrong = BackboneCodec({send: bytes(32)}, send, 3, 2**62, [1, 2, 3, 4])  # right id, wrong key
+right = BackboneCodec(keys, send, 3, 2**62, [1, 2, 3, 4])  # node 3's key: tampered below
+tampered = bytearray(right.seal(frame(3)))
+tampered[-5] ^= 0x20
+for data in (b"\\x01", b"\\x07" + bytes(40), old.seal(frame(2)), stranger.seal(frame(9)),
+             wrong.seal(frame(3)), bytes(tampered)):
+    sock.sendto(data, target)
+"""
+
+
+def test_forged_and_replayed_frames_are_dropped_and_counted_by_a_node(
+    cluster: ClusterNodes, testbed: TestBed
+) -> None:
+    """From the client namespace, frames aimed at node 1's backbone socket: too short, another
+    version, an old epoch of node 2 (replay), an unknown node id, one under a wrong key and one
+    sealed right but altered on the way. Each
+    is dropped and counted by reason; node 1 keeps seeing the real node 2."""
+    before = cluster.control(1, "/v1/cluster/nodes")["counters"]["drops"]
+    argv = [sys.executable, "-c", FORGER, CLUSTER_KEY, node_address(1), str(BACKBONE_PORT)]
+    testbed.run(testbed.client_ns, argv, timeout=60, check=True, cwd=REPO)
+    expected = {"short": 1, "version": 1, "replay": 1, "unknown_node": 1, "auth": 2}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        drops = cluster.control(1, "/v1/cluster/nodes")["counters"]["drops"]
+        grown = {reason: drops.get(reason, 0) - before.get(reason, 0) for reason in expected}
+        if grown == expected:
+            break
+        time.sleep(0.05)
+    assert grown == expected
+    cluster.wait_for_view(set(cluster.processes))
+
+
 def test_killing_a_node_costs_only_its_own_allocations(
     cluster: ClusterNodes, testbed: TestBed, tmp_path: Path
 ) -> None:
@@ -178,3 +237,17 @@ def test_killing_a_node_costs_only_its_own_allocations(
         f"\nkilled node {victim} holding {on_victim} of {SESSIONS} sessions:",
         f"lost {result.lost_packets} packets",
     )
+
+
+def test_a_revocation_on_one_node_reaches_every_node(cluster: ClusterNodes) -> None:
+    """turnctl revoke on one node: every other running node logs the revocation too."""
+    first, *others = sorted(cluster.processes)
+    cluster.control(first, f"/v1/revoke/{USER}", method="POST")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all('"auth.revoked"' in cluster.log(i) for i in others):
+            break
+        time.sleep(0.05)
+    for index in others:
+        revoked = [line for line in cluster.log(index).splitlines() if '"auth.revoked"' in line]
+        assert revoked and f'"username": "{USER}"' in revoked[-1]
