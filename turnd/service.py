@@ -148,6 +148,22 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
                 else:
                     relay.sendto(route[2], route[1])
             return
+        if data[:2] == b"\x00\x16" and not core.timers_due(now):
+            # Hot path: a plain Send indication, parsed in place (stun.indications).
+            try:
+                sent = core.send_route(five_tuple, data, now)
+            except Exception:
+                service.internal_error("client datagram")
+                return
+            if sent is None:
+                return
+            if sent is not False:
+                relay = service._relays.get(sent[0])
+                if relay is None:
+                    core.stats["drop.relay_socket_missing"] += 1
+                else:
+                    relay.sendto(sent[2], sent[1])
+                return
         try:
             actions = core.handle_client(five_tuple, data, now)
         except Exception:

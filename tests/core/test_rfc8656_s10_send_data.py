@@ -152,3 +152,73 @@ def test_ipv6_allocation_relays_both_ways() -> None:
     alice.create_permission(peer)
     [out] = alice.send(peer, b"six")
     assert out.relay == alice.relayed and out.peer == peer
+
+
+# --- the hot path agrees with the general path ------------------------------------------------
+
+
+def _send_world(case: str) -> tuple[World, Client]:
+    world = World(
+        core_settings(relay_ipv6="2001:db8::1", new_peer_burst=2.0),
+        deny=["198.51.100.8/32"],
+    )
+    alice = world.client()
+    if case != "no allocation":
+        alice.allocate()
+    if case not in ("no allocation", "no permission"):
+        alice.create_permission(PEER, PEER2 if case == "denied" else PEER)
+    if case == "new peer rate":  # the burst of 2: the permission's IP, then one more peer
+        send_indication(alice, at.XorPeerAddress(Address(PEER.host, 1)), at.Data(b"burst"))
+    return world, alice
+
+
+@pytest.mark.parametrize(
+    ("case", "peer"),
+    [
+        ("relayed", PEER),
+        ("no allocation", PEER),
+        ("no permission", PEER),
+        ("denied", Address("198.51.100.8", 40001)),
+        ("family", Address("2001:db8::9", 5000)),
+        ("new peer rate", Address(PEER.host, 2)),
+    ],
+)
+@pytest.mark.parametrize("fingerprint", [False, True])
+def test_send_route_decides_as_handle_client_does(
+    case: str, peer: Address, fingerprint: bool
+) -> None:
+    """The adapter's hot path (send_route) relays, drops and counts exactly as handle_client."""
+    data = encode(
+        Message(
+            Method.SEND,
+            MessageClass.INDICATION,
+            b"\x05" * 12,
+            (at.XorPeerAddress(peer), at.Data(b"payload")),
+        ),
+        fingerprint=fingerprint,
+    )
+    slow_world, slow_alice = _send_world(case)
+    fast_world, fast_alice = _send_world(case)
+    actions = slow_world.server.handle_client(slow_alice.five_tuple, data, slow_world.now)
+    route = fast_world.server.send_route(fast_alice.five_tuple, data, fast_world.now)
+    assert route is not False
+    assert actions == ([] if route is None else [SendToPeer(*route)])
+    assert fast_world.server.stats == slow_world.server.stats
+    if case == "relayed":
+        assert route == (fast_alice.relayed, peer, b"payload")
+
+
+def test_send_route_declines_what_is_not_a_plain_send() -> None:
+    """A Send with another attribute goes down the general path (False), untouched."""
+    world = World()
+    alice = allocated(world)
+    alice.create_permission(PEER)
+    message = Message(
+        Method.SEND,
+        MessageClass.INDICATION,
+        b"\x05" * 12,
+        (at.XorPeerAddress(PEER), at.Data(b"x"), at.Software("odd")),
+    )
+    before = dict(world.server.stats)
+    assert world.server.send_route(alice.five_tuple, encode(message), world.now) is False
+    assert dict(world.server.stats) == before

@@ -32,7 +32,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager
@@ -47,6 +47,7 @@ from stun.channeldata import (
     is_valid_channel,
 )
 from stun.errors import REASON_PHRASES, StunDecodeError
+from stun.indications import build_data_indication, parse_send
 from stun.message import (
     Header,
     Integrity,
@@ -225,13 +226,7 @@ class TurnServer:
                 binding.number, data, pad=alloc.five_tuple.transport.is_stream
             )
         else:
-            indication = Message(
-                Method.DATA,
-                MessageClass.INDICATION,
-                self._new_txid(),
-                (at.XorPeerAddress(peer), at.Data(data)),
-            )
-            frame = encode(indication)
+            frame = build_data_indication(self._new_txid(), peer, data)
         part = alloc.relays[relay.family]
         part.packets_to_client += 1
         part.bytes_to_client += len(data)
@@ -676,24 +671,51 @@ class TurnServer:
         data_attr = message.get(at.Data)
         if peer_attr is None or data_attr is None:
             return self._drop("send_missing_attribute")
+        route = self._send_checks(alloc, peer_attr.address, data_attr.value, now)
+        if isinstance(route, str):
+            return self._drop(route)
+        return [SendToPeer(*route)]
+
+    def send_route(
+        self, five_tuple: FiveTuple, data: bytes, now: float
+    ) -> tuple[Address, Address, bytes] | Literal[False] | None:
+        """Hot path of a Send indication: (relay, peer, payload); None: dropped, counted; False:
+        not the plain shape (stun.indications) — call :meth:`handle_client` instead."""
+        parsed = parse_send(data)
+        if parsed is None:
+            return False
+        alloc = self.allocations.get(five_tuple)
+        if alloc is None:
+            self.stats["drop.send_no_allocation"] += 1
+            return None
+        route = self._send_checks(alloc, parsed[0], parsed[1], now)
+        if isinstance(route, str):
+            self.stats["drop." + route] += 1
+            return None
+        return route
+
+    def _send_checks(
+        self, alloc: Allocation, peer: Address, payload: bytes, now: float
+    ) -> tuple[Address, Address, bytes] | str:
+        """§10.2's checks of a Send indication's peer and data: the route, or the drop reason."""
         if alloc.tcp:
-            return self._drop("send_tcp_allocation")
-        peer = peer_attr.address
+            return "send_tcp_allocation"
         relay = alloc.relays.get(peer.family)
         if relay is None:
-            return self._drop("send_family_mismatch")
+            return "send_family_mismatch"
         if not alloc.has_permission(peer.host, now):
-            return self._drop("send_no_permission")
-        if not self.policy.peer_allowed(peer.host, peer.port):
-            return self._drop("send_denied_peer")
-        settings = self.settings
-        if not alloc.admit_peer(peer, now, settings.new_peer_rate, settings.new_peer_burst):
-            return self._drop("send_new_peer_rate")
-        if not alloc.admit(len(data_attr.value), now, self.packet_rate, self.byte_rate):
-            return self._drop("send_allocation_rate")
+            return "send_no_permission"
+        if peer not in alloc.peers_seen:  # a peer seen before passed both checks then
+            if not self.policy.peer_allowed(peer.host, peer.port):
+                return "send_denied_peer"
+            settings = self.settings
+            if not alloc.admit_peer(peer, now, settings.new_peer_rate, settings.new_peer_burst):
+                return "send_new_peer_rate"
+        if not alloc.admit(len(payload), now, self.packet_rate, self.byte_rate):
+            return "send_allocation_rate"
         relay.packets_to_peer += 1
-        relay.bytes_to_peer += len(data_attr.value)
-        return [SendToPeer(relay.address, peer, data_attr.value)]
+        relay.bytes_to_peer += len(payload)
+        return relay.address, peer, payload
 
     def _client_channel_data(self, five_tuple: FiveTuple, data: bytes, now: float) -> list[Action]:
         """RFC 8656 §12.5: relay a ChannelData message to the channel's peer."""

@@ -1,0 +1,110 @@
+"""Send and Data indications on the relay's hot path, without building Message objects.
+
+A TURN relay handles one Send indication (RFC 8656 §10.2) per packet a client relays without a
+channel, and builds one Data indication (§10.3) per packet a peer sends back. The general codec
+(:mod:`stun.message`) builds an attribute object per attribute; these two functions read and write
+the plain shape directly and agree with it byte for byte:
+
+* :func:`parse_send` takes a Send indication made of XOR-PEER-ADDRESS and DATA, in either order,
+  optionally followed by FINGERPRINT, and returns the peer and the data. For anything else — other
+  attributes, repeated ones, bad framing, a FINGERPRINT that does not match — it returns None and
+  the caller decodes the message the general way, which judges and counts it.
+* :func:`build_data_indication` writes XOR-PEER-ADDRESS then DATA, as
+  ``encode(Message(Method.DATA, MessageClass.INDICATION, txid, (XorPeerAddress, Data)))`` does.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from functools import lru_cache
+
+from stun.addresses import (
+    MAGIC_COOKIE,
+    MAGIC_COOKIE_BYTES,
+    Address,
+    AddressDecodeError,
+    decode_address,
+    encode_address,
+)
+
+HEADER_SIZE = 20
+#: Message types (RFC 8489 §5): Send indication (method 0x006) and Data indication (0x007).
+SEND_INDICATION = 0x0016
+DATA_INDICATION = 0x0017
+_XOR_PEER_ADDRESS = 0x0012
+_DATA = 0x0013
+_FINGERPRINT = 0x8028
+_FINGERPRINT_XOR = 0x5354554E
+_HEADER = struct.Struct("!HHI12s")
+_ATTR_HEADER = struct.Struct("!HH")
+_U32 = struct.Struct("!I")
+_PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+#: IPv4 XOR-PEER-ADDRESS values remembered: a relay sees the same few peers for every packet.
+PEER_CACHE_SIZE = 4096
+
+
+def parse_send(data: bytes) -> tuple[Address, bytes] | None:
+    """(peer, data) of a plain Send indication, or None: decode it the general way."""
+    size = len(data)
+    if size < HEADER_SIZE or data[0] or data[1] != SEND_INDICATION:
+        return None
+    if data[4:8] != MAGIC_COOKIE_BYTES or ((data[2] << 8) | data[3]) + HEADER_SIZE != size:
+        return None
+    if size & 3:
+        return None
+    peer_value: bytes | None = None
+    payload: bytes | None = None
+    offset = HEADER_SIZE
+    while offset < size:
+        kind, length = _ATTR_HEADER.unpack_from(data, offset)
+        start = offset + 4
+        end = start + length
+        offset = end + (-length & 3)
+        if offset > size:
+            return None
+        if kind == _XOR_PEER_ADDRESS and peer_value is None:
+            peer_value = data[start:end]
+        elif kind == _DATA and payload is None:
+            payload = data[start:end]
+        elif kind == _FINGERPRINT and offset == size and length == 4:
+            expected = (zlib.crc32(data[: start - 4]) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
+            if _U32.unpack_from(data, start)[0] != expected:
+                return None
+        else:
+            return None
+    if peer_value is None or payload is None:
+        return None
+    if len(peer_value) == 8:  # IPv4: the XOR key is the cookie alone, so the value names the peer
+        peer = _ipv4_peer(peer_value)
+    else:
+        try:
+            peer = decode_address(peer_value, data[4:20])
+        except AddressDecodeError:
+            return None
+    return None if peer is None else (peer, payload)
+
+
+@lru_cache(maxsize=PEER_CACHE_SIZE)
+def _ipv4_peer(value: bytes) -> Address | None:
+    try:
+        return decode_address(value, MAGIC_COOKIE_BYTES)
+    except AddressDecodeError:
+        return None
+
+
+def build_data_indication(txid: bytes, peer: Address, payload: bytes) -> bytes:
+    """A Data indication carrying ``payload`` from ``peer`` (no FINGERPRINT, as the codec's)."""
+    address = encode_address(peer, MAGIC_COOKIE_BYTES + txid)
+    length = len(payload)
+    body_size = 8 + len(address) + length + (-length & 3)
+    return b"".join(
+        (
+            _HEADER.pack(DATA_INDICATION, body_size, MAGIC_COOKIE, txid),
+            _ATTR_HEADER.pack(_XOR_PEER_ADDRESS, len(address)),
+            address,
+            _ATTR_HEADER.pack(_DATA, length),
+            payload,
+            _PADDING[length & 3],
+        )
+    )
