@@ -148,8 +148,20 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
                 else:
                     relay.sendto(route[2], route[1])
             return
+        if data[:2] == b"\x00\x01" and five_tuple.transport is Transport.UDP:
+            # Hot path: a bare Binding request answered in place (stun.hotpath).
+            try:
+                answer = core.binding_route(five_tuple, data, now)
+            except Exception:
+                service.internal_error("client datagram")
+                return
+            if answer is True:
+                return
+            if answer is not False:
+                service.send_to_client(five_tuple, answer)
+                return
         if data[:2] == b"\x00\x16" and not core.timers_due(now):
-            # Hot path: a plain Send indication, parsed in place (stun.indications).
+            # Hot path: a plain Send indication, parsed in place (stun.hotpath).
             try:
                 sent = core.send_route(five_tuple, data, now)
             except Exception:

@@ -171,3 +171,33 @@ def test_reply_goes_to_the_five_tuple_that_asked() -> None:
     actions = world.client_packet(alice.five_tuple, binding_request())
     [data] = replies(actions, alice.five_tuple)
     assert decode(data).transaction_id == TXID
+
+
+# --- the hot path agrees with the general path ------------------------------------------------
+
+
+@pytest.mark.parametrize("fingerprint", [False, True])
+def test_binding_route_answers_as_handle_client_does(fingerprint: bool) -> None:
+    """The adapter's hot path gives the same bytes and counts, past the source's rate too."""
+    settings = core_settings(unauthenticated_rate=1.0, unauthenticated_burst=2.0)
+    slow, fast = World(settings), World(settings)
+    five_tuple = slow.client().five_tuple
+    request = binding_request(fingerprint=fingerprint)
+    for _ in range(3):  # the third is over the burst: dropped, counted
+        expected = replies(slow.server.handle_client(five_tuple, request, slow.now))
+        answer = fast.server.binding_route(five_tuple, request, fast.now)
+        assert (answer is True and expected == []) or [answer] == expected
+    assert answer is True
+    assert fast.server.stats == slow.server.stats
+    assert fast.server.stats["drop.unauthenticated_rate"] == 1
+
+
+def test_binding_route_declines_when_anonymous_binding_is_off_or_the_request_is_not_bare() -> None:
+    """False sends it down the general path: credentials required, or attributes to judge."""
+    world = World(core_settings(allow_anonymous_binding=False))
+    five_tuple = world.client().five_tuple
+    assert world.server.binding_route(five_tuple, binding_request(), world.now) is False
+    open_world = World()
+    with_software = binding_request(at.Software("client"))
+    assert open_world.server.binding_route(five_tuple, with_software, open_world.now) is False
+    assert not world.server.stats and not open_world.server.stats

@@ -112,16 +112,20 @@ def test_core_exception_on_a_datagram_is_logged_counted_and_not_fatal(
         service = TurnService(config, relay_ipv4=LOOPBACK)
         await service.start()
         calls = 0
-        handle_client = service.core.handle_client
 
-        def fails_once(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise RuntimeError("injected fault")
-            return handle_client(*args)
+        def fails_once(method: Any) -> Any:
+            def wrapper(*args: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise RuntimeError("injected fault")
+                return method(*args)
 
-        monkeypatch.setattr(service.core, "handle_client", fails_once)
+            return wrapper
+
+        # A bare Binding takes the hot path (binding_route); anything else, handle_client.
+        for name in ("handle_client", "binding_route"):
+            monkeypatch.setattr(service.core, name, fails_once(getattr(service.core, name)))
         [server] = service.udp_addresses
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((LOOPBACK, 0))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from stun import attributes as at
 from stun.addresses import Address
 from stun.errors import StunDecodeError
-from stun.indications import build_data_indication, parse_send
+from stun.hotpath import build_data_indication, parse_send
 from stun.message import Message, MessageClass, Method, decode, encode
 
 PEER4 = Address("198.51.100.7", 40000)

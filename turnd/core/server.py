@@ -47,7 +47,7 @@ from stun.channeldata import (
     is_valid_channel,
 )
 from stun.errors import REASON_PHRASES, StunDecodeError
-from stun.indications import build_data_indication, parse_send
+from stun.hotpath import build_binding_success, build_data_indication, parse_binding, parse_send
 from stun.message import (
     Header,
     Integrity,
@@ -461,6 +461,20 @@ class TurnServer:
 
     # --- Binding (RFC 8489 §6.3.1) -----------------------------------------------------------
 
+    def binding_route(self, five_tuple: FiveTuple, data: bytes, now: float) -> bytes | bool:
+        """Hot path of a bare Binding request (stun.hotpath): the response bytes; True: dropped,
+        counted (source over its unauthenticated rate); False: not a bare Binding, or anonymous
+        Binding is off — call :meth:`handle_client` instead."""
+        if not self.settings.allow_anonymous_binding:
+            return False
+        parsed = parse_binding(data)
+        if parsed is None:
+            return False
+        if not self._may_answer_unauthenticated(five_tuple, now):
+            return True
+        self.stats["stun.binding_requests"] += 1
+        return build_binding_success(parsed[0], five_tuple.client, parsed[1])
+
     def _binding(self, request: Request) -> list[Action]:
         self.stats["stun.binding_requests"] += 1
         client = request.five_tuple.client
@@ -680,7 +694,7 @@ class TurnServer:
         self, five_tuple: FiveTuple, data: bytes, now: float
     ) -> tuple[Address, Address, bytes] | Literal[False] | None:
         """Hot path of a Send indication: (relay, peer, payload); None: dropped, counted; False:
-        not the plain shape (stun.indications) — call :meth:`handle_client` instead."""
+        not the plain shape (stun.hotpath) — call :meth:`handle_client` instead."""
         parsed = parse_send(data)
         if parsed is None:
             return False

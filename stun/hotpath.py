@@ -1,9 +1,10 @@
-"""Send and Data indications on the relay's hot path, without building Message objects.
+"""The messages a relay sees most, read and written without building Message objects.
 
 A TURN relay handles one Send indication (RFC 8656 §10.2) per packet a client relays without a
-channel, and builds one Data indication (§10.3) per packet a peer sends back. The general codec
-(:mod:`stun.message`) builds an attribute object per attribute; these two functions read and write
-the plain shape directly and agree with it byte for byte:
+channel, builds one Data indication (§10.3) per packet a peer sends back, and answers Binding
+requests (RFC 8489 §6.3.1) from every ICE agent that uses it as a STUN server. The general codec
+(:mod:`stun.message`) builds an attribute object per attribute; these functions read and write
+the plain shapes directly and agree with it byte for byte:
 
 * :func:`parse_send` takes a Send indication made of XOR-PEER-ADDRESS and DATA, in either order,
   optionally followed by FINGERPRINT, and returns the peer and the data. For anything else — other
@@ -11,6 +12,10 @@ the plain shape directly and agree with it byte for byte:
   the caller decodes the message the general way, which judges and counts it.
 * :func:`build_data_indication` writes XOR-PEER-ADDRESS then DATA, as
   ``encode(Message(Method.DATA, MessageClass.INDICATION, txid, (XorPeerAddress, Data)))`` does.
+* :func:`parse_binding` takes a Binding request with no attribute but an optional FINGERPRINT
+  and returns its transaction id and whether it had the FINGERPRINT (None: anything else);
+  :func:`build_binding_success` writes the success response with XOR-MAPPED-ADDRESS, and
+  FINGERPRINT when the request had one (RFC 8489 §7.3).
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from stun.addresses import (
 
 HEADER_SIZE = 20
 #: Message types (RFC 8489 §5): Send indication (method 0x006) and Data indication (0x007).
+BINDING_REQUEST = 0x0001
+BINDING_SUCCESS = 0x0101
 SEND_INDICATION = 0x0016
 DATA_INDICATION = 0x0017
+_XOR_MAPPED_ADDRESS = 0x0020
 _XOR_PEER_ADDRESS = 0x0012
 _DATA = 0x0013
 _FINGERPRINT = 0x8028
@@ -108,3 +116,40 @@ def build_data_indication(txid: bytes, peer: Address, payload: bytes) -> bytes:
             _PADDING[length & 3],
         )
     )
+
+
+def parse_binding(data: bytes) -> tuple[bytes, bool] | None:
+    """(transaction id, has FINGERPRINT) of a bare Binding request, or None: decode it."""
+    size = len(data)
+    if size == HEADER_SIZE:
+        fingerprint = False
+    elif size == HEADER_SIZE + 8 and data[20:24] == b"\x80\x28\x00\x04":
+        expected = (zlib.crc32(data[:HEADER_SIZE]) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
+        if _U32.unpack_from(data, 24)[0] != expected:
+            return None
+        fingerprint = True
+    else:
+        return None
+    if data[:2] != b"\x00\x01" or data[4:8] != MAGIC_COOKIE_BYTES:
+        return None
+    if ((data[2] << 8) | data[3]) + HEADER_SIZE != size:
+        return None
+    return data[8:20], fingerprint
+
+
+def build_binding_success(txid: bytes, mapped: Address, fingerprint: bool) -> bytes:
+    """The success response to a bare Binding request from ``mapped`` (no SOFTWARE: it is only
+    sent to authenticated clients)."""
+    address = encode_address(mapped, MAGIC_COOKIE_BYTES + txid)
+    body_size = 4 + len(address) + (8 if fingerprint else 0)
+    message = b"".join(
+        (
+            _HEADER.pack(BINDING_SUCCESS, body_size, MAGIC_COOKIE, txid),
+            _ATTR_HEADER.pack(_XOR_MAPPED_ADDRESS, len(address)),
+            address,
+        )
+    )
+    if not fingerprint:
+        return message
+    crc = (zlib.crc32(message) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
+    return message + _ATTR_HEADER.pack(_FINGERPRINT, 4) + _U32.pack(crc)
