@@ -1,0 +1,154 @@
+"""The command line: each server kind in turn under every selected load, then the table and the
+JSON file. A load that fails is recorded in the results and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bench.compare.loads import MEASURES
+from bench.compare.options import Options, parse_options
+from bench.compare.procfs import CLK_TCK, thread_names
+from bench.compare.report import (
+    build_rows,
+    default_json_path,
+    explain,
+    format_table,
+    table_entry,
+    write_json,
+)
+from bench.compare.rss import FILE_MARGIN, measure_rss
+from bench.compare.servers import (
+    DEFAULT_PORT_RANGE,
+    STARTERS,
+    EchoPeer,
+    raise_file_limit,
+    start_echo_peer,
+)
+from bench.compare.traffic import LOAD_DEADLINE
+
+#: Allocation limits of the instance serving every load but RSS: far above what they use.
+GENERAL_CAPACITY = 100_000
+
+
+def measure_server(
+    kind: str, peer: EchoPeer, work: Path, options: Options, metrics: Sequence[str]
+) -> dict[str, Any]:
+    """Every selected load against one server kind; failures are recorded, not raised."""
+    results: dict[str, Any] = {}
+    general = [m for m in metrics if m in MEASURES]
+    if general:
+        results.update(_general_loads(kind, peer, work / "main", options, general))
+    if "rss" in metrics:
+        print(f"  {kind}: rss ...", flush=True)
+        (work / "rss").mkdir()
+        try:
+            results["rss"] = measure_rss(kind, work / "rss", options)
+        except Exception as exc:
+            results["rss"] = _failure(f"{kind} rss", exc)
+    return results
+
+
+def _general_loads(
+    kind: str, peer: EchoPeer, work: Path, options: Options, metrics: Sequence[str]
+) -> dict[str, Any]:
+    """The loads that share one server instance, in order."""
+    work.mkdir()
+    try:
+        server = STARTERS[kind](
+            work, DEFAULT_PORT_RANGE, GENERAL_CAPACITY, options.coturn_relay_threads
+        )
+    except Exception as exc:
+        return {"server": _failure(f"{kind} start", exc)}
+    results: dict[str, Any] = {
+        "server": {"settings": server.settings, "threads": thread_names(server.pid)}
+    }
+    try:
+        for metric in metrics:
+            print(f"  {kind}: {metric} ...", flush=True)
+            try:
+                results[metric] = MEASURES[metric](server, peer, options)
+            except Exception as exc:
+                results[metric] = _failure(f"{kind} {metric}", exc)
+    finally:
+        server.stop()
+    return results
+
+
+def _failure(what: str, exc: Exception) -> dict[str, str]:
+    error = f"{type(exc).__name__}: {exc}"
+    print(f"    {what} failed: {error}", flush=True)
+    return {"error": error}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Measure the servers under the loads the flags select, print the table, write the JSON."""
+    from tests.interop.coturn_tools import find_tool
+
+    options, metrics, servers, json_path = parse_options(argv)
+    started = datetime.now(UTC)
+    notes: list[str] = []
+    if "coturn" in servers and find_tool("turnserver") is None:
+        servers.remove("coturn")
+        notes.append("coturn's turnserver is not installed: turnd is measured alone")
+    if "uclient" in metrics and find_tool("turnutils_uclient") is None:
+        metrics.remove("uclient")
+        notes.append("turnutils_uclient is not installed: no uclient cross-check")
+    wanted = max(options.allocations) + 4 * FILE_MARGIN if "rss" in metrics else 0
+    limit = raise_file_limit(wanted)
+    if limit < wanted:
+        notes.append(
+            f"the open-file limit stays at {limit} (the hard limit; raising it needs "
+            f"CAP_SYS_RESOURCE): servers cannot hold {max(options.allocations):,} allocations"
+        )
+    print(
+        f"bench.compare: {', '.join(servers)} on loopback; {'quick' if options.quick else 'full'}"
+        f" mode; {os.cpu_count()} CPUs; payload {options.size} B, window {options.window}, "
+        f"{options.clients} clients; open-file limit {limit}"
+    )
+    for note in notes:
+        print(f"note: {note}")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+        peer = start_echo_peer(lifetime=LOAD_DEADLINE * 10)
+        print(f"echo peer: {peer.kind} on {peer.address[0]}:{peer.address[1]}")
+        try:
+            for kind in servers:
+                (Path(tmp) / kind).mkdir()
+                results[kind] = measure_server(kind, peer, Path(tmp) / kind, options, metrics)
+        finally:
+            peer.stop()
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    rows = build_rows(results)
+    print()
+    print(format_table(rows))
+    print()
+    for line in explain(results):
+        print(line)
+    document = {
+        "started": started.isoformat(),
+        "elapsed_s": elapsed,
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "options": attrs.asdict(options),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "clock_ticks_per_s": CLK_TCK,
+            "echo_peer": peer.kind,
+        },
+        "notes": notes,
+        "table": [table_entry(r) for r in rows],
+        "results": results,
+    }
+    path = write_json(json_path or default_json_path(started), document)
+    print(f"\nresults: {path}  ({elapsed:.0f} s)")

@@ -1,0 +1,92 @@
+"""The command line's flags and the ``Options`` every load reads."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from bench.compare.servers import SERVERS
+
+#: The loads ``--only`` chooses from; all of them by default.
+METRICS = ("cpu", "uclient", "rate", "rtt", "binding", "allocations", "rss")
+
+
+@attrs.frozen
+class Options:
+    """What every load reads, from the flags (``parse_options``)."""
+
+    quick: bool
+    seconds: float
+    packets: int
+    size: int
+    window: int
+    clients: int
+    samples: int
+    allocations: tuple[int, ...]
+    rate_start: int
+    bisect_steps: int
+    uclient_clients: int
+    uclient_messages: int
+    coturn_relay_threads: int
+    rss_port_range: tuple[int, int] | None
+
+
+def parse_options(
+    argv: Sequence[str] | None = None,
+) -> tuple[Options, list[str], list[str], Path | None]:
+    """Options, metrics, servers and the JSON path from the command line."""
+    from bench import compare  # its docstring, the theory of operation, is the --help text
+
+    parser = argparse.ArgumentParser(
+        # The name the usage line showed when this was one module, bench/compare.py.
+        prog="compare.py",
+        description=compare.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="small loads: under two minutes")
+    parser.add_argument("--seconds", type=float, help="each timed step (default 3, quick 1)")
+    parser.add_argument("--packets", type=int, help="round trips per CPU load (60000, quick 15000)")
+    parser.add_argument("--size", type=int, default=200, help="payload bytes (default 200)")
+    parser.add_argument("--window", type=int, default=64, help="requests/packets in flight")
+    parser.add_argument("--clients", type=int, default=4, help="allocations per relay load")
+    parser.add_argument("--samples", type=int, help="latency samples (5000, quick 1000)")
+    parser.add_argument(
+        "--allocations", help="comma-separated RSS levels (default 1000,10000,20000; quick 1000)"
+    )
+    parser.add_argument("--rate-start", type=int, default=2000, help="first paced rate, pkt/s")
+    parser.add_argument("--bisect-steps", type=int, help="bisection steps (4, quick 2)")
+    parser.add_argument("--coturn-relay-threads", type=int, default=1, help="default 1")
+    parser.add_argument("--rss-port-range", help="LOW-HIGH relay ports for the RSS load")
+    parser.add_argument(
+        "--only", action="append", choices=METRICS, help="measure only this (repeatable)"
+    )
+    parser.add_argument("--server", choices=(*SERVERS, "both"), default="both")
+    parser.add_argument("--json", type=Path, help="results file (default bench/results/...)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    levels = args.allocations or ("1000" if quick else "1000,10000,20000")
+    port_range = None
+    if args.rss_port_range:
+        low, high = (int(p) for p in args.rss_port_range.split("-"))
+        port_range = (low, high)
+    options = Options(
+        quick=quick,
+        seconds=args.seconds or (1.0 if quick else 3.0),
+        packets=args.packets or (15000 if quick else 60000),
+        size=args.size,
+        window=args.window,
+        clients=args.clients,
+        samples=args.samples or (1000 if quick else 5000),
+        allocations=tuple(int(n) for n in levels.split(",")),
+        rate_start=args.rate_start,
+        bisect_steps=args.bisect_steps if args.bisect_steps is not None else (2 if quick else 4),
+        uclient_clients=4 if quick else 10,
+        uclient_messages=1000 if quick else 5000,
+        coturn_relay_threads=args.coturn_relay_threads,
+        rss_port_range=port_range,
+    )
+    servers = [s for s in SERVERS if args.server in (s, "both")]
+    return options, list(args.only or METRICS), servers, args.json

@@ -1,0 +1,236 @@
+"""The load loops: keep a window in flight, pace a rate, or open allocations from fresh sockets.
+
+Every loop is bounded by ``LOAD_DEADLINE`` whatever the flags, reads answers between sends so a
+burst never starves receiving, and counts what it sent and what came back; a silence writes the
+packets in flight off as lost instead of waiting for them.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import selectors
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from bench.compare.clients import CLIENT_ADDRESSES, Link, UdpLink
+from bench.compare.servers import Server
+from stun import attributes as at
+from stun.keys import long_term_key
+from stun.message import Message, MessageClass, Method, decode, encode
+from tests.daemon import PASSWORD, REALM, USER
+
+#: Seconds without any answer before the packets in flight are written off as lost.
+SILENCE = 0.3
+#: Seconds to wait for stragglers after a paced step or a timed load.
+DRAIN = 0.5
+#: Most packets sent in one go by the pacer, so that receiving is never starved.
+MAX_BURST = 64
+#: Allocations that get no answer within this many seconds count as failed.
+ALLOCATION_STALL = 2.0
+#: The allocation driver gives up after this many failures (a full port range fails them all).
+MAX_ALLOCATION_FAILURES = 200
+#: Upper bound of any load in seconds, whatever the flags: every loop here ends.
+LOAD_DEADLINE = 300.0
+
+
+@attrs.frozen
+class PumpResult:
+    """Frames sent and answered by a windowed or paced load, and how long it sent."""
+
+    sent: int
+    received: int
+    seconds: float
+
+    @property
+    def lost(self) -> int:
+        return max(self.sent - self.received, 0)
+
+
+def pump(
+    links: Sequence[Link],
+    frames: Sequence[Sequence[bytes]],
+    window: int,
+    total: int,
+    seconds: float,
+) -> PumpResult:
+    """Keep ``window`` frames in flight, round-robin over ``links`` (each cycling through its
+    ``frames``), until ``total`` are answered or ``seconds`` pass. A silence of ``SILENCE``
+    seconds writes the frames in flight off as lost."""
+    cycles = [itertools.cycle(f) for f in frames]
+    selector = selectors.DefaultSelector()
+    for link in links:
+        selector.register(link.sock, selectors.EVENT_READ, link)
+    sent = received = written_off = 0
+    started = time.perf_counter()
+    deadline = started + min(seconds, LOAD_DEADLINE)
+    try:
+        while received + written_off < total and time.perf_counter() < deadline:
+            while sent < total and sent - received - written_off < window:
+                index = sent % len(links)
+                try:
+                    links[index].send(next(cycles[index]))
+                except BlockingIOError:
+                    break
+                sent += 1
+            events = selector.select(SILENCE)
+            if not events:
+                written_off = sent - received
+            for key, _ in events:
+                received += len(key.data.receive())
+        drain_until = time.perf_counter() + DRAIN
+        while received < sent and time.perf_counter() < drain_until:
+            for key, _ in selector.select(0.05):
+                received += len(key.data.receive())
+    finally:
+        selector.close()
+    return PumpResult(sent, received, time.perf_counter() - started)
+
+
+def paced(
+    links: Sequence[UdpLink], frames: Sequence[bytes], rate: float, seconds: float
+) -> PumpResult:
+    """Send at ``rate`` packets/s for ``seconds``, round-robin, reading answers in between."""
+    selector = selectors.DefaultSelector()
+    for link in links:
+        selector.register(link.sock, selectors.EVENT_READ, link)
+    total = int(rate * seconds)
+    sent = received = 0
+    started = time.perf_counter()
+    end = started + min(seconds, LOAD_DEADLINE)
+    try:
+        while (now := time.perf_counter()) < end and sent < total:
+            due = min(total, int((now - started) * rate) + 1)
+            for _ in range(min(due - sent, MAX_BURST)):
+                index = sent % len(links)
+                try:
+                    links[index].send(frames[index])
+                except BlockingIOError:
+                    break
+                sent += 1
+            wait = max(0.0, min(started + sent / rate - time.perf_counter(), 0.01))
+            for key, _ in selector.select(wait):
+                received += len(key.data.receive())
+        send_seconds = time.perf_counter() - started
+        drain_until = time.perf_counter() + DRAIN
+        while received < sent and time.perf_counter() < drain_until:
+            for key, _ in selector.select(0.05):
+                received += len(key.data.receive())
+    finally:
+        selector.close()
+    return PumpResult(sent, received, send_seconds)
+
+
+@attrs.define
+class AllocationRun:
+    """What ``allocate_many`` achieved: completed allocations and failures by reason."""
+
+    completed: int = 0
+    failures: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    seconds: float = 0.0
+
+
+@attrs.define
+class _Attempt:
+    link: UdpLink
+    stage: int
+    txid: bytes
+    since: float
+    nonce: str = ""
+    realm: str = REALM
+
+
+def allocate_many(
+    server: Server,
+    *,
+    window: int,
+    count: int | None,
+    seconds: float,
+    delete: bool,
+) -> AllocationRun:
+    """Allocations from fresh sockets, ``window`` at a time: 401, Allocate, and Refresh(0) when
+    ``delete``. Stops after ``count`` completed (None: no limit), ``seconds``, or too many
+    failures.
+
+    Each socket is closed once its exchange is done. An allocation kept (not ``delete``) stays
+    on the server all the same: a UDP allocation is server state that does not notice, nothing
+    is sent to an idle client, and the client's address is never reused in the run. So this
+    process needs a window of file descriptors, not one per allocation."""
+    run = AllocationRun()
+    keys: dict[str, bytes] = {}
+    selector = selectors.DefaultSelector()
+    attempts: dict[int, _Attempt] = {}
+    started = time.perf_counter()
+    deadline = started + min(seconds, LOAD_DEADLINE)
+
+    def send(attempt: _Attempt, stage: int, method: Method, *attributes: Any) -> None:
+        attempt.stage, attempt.txid = stage, os.urandom(12)
+        key = None
+        if stage:
+            key = keys.setdefault(attempt.realm, long_term_key(USER, attempt.realm, PASSWORD))
+            attributes += (at.Username(USER), at.Realm(attempt.realm), at.Nonce(attempt.nonce))
+        message = Message(method, MessageClass.REQUEST, attempt.txid, attributes)
+        attempt.link.send(encode(message, key=key))
+
+    def finish(attempt: _Attempt, failure: str | None) -> None:
+        selector.unregister(attempt.link.sock)
+        del attempts[attempt.link.sock.fileno()]
+        if failure is not None:
+            run.failures[failure] += 1
+        else:
+            run.completed += 1
+        attempt.link.close()
+
+    def answer(attempt: _Attempt, reply: Message) -> None:
+        error = reply.get(at.ErrorCode)
+        if attempt.stage == 0:
+            nonce, realm = reply.get(at.Nonce), reply.get(at.Realm)
+            if error is None or error.code != 401 or nonce is None:
+                finish(attempt, f"first Allocate: {error.code if error else 'no 401'}")
+                return
+            attempt.nonce, attempt.realm = nonce.value, realm.value if realm else REALM
+            send(attempt, 1, Method.ALLOCATE, at.RequestedTransport(17))
+        elif error is not None:
+            finish(attempt, f"{'Allocate' if attempt.stage == 1 else 'Refresh'}: {error.code}")
+        elif attempt.stage == 1 and delete:
+            send(attempt, 2, Method.REFRESH, at.Lifetime(0))
+        else:
+            finish(attempt, None)
+
+    def wanted() -> bool:
+        if count is not None and run.completed + len(attempts) >= count:
+            return False
+        return time.perf_counter() < deadline and sum(run.failures.values()) < (
+            MAX_ALLOCATION_FAILURES
+        )
+
+    try:
+        while attempts or wanted():
+            while len(attempts) < window and wanted():
+                link = UdpLink(server.udp, addresses=CLIENT_ADDRESSES)
+                attempt = _Attempt(link, 0, b"", time.perf_counter())
+                attempts[link.sock.fileno()] = attempt
+                selector.register(link.sock, selectors.EVENT_READ, attempt)
+                send(attempt, 0, Method.ALLOCATE, at.RequestedTransport(17))
+            for key, _ in selector.select(0.1):
+                attempt = key.data
+                for frame in attempt.link.receive():
+                    reply = decode(frame)
+                    if reply.transaction_id == attempt.txid:
+                        answer(attempt, reply)
+                        break
+            now = time.perf_counter()
+            for attempt in [a for a in attempts.values() if now - a.since > ALLOCATION_STALL]:
+                finish(attempt, "no answer")
+            if now > deadline + ALLOCATION_STALL + 1:
+                break
+    finally:
+        for attempt in list(attempts.values()):
+            finish(attempt, "unfinished")
+        selector.close()
+    run.seconds = time.perf_counter() - started
+    return run
