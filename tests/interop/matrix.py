@@ -66,6 +66,7 @@ from tests.interop.matrix_turnd import (
     Relayed,
     add_users,
     books,
+    drops,
     for_tag,
     mint_credential,
     start,
@@ -103,6 +104,8 @@ class Result:
             "bytes_out": report.bytes_out if report else None,
             "bytes_in": report.bytes_in if report else None,
             "detail": report.detail if report else "",
+            "attempts": report.attempts if report else None,
+            "first_attempt_problem": report.first_problem if report else None,
             "turnd": self.turnd.as_json() if self.turnd else None,
         }
 
@@ -197,6 +200,8 @@ class Run:
 
     results: list[Result]
     turnd_status: int | None
+    #: turnd's dropped packets by reason over the whole run (nonzero ones only).
+    turnd_drops: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def run(directory: Path, only: frozenset[str] | None = None) -> Run:
@@ -234,11 +239,12 @@ def run(directory: Path, only: frozenset[str] | None = None) -> Run:
             for future in futures:
                 reports.update(future.result())
         totals = books(turnd)
+        dropped = drops(turnd)
     finally:
         status = turnd.stop()
     for cell in runnable:
         results[cell.id] = verdict(cell, reports[cell.id], for_tag(totals, cell.tag))
-    return Run([results[cell.id] for cell in chosen], status)
+    return Run([results[cell.id] for cell in chosen], status, dropped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +255,8 @@ def _mark(result: Result | None) -> str:
     if result is None:
         return ""
     if result.status == PASS and result.report is not None:
-        return f"ok {result.report.received}/{result.report.expected}"
+        retried = "*" if result.report.attempts > 1 else ""
+        return f"ok{retried} {result.report.received}/{result.report.expected}"
     return {FAIL: "FAIL", SKIP: "skip", UNSUPPORTED: "n/a"}.get(result.status, result.status)
 
 
@@ -284,9 +291,14 @@ def markdown(results: Sequence[Result]) -> str:
 
 
 def notes(results: Sequence[Result]) -> list[str]:
-    """One line per failed or skipped cell, and one per client and n/a reason."""
+    """One line per failed, skipped or retried cell, and one per client and n/a reason."""
     lines = [
         f"{r.status.upper()} {r.cell.id}: {r.reason}" for r in results if r.status in (FAIL, SKIP)
+    ]
+    lines += [
+        f"ok* {r.cell.id}: passed on a second attempt; the first: {r.report.first_problem}"
+        for r in results
+        if r.status == PASS and r.report is not None and r.report.attempts > 1
     ]
     unsupported: dict[tuple[str, str], list[str]] = {}
     for result in results:
@@ -362,6 +374,9 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated client keys to run: " + ", ".join(CLIENT_BY_KEY),
     )
     parser.add_argument(
+        "--keep", action="store_true", help="keep turnd's directory (config, log, usage file)"
+    )
+    parser.add_argument(
         "--netns",
         choices=("auto", "on", "off"),
         default="auto",
@@ -398,8 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if netns.INSIDE_ENV in os.environ:
         network = f"private network namespace {os.environ[netns.INSIDE_ENV]} (lo only)"
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="turnd-matrix-") as directory:
+    if args.keep:
+        directory = tempfile.mkdtemp(prefix="turnd-matrix-")
+        print(f"turnd's config, log and usage file stay in {directory}", file=sys.stderr)
         outcome = run(Path(directory), only)
+    else:
+        with tempfile.TemporaryDirectory(prefix="turnd-matrix-") as directory:
+            outcome = run(Path(directory), only)
     seconds = time.monotonic() - began
     results = outcome.results
     counts = summary(results)
@@ -408,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     if outcome.turnd_status not in (None, 0):
         print(f"FAIL turnd exited with status {outcome.turnd_status}")
+    if outcome.turnd_drops:
+        counted = ", ".join(f"{reason} {n}" for reason, n in sorted(outcome.turnd_drops.items()))
+        print(f"turnd dropped packets: {counted}")
     print(
         f"{counts[PASS]} cells passed, {counts[FAIL]} failed, {counts[SKIP]} skipped and "
         f"{counts[UNSUPPORTED]} n/a, in {seconds:.0f} s on the {network}"
@@ -415,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         report = document(results, network, seconds)
         report["turnd_exit_status"] = outcome.turnd_status
+        report["turnd_drops"] = dict(outcome.turnd_drops)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 1 if counts[FAIL] or outcome.turnd_status not in (None, 0) else 0
 

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import http.client
 import json
+import re
 import socket
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -44,7 +45,7 @@ CREDENTIAL_TTL = 3600
 #: Bound on one HTTP exchange with turnd (a safety net, not a measurement).
 HTTP_TIMEOUT = 10.0
 
-__all__ = ["REST_SECRET", "MatrixTurnd", "Relayed", "books", "start"]
+__all__ = ["REST_SECRET", "MatrixTurnd", "Relayed", "books", "drops", "start"]
 
 
 @attrs.frozen
@@ -254,3 +255,15 @@ def for_tag(totals: Mapping[str, Relayed], tag: str) -> Relayed:
                 bytes_to_client=found.bytes_to_client + relayed.bytes_to_client,
             )
     return found
+
+
+_DROPS = re.compile(r'^turnd_drops_total\{reason="([^"]*)"\} (\S+)$', re.MULTILINE)
+
+
+def drops(turnd: MatrixTurnd) -> dict[str, int]:
+    """turnd's dropped packets by reason (``/metrics``), for the notes of a failed run: a frame
+    turnd could not parse, a packet past a rate limit, a peer without permission."""
+    url = f"http://127.0.0.1:{turnd.daemon.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
+        text = response.read().decode()
+    return {reason: int(float(value)) for reason, value in _DROPS.findall(text) if float(value)}

@@ -9,10 +9,10 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from tests.interop import netns
+from tests.interop import matrix_clients, netns
 from tests.interop.matrix import FAIL, PASS, SKIP, UNSUPPORTED, Result, markdown, notes, table
 from tests.interop.matrix import verdict as judge
-from tests.interop.matrix_clients import ClientReport
+from tests.interop.matrix_clients import ClientReport, Job
 from tests.interop.matrix_plan import CLIENTS, Cell, all_cells, runnable_cells, unsupported_reason
 from tests.interop.matrix_turnd import Relayed, for_tag
 
@@ -146,3 +146,29 @@ def test_no_namespace_inside_a_namespace(monkeypatch: pytest.MonkeyPatch) -> Non
     """A run already inside the matrix's namespace does not make another one."""
     monkeypatch.setenv(netns.INSIDE_ENV, "turnd-interop-1")
     assert "already inside" in (netns.unavailable() or "")
+
+
+def test_a_data_channel_that_never_opened_gets_one_more_attempt_on_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stack that wedged its own handshake is run again once; the report keeps the first
+    attempt's problem, the table marks the cell ok* and the notes say why."""
+    wedged = attrs.evolve(CLEAN, sent=0, received=0, problem="data channel open: nothing")
+    attempts = iter([{CELL.id: (wedged, False)}, {CELL.id: (CLEAN, True)}])
+    monkeypatch.setattr(matrix_clients, "_echo_pass", lambda *args: next(attempts))
+    job = Job(CELL, 3478, "user", "password")
+    report = matrix_clients._run_echo_driver("werift_relay.mjs", None, [job], {}, False)  # type: ignore[arg-type]
+    retried = report[CELL.id]
+    assert (retried.attempts, retried.first_problem) == (2, "data channel open: nothing")
+    result = judge(CELL, retried, BOOKS)
+    assert result.status == PASS
+    assert "ok* 50/50" in table([result])
+    assert notes([result]) == [
+        "ok* werift/udp/rest: passed on a second attempt; the first: data channel open: nothing"
+    ]
+
+
+def test_a_second_failure_stands() -> None:
+    """Only a client's own numbers pass a cell: a retried cell that fails again fails."""
+    report = attrs.evolve(CLEAN, received=0, problem="nothing", attempts=2, first_problem="x")
+    assert judge(CELL, report, BOOKS).status == FAIL
