@@ -119,8 +119,11 @@ def _npm_missing(package: str) -> str | None:
 def unavailable(client: str) -> str | None:
     """Why ``client`` (a ``Client.key``) cannot run on this machine, or None."""
     if client == "chromium":
-        if chromium_path() is None:
+        path = chromium_path()
+        if path is None:
             return "Chromium is not installed (Debian package chromium; scripts/test installs it)"
+        if not os.access(path, os.X_OK):
+            return f"${CHROMIUM_ENV} names {path}, which is not an executable program"
         return _npm_missing("playwright-core")
     if client == "werift":
         return _npm_missing("werift")
