@@ -8,6 +8,7 @@ from stun import attributes as at
 from stun.addresses import Address
 from tests.core.harness import PEER, World, error_code
 from turnd.core.actions import AllocationEnded, CloseRelay
+from turnd.core.allocation import Allocation
 
 BOB = Address("203.0.113.80", 40000)
 
@@ -181,3 +182,47 @@ def test_timers_due_says_when_the_fast_path_must_yield() -> None:
     assert deadline is not None
     assert not world.server.timers_due(deadline - 0.001)
     assert world.server.timers_due(deadline)
+
+
+def _dead_entries(world: World) -> int:
+    """Timer entries whose allocation has ended (they would keep it in memory)."""
+    live = world.server.allocations
+    return sum(
+        1
+        for entry in world.server._timers
+        if type(entry[3]) is Allocation and live.get(entry[3].five_tuple) is not entry[3]
+    )
+
+
+def test_a_deleted_allocation_leaves_no_timer_behind() -> None:
+    """Delete (Refresh 0) drops the allocation's relay, permission and channel timers at once,
+    not when they would have fallen due (up to channel_lifetime + the reuse delay later): an
+    ended allocation is not held in memory by its timers."""
+    world = World()
+    alice = world.client()
+    alice.allocate()
+    assert error_code(alice.channel_bind(0x4000, PEER)) is None
+    assert error_code(alice.create_permission(Address("198.51.100.9", 1))) is None
+    assert world.server._timers
+    assert error_code(alice.refresh(0)) is None
+    assert world.server._timers == []
+    assert world.server.next_deadline() is None
+
+
+def test_allocate_delete_loops_cannot_grow_the_timer_queue() -> None:
+    """Many clients allocate, bind and delete: at most half the queue is ever stale, and the
+    live allocations' timers all stay."""
+    world = World()
+    clients = []
+    for index in range(60):
+        client = world.client(address=Address("203.0.113.90", 20000 + index))
+        client.allocate()
+        assert error_code(client.channel_bind(0x4000, PEER)) is None
+        clients.append(client)
+    for client in clients[:50]:
+        assert error_code(client.refresh(0)) is None
+        assert _dead_entries(world) * 2 <= len(world.server._timers)
+    live = {id(world.server.allocations[c.five_tuple]) for c in clients[50:]}
+    scheduled = {id(e[3]) for e in world.server._timers if type(e[3]) is Allocation}
+    assert live <= scheduled
+    world.advance(700.0)  # everything that was due ran without errors

@@ -147,6 +147,9 @@ class TurnServer:
         }
         self._timers: list[tuple[float, int, str, Any, Any]] = []
         self._timer_seq = 0
+        #: Heap entries whose allocation has ended (they would keep it alive until they fall
+        #: due: up to channel_lifetime + CHANNEL_REUSE_DELAY); compacted away in _delete.
+        self._stale_timers = 0
         self._next_ticket = 1
         self._txid_prefix = rng(4)
         self._txid_counter = 0
@@ -290,7 +293,9 @@ class TurnServer:
 
         Each live object has one timer: a refresh only moves its expiry, and a timer that finds
         its object refreshed re-arms itself at the new expiry (so clients refreshing often, or
-        naming one peer many times, cannot grow the queue beyond the quotas).
+        naming one peer many times, cannot grow the queue beyond the quotas). The timers of an
+        ended allocation are dropped by :meth:`_forget_timers` (at most half the queue is ever
+        stale), so allocating and deleting in a loop cannot grow it either.
         """
         actions: list[Action] = []
         timers = self._timers
@@ -507,6 +512,29 @@ class TurnServer:
             if not counter[key]:
                 del counter[key]
 
+    def _forget_timers(self, alloc: Allocation, relays: int) -> None:
+        """``alloc`` ended: empty what its timers look at (so a late one does nothing, and a
+        channel timer schedules no reuse delay), count its heap entries as stale (one per relay,
+        permission, channel and cooling number), and drop stale entries once they are half the
+        heap, so an ended allocation is freed now rather than when its last timer falls due."""
+        self._stale_timers += (
+            relays + len(alloc.permissions) + len(alloc.channels) + len(alloc.cooling)
+        )
+        alloc.permissions.clear()
+        alloc.channels.clear()
+        alloc.channel_by_peer.clear()
+        alloc.cooling.clear()
+        alloc.peers_seen.clear()
+        if self._stale_timers * 2 > len(self._timers):
+            live = self.allocations
+            self._timers[:] = [
+                t
+                for t in self._timers
+                if not (type(t[3]) is Allocation and live.get(t[3].five_tuple) is not t[3])
+            ]
+            heapq.heapify(self._timers)
+            self._stale_timers = 0
+
     def _delete(
         self,
         alloc: Allocation,
@@ -555,6 +583,7 @@ class TurnServer:
         five_tuple = alloc.five_tuple
         del self.allocations[five_tuple]
         self._forget_user(alloc.username, five_tuple.client.host)
+        self._forget_timers(alloc, len(gone))
         self.stats["allocations.ended." + reason] += 1
         if close_connection and five_tuple.transport.is_stream and reason != "deleted":
             actions.append(CloseConnection(five_tuple))
