@@ -7,6 +7,7 @@ router, and the frames a drain sends are opened by a second node's real codec.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from stun.addresses import Address
 from tests.test_control import ControlServer, call
 from turnd.cluster import ClusterLink
-from turnd.config import parse_config
+from turnd.config import Config, parse_config
 from turnd.core.actions import FiveTuple, Transport
 from turnd.operations import Operations, parse_address
 from turnd.service import TurnService, resolve_secrets
@@ -313,3 +314,54 @@ def test_the_control_api_serves_the_real_operations(served: Any) -> None:
     for path in ("/v1/cluster/table", "/v1/cluster/owner?client=203.0.113.5:5000"):
         refused = call(alone, "GET", path)
         assert (refused.status, refused.body) == (409, NOT_A_CLUSTER)
+
+
+# --- reload ---------------------------------------------------------------------------------------
+
+OLD_KEY = "0123456789abcdef0123456789abcdef"
+NEW_KEY = "fedcba9876543210fedcba9876543210-new"
+
+
+def reloaded(tmp_path: Path, node_id: int, cluster: str) -> Config:
+    text = SINGLE.format(state_dir=tmp_path / f"node{node_id}") + cluster
+    config, _ = resolve_secrets(parse_config(text, {}))
+    return config
+
+
+def rotated(node_id: int, key: str, accept: str = "") -> str:
+    text = CLUSTER.format(node_id=node_id).replace("0123456789abcdef0123456789abcdef", key)
+    return text + (f'accept_keys = ["{accept}"]\n' if accept else "")
+
+
+def test_reload_rotates_the_cluster_key_without_a_restart(tmp_path: Path) -> None:
+    """Step 1 everywhere: the new key accepted; step 2: sealed with it; step 3: the old one
+    dropped. Frames under either key open while both are held; an old-key frame fails after."""
+    sender, receiver = make_service(tmp_path / "node1", 1), make_service(tmp_path / "node2", 2)
+    old_frame = link_of(sender).node.heartbeats(time.time())[0].data
+    sender.reload(reloaded(tmp_path, 1, rotated(1, NEW_KEY, OLD_KEY)))
+    receiver.reload(reloaded(tmp_path, 2, rotated(2, OLD_KEY, NEW_KEY)))
+    new_frame = next(f.data for f in link_of(sender).node.heartbeats(time.time()) if f.node == 2)
+    receiving = link_of(receiver).node
+    assert receiving.receive(new_frame, time.time()) is None
+    assert receiving.receive(old_frame, time.time()) is None
+    assert not any(k.startswith("backbone.drop") for k in receiver.core.stats)
+    receiver.reload(reloaded(tmp_path, 2, rotated(2, NEW_KEY)))
+    stale = make_service(tmp_path / "node3", 3)  # still on the old key only
+    old_again = next(f.data for f in link_of(stale).node.heartbeats(time.time()) if f.node == 2)
+    receiving.receive(old_again, time.time())
+    assert receiver.core.stats["backbone.drop.key"] == 1
+
+
+def test_reload_says_other_cluster_changes_need_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A changed heartbeat_interval is logged as not applied; the running view is untouched;
+    turning the cluster off is refused."""
+    service = make_service(tmp_path / "node2", 2)
+    changed = CLUSTER.format(node_id=2) + "heartbeat_interval = 0.25\n"
+    with caplog.at_level(logging.WARNING, logger="turnd"):
+        service.reload(reloaded(tmp_path, 2, changed))
+    assert "cluster.heartbeat_interval changed: restart to apply" in caplog.text
+    assert service.config.cluster.heartbeat_interval == 0.5
+    with pytest.raises(ValueError, match="restart turnd"):
+        service.reload(reloaded(tmp_path, 2, ""))

@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from forwarding.frames import BackboneCodec
 from forwarding.membership import Membership
 from forwarding.slices import SliceTable
@@ -221,6 +223,26 @@ class ClusterLink:
                     loop.remove_reader(sock.fileno())
             sock.close()
         self._catch.clear()
+
+    def reload(self, config: ClusterConfig) -> list[str]:
+        """Apply a reloaded [cluster]: the keys (a rotation step) take effect at once; anything
+        else needs a restart. Returns the names of the fields that were not applied."""
+        assert config.key is not None
+        keys, send = cluster_keys(config.key, config.accept_keys)
+        codec = self.node.codec
+        for key_id, key in keys.items():
+            codec.add_key(key_id, key)
+        codec.set_send_key(send)
+        for key_id in codec.key_ids - keys.keys():
+            codec.remove_key(key_id)
+        ignored = [
+            field.name
+            for field in attrs.fields(ClusterConfig)
+            if field.name not in ("key", "accept_keys")
+            and getattr(config, field.name) != getattr(self.config, field.name)
+        ]
+        self.config = attrs.evolve(self.config, key=config.key, accept_keys=config.accept_keys)
+        return ignored
 
     # --- sending -----------------------------------------------------------------------------
 

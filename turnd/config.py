@@ -449,7 +449,8 @@ class ClusterConfig:
         metadata=_kind(ListOf(SecretStr(CLUSTER_KEY_MIN_CHARS), "secrets of 32+ characters")),
     )
     """Older keys still accepted from other nodes during a key rotation. Default []. Rotate by
-    adding the new key here on every node, then making it the key, then dropping the old one."""
+    adding the new key here on every node, then making it the key, then dropping the old one;
+    a reload (SIGHUP, turnctl reload) applies each step."""
 
     heartbeat_interval: float = attrs.field(default=0.5, metadata=_kind(Seconds()))
     """Seconds between heartbeats to every other node. Default 0.5."""

@@ -692,7 +692,8 @@ class TurnService:
         event(logging.INFO, "service.stopped", allocations=len(self.core.allocations))
 
     def reload(self, config: Config) -> None:
-        """Swap users, REST secrets and the TLS certificate without touching allocations.
+        """Swap users, REST secrets, the TLS certificate and the cluster keys without touching
+        allocations (other [cluster] changes are logged as needing a restart).
 
         The new certificate and key are checked as a pair first, then loaded into the existing
         TLS context: listeners keep running, established connections keep theirs, and new
@@ -702,6 +703,16 @@ class TurnService:
 
         authenticator = build_authenticator(config, self.runtime, self.revoked)
         api_settings = self._api_settings(config) if self._api is not None else None
+        if (self.cluster is not None) != config.cluster.enabled:
+            raise ValueError("[cluster] turned on or off: restart turnd to apply it")
+        if self.cluster is not None:
+            from turnd.cluster import ClusterError, cluster_keys
+
+            assert config.cluster.key is not None
+            try:
+                cluster_keys(config.cluster.key, config.cluster.accept_keys)
+            except ClusterError as exc:
+                raise ValueError(str(exc)) from exc
         if self.tls_context is not None:
             try:
                 cert, key, _ = certificate_files(config)
@@ -710,6 +721,12 @@ class TurnService:
             except (TlsError, OSError, ssl.SSLError) as exc:
                 raise ValueError(f"TLS certificate not reloaded: {exc}") from exc
         self.core.auth.authenticator = authenticator
+        if self.cluster is not None:
+            ignored = self.cluster.reload(config.cluster)  # the keys; checked above
+            if ignored:
+                fields = ", ".join(f"cluster.{name}" for name in ignored)
+                event(logging.WARNING, "reload.cluster", f"{fields} changed: restart to apply")
+            config = attrs.evolve(config, cluster=self.cluster.config)
         self.config = config
         if api_settings is not None:
             from auth.endpoint import update_settings
