@@ -11,7 +11,9 @@ from the client namespace, each with ``--flows`` allocations pinging an echo pee
    client's datagram to its owner) and on the way back (the peer's echo, caught by node 1 on the
    relay port of the owner's slice). The median round trip of each group, and the difference —
    the extra latency of a forwarded packet, both directions together — are printed.
-2. *ECMP over all nodes*: the forwarded share of datagrams, read from every node's counters.
+2. *ECMP over all nodes*: the forwarded share, read from every node's counters: of the client
+   datagrams the nodes got from the network, those sent on to their owner; of the peer datagrams
+   relayed to clients, those that reached another node first.
 
 Figures are medians over flows of each flow's median round trip; the machine's noise shows in
 the spread (p90). Needs root (network namespaces) and prints what it could not do.
@@ -47,8 +49,9 @@ def inner(server: str, peer: str, flows: int, pings: int, bind: str) -> None:
     results = []
     for _ in range(flows):
         client = TurnClient((host, int(port)), USER, PASSWORD, bind=bind)
-        if error_code(client.allocate()) is not None:
-            raise SystemExit("allocate failed")
+        reply = client.allocate()
+        if error_code(reply) is not None:
+            raise SystemExit(f"allocate failed: {reply}")
         if error_code(client.channel_bind(CHANNEL, peer_address)) is not None:
             raise SystemExit("channel bind failed")
         times = []
@@ -99,12 +102,13 @@ def outer(flows: int, pings: int) -> int:
                 print(f"  (= one backbone crossing each way; about {extra / 2:.0f} us per packet)")
             print(f"  lost: {lost}")
             bed.set_next_hops([1, 2, 3])
-            before = _forwarded(nodes)
+            before = _counters(nodes)
             found = _run_inner(bed, flows, pings)
-            crossed = _forwarded(nodes) - before
-            relayed = 2 * sum(pings - r["lost"] for r in found)
+            grown = {name: n - before[name] for name, n in _counters(nodes).items()}
+            client_share = grown["forwarded_client"] / max(grown["arrived_client"], 1)
+            peer_share = grown["forwarded_peer"] / max(grown["relayed_to_client"], 1)
             print(f"phase 2, ECMP over nodes 1-3: {flows} flows x {pings} pings")
-            print(f"  forwarded share: {crossed / max(relayed, 1):.0%} of relayed datagrams")
+            print(f"  forwarded share: client side {client_share:.0%}, peer side {peer_share:.0%}")
             print(f"  lost: {sum(r['lost'] for r in found)}")
         finally:
             nodes.stop_all()
@@ -122,11 +126,14 @@ def _run_inner(bed: Any, flows: int, pings: int) -> list[dict[str, Any]]:
     return result
 
 
-def _forwarded(nodes: Any) -> int:
-    total = 0
+def _counters(nodes: Any) -> dict[str, int]:
+    """Forwarding counters summed over the nodes."""
+    names = ("forwarded_client", "forwarded_peer", "arrived_client", "relayed_to_client")
+    total = dict.fromkeys(names, 0)
     for index in nodes.processes:
         counters = nodes.control(index, "/v1/cluster/nodes")["counters"]
-        total += int(counters["forwarded_client"]) + int(counters["forwarded_peer"])
+        for name in names:
+            total[name] += int(counters[name])
     return total
 
 

@@ -84,6 +84,7 @@ def cluster_counters(stats: Counter[str]) -> dict[str, Any]:
         "forwarded_client": stats["cluster.forwarded.client"],
         "forwarded_peer": stats["cluster.forwarded.peer"],
         "second_chance": stats["cluster.second_chance"],
+        "arrived_client": stats["cluster.arrived.client"],
     }
     for name, prefix in _CLUSTER_BREAKDOWNS.items():
         counters[name] = {
@@ -237,7 +238,10 @@ class Operations:
             "enabled": link is not None,
             "node_id": 0 if link is None else link.node.node_id,
             "nodes": [] if link is None else link.nodes(),
-            "counters": cluster_counters(self.service.core.stats),
+            "counters": {
+                **cluster_counters(self.service.core.stats),
+                "relayed_to_client": self.service.core.traffic()["packets_to_client"],
+            },
         }
 
     def cluster_table(self) -> dict[str, Any] | None:

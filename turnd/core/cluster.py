@@ -16,7 +16,8 @@ Binding requests are answered by whichever node receives them (they need no stat
 clients belong to the node that accepted the connection: neither is ever forwarded. Heartbeats
 carry a node's draining flag; CONTROL frames carry operator actions (revocations) to every node.
 
-Counters (in ``TurnServer.stats``): ``cluster.forwarded.client|peer`` (sent to the owner),
+Counters (in ``TurnServer.stats``): ``cluster.arrived.client`` (client datagrams from the
+network), ``cluster.forwarded.client|peer`` (sent to the owner),
 ``cluster.second_chance`` (sent to a previous owner), ``backbone.sent.<type>``,
 ``backbone.received.<type>``, ``backbone.drop.<reason>``.
 """
@@ -135,6 +136,7 @@ class ClusterNode:
 
     def client_target(self, five_tuple: FiveTuple, data: bytes) -> int:
         """The node that must handle a client datagram that arrived here (this node's id: here)."""
+        self.stats["cluster.arrived.client"] += 1
         if five_tuple.transport is not Transport.UDP or five_tuple in self.core.allocations:
             return self.node_id
         stateless, creates = classify(data)
