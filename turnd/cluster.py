@@ -291,20 +291,13 @@ class ClusterLink:
         except Exception:
             self.service.internal_error("backbone frame")
             return
-        if delivery is None:
-            return
-        kind = type(delivery)
-        if kind is ClientHere:
-            assert isinstance(delivery, ClientHere)
+        if isinstance(delivery, ClientHere):
             self.service.client_datagram(delivery.five_tuple, delivery.data)
-        elif kind is PeerHere:
-            assert isinstance(delivery, PeerHere)
+        elif isinstance(delivery, PeerHere):
             self.service.peer_datagram(delivery.relay, delivery.peer, delivery.data)
-        elif kind is ToNode:
-            assert isinstance(delivery, ToNode)
+        elif isinstance(delivery, ToNode):
             self.send(delivery.node, delivery.data)
-        elif kind is ControlHere:
-            assert isinstance(delivery, ControlHere)
+        elif isinstance(delivery, ControlHere):
             self._control(delivery)
 
     def _control(self, control: ControlHere) -> None:

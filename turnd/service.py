@@ -21,7 +21,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 
@@ -130,58 +130,42 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         self.handle(FiveTuple(Transport.UDP, Address(addr[0], addr[1]), self.server), data)
 
     def handle(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """One client datagram of ``five_tuple`` (received here, or forwarded by another node)."""
+        """One client datagram of ``five_tuple`` (received here, or forwarded by another node).
+
+        Hot paths (DESIGN.md) first: ChannelData and plain Send indications go straight to the
+        peer, bare Binding requests are answered in place (stun.hotpath) — no action objects.
+        Whatever they decline goes to ``handle_client``.
+        """
         service = self.service
         core = service.core
         now = time.time()
-        if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
-            # Hot path (DESIGN.md): ChannelData straight to the peer, no action objects.
-            try:
-                route = core.channel_data_route(five_tuple, data, now)
-            except Exception:
-                service.internal_error("client datagram")
-                return
-            if route is not None:
-                relay = service._relays.get(route[0])
-                if relay is None:
-                    core.stats["drop.relay_socket_missing"] += 1
-                else:
-                    relay.sendto(route[2], route[1])
-            return
-        if data[:2] == b"\x00\x01" and five_tuple.transport is Transport.UDP:
-            # Hot path: a bare Binding request answered in place (stun.hotpath).
-            try:
-                answer = core.binding_route(five_tuple, data, now)
-            except Exception:
-                service.internal_error("client datagram")
-                return
-            if answer is True:
-                return
-            if answer is not False:
-                service.send_to_client(five_tuple, answer)
-                return
-        if data[:2] == b"\x00\x16" and not core.timers_due(now):
-            # Hot path: a plain Send indication, parsed in place (stun.hotpath).
-            try:
-                sent = core.send_route(five_tuple, data, now)
-            except Exception:
-                service.internal_error("client datagram")
-                return
-            if sent is None:
-                return
-            if sent is not False:
-                relay = service._relays.get(sent[0])
-                if relay is None:
-                    core.stats["drop.relay_socket_missing"] += 1
-                else:
-                    relay.sendto(sent[2], sent[1])
-                return
+        head = data[:2]
+        route: tuple[Address, Address, bytes] | Literal[False] | None = False
         try:
-            actions = core.handle_client(five_tuple, data, now)
+            if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
+                route = core.channel_data_route(five_tuple, data, now)
+            elif head == b"\x00\x16" and not core.timers_due(now):
+                route = core.send_route(five_tuple, data, now)
+            elif head == b"\x00\x01" and five_tuple.transport is Transport.UDP:
+                answer = core.binding_route(five_tuple, data, now)
+                if answer is not False:
+                    if answer is not True:  # True: dropped, counted
+                        service.send_to_client(five_tuple, answer)
+                    return
+            if route is False:
+                actions = core.handle_client(five_tuple, data, now)
         except Exception:
-            service.internal_error("client_datagram")
+            service.internal_error("client datagram")
             return
-        if actions:
+        if route is None:
+            return  # dropped, counted
+        if route is not False:
+            relay = service._relays.get(route[0])
+            if relay is None:
+                core.stats["drop.relay_socket_missing"] += 1
+            else:
+                relay.sendto(route[2], route[1])
+        elif actions:
             service.execute(actions)
 
     def error_received(self, exc: Exception) -> None:
