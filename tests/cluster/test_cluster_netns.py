@@ -206,7 +206,7 @@ def test_killing_a_node_costs_only_its_own_allocations(
     cluster: ClusterNodes, testbed: TestBed, tmp_path: Path
 ) -> None:
     """SIGKILL one node while uclient runs: the sessions on other nodes lose nothing; the lost
-    packets are exactly those of the dead node's sessions (uclient's totals are whole)."""
+    packets are at most those of the sessions with an allocation on the dead node."""
     messages = 300
 
     def allocations() -> dict[int, int]:
@@ -220,11 +220,17 @@ def test_killing_a_node_costs_only_its_own_allocations(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # uclient makes more than one allocation per session: wait until the count stops growing.
     deadline = time.monotonic() + 60
     held: dict[int, int] = {}
-    while time.monotonic() < deadline and sum(held.values()) < SESSIONS:
+    steady_since = time.monotonic()
+    while time.monotonic() < deadline:
         time.sleep(0.1)
-        held = {i: n - baseline[i] for i, n in allocations().items()}
+        now = {i: n - baseline[i] for i, n in allocations().items()}
+        if now != held:
+            held, steady_since = now, time.monotonic()
+        elif sum(held.values()) >= SESSIONS and time.monotonic() - steady_since > 1.0:
+            break
     victim = max(held, key=lambda i: held[i])
     on_victim = held[victim]
     assert on_victim > 0, "the victim holds some sessions"
@@ -238,7 +244,7 @@ def test_killing_a_node_costs_only_its_own_allocations(
     survivors = set(cluster.processes)
     cluster.wait_for_view(survivors)
     print(
-        f"\nkilled node {victim} holding {on_victim} of {SESSIONS} sessions:",
+        f"\nkilled node {victim} holding {on_victim} of {sum(held.values())} allocations:",
         f"lost {result.lost_packets} packets",
     )
 
