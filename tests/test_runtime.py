@@ -56,3 +56,17 @@ def test_endpoint_keys_round_trip(tmp_path: Path) -> None:
     for bad_id, token in (("a:b", "t"), ("-a", "t"), ("app", "has space")):
         with pytest.raises(ValueError):
             runtime.add_key(bad_id, token)
+
+
+def test_revocations_round_trip_any_username(tmp_path: Path) -> None:
+    """Revoked usernames are kept one JSON string a line (any UTF-8, quotes, colons); a line
+    that is not one is skipped, not fatal."""
+    runtime = RuntimeCredentials(tmp_path)
+    assert runtime.revoked() == set()
+    names = {"alice", '1795602757:app1:room "42"', "zoë\nnewline"}
+    runtime.save_revoked(names)
+    assert RuntimeCredentials(tmp_path).revoked() == names
+    with (tmp_path / "revoked.runtime").open("a", encoding="utf-8") as handle:
+        handle.write("not json\n42\n")
+    assert runtime.revoked() == names
+    assert (tmp_path / "revoked.runtime").stat().st_mode & 0o777 == 0o600

@@ -160,6 +160,7 @@ class Operations:
 
     def add_user(self, name: str, password: str) -> None:
         self.service.runtime.add_user(name, password)
+        self.service.unrevoke(name)
         self.service.rebuild_authenticator()
 
     def remove_user(self, name: str) -> bool:

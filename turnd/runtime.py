@@ -1,4 +1,5 @@
-"""Users and REST secrets added at run time with turnctl, kept in the state directory.
+"""Users, REST secrets, keys and revocations made at run time with turnctl, kept in the state
+directory.
 
 The configuration file stays the operator's: turnctl never edits it. What turnctl adds lives in
 ``<state_dir>/users.runtime`` (``name:password`` lines, the users-file format) and
@@ -6,11 +7,14 @@ The configuration file stays the operator's: turnctl never edits it. What turnct
 atomically, so a crash never leaves half a file; both are read again on every change and reload,
 and merged with the configuration's users and secrets (a runtime user shadows a configured one of
 the same name; runtime secrets come before configured ones, so the newest mints).
+``<state_dir>/revoked.runtime`` holds revoked usernames (one JSON string a line), so a
+revocation outlives a restart; REST usernames leave it once they have expired anyway.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -21,6 +25,7 @@ from auth.credentials import Password, parse_users_file
 USERS_FILE = "users.runtime"
 SECRETS_FILE = "secrets.runtime"
 KEYS_FILE = "api-keys.runtime"
+REVOKED_FILE = "revoked.runtime"
 #: A credential endpoint key id: it is part of URLs and usernames (auth/endpoint.py's rule).
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~@+=-]{0,63}")
 #: Bytes of a generated secret: the SHA-1 block size used by the REST HMAC is 64; 32 random
@@ -49,6 +54,7 @@ class RuntimeCredentials:
         self.users_path = Path(state_dir) / USERS_FILE
         self.secrets_path = Path(state_dir) / SECRETS_FILE
         self.keys_path = Path(state_dir) / KEYS_FILE
+        self.revoked_path = Path(state_dir) / REVOKED_FILE
 
     def users(self) -> dict[str, str]:
         """Runtime users and their passwords."""
@@ -137,3 +143,23 @@ class RuntimeCredentials:
 
     def _save_keys(self, keys: dict[str, str]) -> None:
         _write(self.keys_path, "".join(f"{k}:{t}\n" for k, t in sorted(keys.items())))
+
+    def revoked(self) -> set[str]:
+        """Revoked usernames (a line that is not a JSON string is skipped)."""
+        try:
+            lines = self.revoked_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return set()
+        names = set()
+        for line in lines:
+            try:
+                name = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(name, str):
+                names.add(name)
+        return names
+
+    def save_revoked(self, names: set[str]) -> None:
+        """Replace the revoked usernames."""
+        _write(self.revoked_path, "".join(json.dumps(name) + "\n" for name in sorted(names)))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 
-from auth.credentials import Authenticator
+from auth.credentials import Authenticator, parse_rest_username
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
@@ -328,8 +328,9 @@ class TurnService:
         address6 = config.relay.address6
         self.relay_ipv6 = str(address6) if address6 is not None else None
         self.runtime = RuntimeCredentials(config.server.state_dir)
-        #: Usernames revoked while running: kept across reloads of the authenticator.
-        self.revoked: set[str] = set()
+        #: Revoked usernames: kept across reloads of the authenticator and, in the state
+        #: directory, across restarts.
+        self.revoked: set[str] = self.runtime.revoked()
         self.core = build_core(config, self.relay_ipv4, os.urandom)
         self.rebuild_authenticator()
         self.reports: list[ListenerReport] = []
@@ -766,6 +767,7 @@ class TurnService:
         In a cluster (and with ``broadcast``) every other node is told to do the same.
         """
         self.revoked.add(username)
+        self._save_revoked()
         if broadcast and self.cluster is not None:
             self.cluster.broadcast({"op": "revoke", "username": username})
         actions = self.core.revoke(username, time.time())
@@ -773,6 +775,31 @@ class TurnService:
         self.execute(actions)
         event(logging.INFO, "auth.revoked", username=username, allocations=len(ended))
         return len(ended)
+
+    def unrevoke(self, username: str) -> None:
+        """Accept ``username`` again (turnctl users add of a revoked name)."""
+        if username in self.revoked:
+            self.revoked.discard(username)
+            self._save_revoked()
+            self.rebuild_authenticator()
+
+    def _save_revoked(self) -> None:
+        """Keep the revocations in the state directory, without REST usernames that expired."""
+        now = time.time()
+        static = self.authenticator_users()
+        for name in list(self.revoked):
+            rest = parse_rest_username(name)
+            if rest is not None and rest.expiry < now and name not in static:
+                self.revoked.discard(name)
+        try:
+            self.runtime.save_revoked(self.revoked)
+        except OSError as exc:
+            self.core.stats["state.write_failures"] += 1
+            event(
+                logging.ERROR,
+                "auth.revoked_not_saved",
+                f"revocations hold until restart only: {exc.strerror or exc}",
+            )
 
     def ice_urls(self, config: Config | None = None) -> tuple[list[str], list[str]]:
         """stun:/turn:/turns: URLs of the listeners that serve, for minted credentials."""
