@@ -301,10 +301,17 @@ class ClusterLink:
             self._control(delivery)
 
     def _control(self, control: ControlHere) -> None:
+        """Operator actions from other nodes: a revocation (one name or a list), or a request
+        for every revocation this node holds (a node that just saw this one join)."""
         body = control.body
-        username = body.get("username")
-        if body.get("op") == "revoke" and isinstance(username, str):
-            self.service.revoke(username, broadcast=False)
+        op = body.get("op")
+        names = body.get("usernames", [body.get("username")])
+        if op == "revoke" and isinstance(names, list) and all(isinstance(n, str) for n in names):
+            for name in names:
+                if name not in self.service.revoked:
+                    self.service.revoke(name, broadcast=False)
+        elif op == "revocations?":
+            self.send_all(self.node.revocations(control.origin, sorted(self.service.revoked)))
         else:
             self.stats["backbone.drop.unknown_control"] += 1
 
@@ -328,6 +335,9 @@ class ClusterLink:
             joined = sorted(alive - self._last_view)
             left = sorted(self._last_view - alive)
             self._last_view = alive
+            for node in joined:
+                if node != self.node_id:  # it may hold revocations made while we were apart
+                    self.send(node, self.node.tell(node, {"op": "revocations?"}).data)
             event(
                 logging.INFO,
                 "cluster.view",

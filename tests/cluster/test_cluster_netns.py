@@ -23,6 +23,7 @@ import pytest
 from tests.cluster.nodes import (
     BACKBONE_PORT,
     CLUSTER_KEY,
+    CONFIGURED,
     PASSWORD,
     USER,
     ClusterNodes,
@@ -249,15 +250,28 @@ def test_killing_a_node_costs_only_its_own_allocations(
     )
 
 
-def test_a_revocation_on_one_node_reaches_every_node(cluster: ClusterNodes) -> None:
-    """turnctl revoke on one node: every other running node logs the revocation too."""
+def test_a_revocation_reaches_every_node_and_one_that_was_down_catches_up(
+    cluster: ClusterNodes,
+) -> None:
+    """turnctl revoke on one node: every running node logs the revocation; the node killed
+    earlier, started again, asks the others when it sees them and revokes it too."""
     first, *others = sorted(cluster.processes)
+    down = [index for index in range(1, CONFIGURED + 1) if index not in cluster.processes]
     cluster.control(first, f"/v1/revoke/{USER}", method="POST")
-    deadline = time.monotonic() + 10
+    wait_for_revocation(cluster, others)
+    for index in down:
+        cluster.start(index)
+    wait_for_revocation(cluster, down)
+
+
+def wait_for_revocation(cluster: ClusterNodes, indices: list[int]) -> None:
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if all('"auth.revoked"' in cluster.log(i) for i in others):
-            break
+        if all(f'"username": "{USER}"' in _revoked_lines(cluster, i) for i in indices):
+            return
         time.sleep(0.05)
-    for index in others:
-        revoked = [line for line in cluster.log(index).splitlines() if '"auth.revoked"' in line]
-        assert revoked and f'"username": "{USER}"' in revoked[-1]
+    assert {i: _revoked_lines(cluster, i) for i in indices} == "every node logs auth.revoked"
+
+
+def _revoked_lines(cluster: ClusterNodes, index: int) -> str:
+    return "".join(line for line in cluster.log(index).splitlines() if '"auth.revoked"' in line)

@@ -8,6 +8,8 @@ a draining node keeps its allocations and takes no new ones.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stun import attributes as at
@@ -222,3 +224,22 @@ def test_a_joining_node_takes_no_new_flows_until_it_has_heard_everyone() -> None
     for index, alice in enumerate(newcomers):
         assert error_code(alice.channel_bind(0x4000, PEER)) is None
         relaying(cluster, alice, b"j%d" % index)
+
+
+def test_revocations_for_a_joining_node_are_split_into_frames_it_can_open() -> None:
+    """Many revoked names go to one node in several CONTROL frames of bounded size; each
+    opens at that node as a list of names, all of them once."""
+    from turnd.core.cluster import CONTROL_PAYLOAD_MAX
+
+    cluster = MemoryCluster(3)
+    names = [f"{1_800_000_000 + n}:app:room-{n}" for n in range(200)]
+    frames = cluster.nodes[1].revocations(3, names)
+    assert len(frames) > 1 and {frame.node for frame in frames} == {3}
+    for frame in frames:
+        cluster.deliver(frame.node, frame.data)
+    bodies = [body for node, body in cluster.controls if node == 3]
+    assert all(body["op"] == "revoke" for body in bodies)
+    received = [name for body in bodies for name in body["usernames"]]
+    assert received == names
+    compact = [json.dumps(body["usernames"], separators=(",", ":")) for body in bodies]
+    assert all(len(text) <= CONTROL_PAYLOAD_MAX + 2 for text in compact)

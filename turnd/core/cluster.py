@@ -14,7 +14,9 @@ datagram of any flow (DESIGN.md, "The cluster"). This module decides, per datagr
 
 Binding requests are answered by whichever node receives them (they need no state), and TCP/TLS
 clients belong to the node that accepted the connection: neither is ever forwarded. Heartbeats
-carry a node's draining flag; CONTROL frames carry operator actions (revocations) to every node.
+carry a node's draining flag; CONTROL frames carry operator actions (revocations) to every node,
+and a node that sees another join asks it for the revocations it holds, so one that was down
+or restarted catches up.
 
 Counters (in ``TurnServer.stats``): ``cluster.arrived.client`` (client datagrams from the
 network), ``cluster.forwarded.client|peer`` (sent to the owner),
@@ -25,7 +27,7 @@ network), ``cluster.forwarded.client|peer`` (sent to the owner),
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -39,6 +41,8 @@ from stun.addresses import Address
 from turnd.core.actions import FiveTuple, Transport
 from turnd.core.server import TurnServer
 
+#: Bytes of JSON one CONTROL frame carries at most when a list is split (well under a path MTU).
+CONTROL_PAYLOAD_MAX = 1200
 #: What HEARTBEAT and CONTROL frames carry as their (unused) addresses.
 NOWHERE = Address("0.0.0.0", 0)
 #: STUN methods (RFC 8489 §5, RFC 8656 §17) the router treats specially.
@@ -245,6 +249,29 @@ class ClusterNode:
         payload = json.dumps(body, separators=(",", ":")).encode()
         frame = Frame(FrameType.CONTROL, self.node_id, 0, "udp", NOWHERE, NOWHERE, payload)
         return [ToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id]
+
+    def tell(self, node: int, body: Mapping[str, Any]) -> ToNode:
+        """A CONTROL frame with ``body`` (JSON) for ``node`` alone."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        frame = Frame(FrameType.CONTROL, self.node_id, 0, "udp", NOWHERE, NOWHERE, payload)
+        return ToNode(node, self._seal(frame))
+
+    def revocations(self, node: int, usernames: Iterable[str]) -> list[ToNode]:
+        """``usernames`` for ``node`` as ``{"op": "revoke", "usernames": [...]}`` frames, each
+        under :data:`CONTROL_PAYLOAD_MAX` bytes of JSON (a single longer name goes alone)."""
+        frames: list[ToNode] = []
+        chunk: list[str] = []
+        size = 0
+        for name in usernames:
+            cost = len(json.dumps(name)) + 1
+            if chunk and size + cost > CONTROL_PAYLOAD_MAX:
+                frames.append(self.tell(node, {"op": "revoke", "usernames": chunk}))
+                chunk, size = [], 0
+            chunk.append(name)
+            size += cost
+        if chunk:
+            frames.append(self.tell(node, {"op": "revoke", "usernames": chunk}))
+        return frames
 
     def owner(self, transport: str, client: Address, server: Address) -> int:
         """The node that owns a client flow in the current view (for turnctl)."""
