@@ -69,6 +69,9 @@ def inner(server: str, peer: str, flows: int, pings: int, bind: str) -> None:
         results.append(
             {"owner": owner, "rtt_us": statistics.median(times), "lost": pings - len(times)}
         )
+        # Delete it: the kernel may give the next client this one's port again, and an Allocate
+        # on a 5-tuple that has an allocation is 437 (RFC 8656 §7.2), as it should be.
+        client.refresh(0)
         client.close()
     print(json.dumps(results))
 
