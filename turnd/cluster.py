@@ -94,6 +94,8 @@ def build_node(service: TurnService, config: Config) -> ClusterNode:
 
 
 class _Backbone(asyncio.DatagramProtocol):
+    """The backbone socket: each datagram is a sealed frame for ClusterLink.frame_received."""
+
     def __init__(self, link: ClusterLink) -> None:
         self.link = link
 
