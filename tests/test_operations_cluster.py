@@ -370,3 +370,16 @@ def test_reload_says_other_cluster_changes_need_a_restart(
     assert service.config.cluster.heartbeat_interval == 0.5
     with pytest.raises(ValueError, match="restart turnd"):
         service.reload(reloaded(tmp_path, 2, ""))
+
+
+def test_a_tcp_flow_is_owned_by_the_node_that_accepted_it(
+    node2: TurnService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TCP/TLS flows are never hashed: this node owns one only when it holds its allocation."""
+    ops = Operations(node2)
+    elsewhere = ops.cluster_owner("tls", "203.0.113.5:5000", "127.0.0.1:3478")
+    assert elsewhere is not None and (elsewhere["node"], elsewhere["here"]) == (None, False)
+    flow = FiveTuple(Transport.TLS, Address("203.0.113.5", 5000), SERVICE)
+    monkeypatch.setitem(node2.core.allocations, flow, object())
+    here = ops.cluster_owner("tls", "203.0.113.5:5000", "127.0.0.1:3478")
+    assert here is not None and (here["node"], here["alive"], here["here"]) == (2, True, True)

@@ -568,6 +568,17 @@ def test_cluster_owner_of_a_dead_node_says_dead(server: ControlServer) -> None:
     assert result.stdout.splitlines()[1] == "node 4 (dead) — allocation here: no"
 
 
+def test_cluster_owner_of_a_connection_accepted_elsewhere(server: ControlServer) -> None:
+    """A TCP/TLS flow this node does not hold: owned by the node that accepted it."""
+    answer = {"node": None, "alive": False, "here": False, "flow": "tls 1.2.3.4:5 -> 10.0.0.1:443"}
+    server.ops.cluster_owner = lambda *_: answer  # type: ignore[method-assign]
+    result = run(server, "cluster", "owner", "1.2.3.4:5", "--transport", "tls")
+    assert result.stdout.splitlines() == [
+        "tls 1.2.3.4:5 -> 10.0.0.1:443",
+        "the node that accepted the connection (not this one) — allocation here: no",
+    ]
+
+
 def test_cluster_owner_of_an_address_turnd_cannot_parse_is_a_usage_error(
     server: ControlServer,
 ) -> None:

@@ -136,8 +136,9 @@ class ControlOps(Protocol):
     ) -> dict[str, Any] | None:
         """Which node owns the flow from ``client`` to ``server`` ("ip:port", "[v6]:port"; None:
         the first UDP listener) over ``transport``: {node, alive, here (this node holds its
-        allocation), flow (text)}. None when this node is not in a cluster; ValueError for an
-        address or transport that does not parse."""
+        allocation), flow (text)}; node is None for a TCP/TLS flow this node does not hold (its
+        owner is the node that accepted the connection). None when this node is not in a
+        cluster; ValueError for an address or transport that does not parse."""
 
 
 class _Refusal(Exception):

@@ -258,11 +258,16 @@ class Operations:
         if transport not in {t.value for t in Transport}:
             raise ValueError(f"not a transport: {transport!r} (expected one of {_TRANSPORTS})")
         flow = FiveTuple(Transport(transport), parse_address(client), self._server(server))
-        owner = link.node.owner(flow.transport.value, flow.client, flow.server)
+        here = flow in self.service.core.allocations
+        owner: int | None
+        if flow.transport is Transport.UDP:
+            owner = link.node.owner(flow.transport.value, flow.client, flow.server)
+        else:  # a TCP/TLS client belongs to the node that accepted its connection
+            owner = link.node.node_id if here else None
         return {
             "node": owner,
             "alive": owner in link.node.membership.alive,
-            "here": flow in self.service.core.allocations,
+            "here": here,
             "flow": f"{flow.transport.value} {flow.client} -> {flow.server}",
         }
 

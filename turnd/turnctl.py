@@ -735,8 +735,11 @@ def cluster_owner(
     if _wants_json(ctx):
         _emit_json(found)
         return
-    state = "alive" if found.get("alive") else "dead"
     typer.echo(found.get("flow", client))
+    if found.get("node") is None:
+        typer.echo("the node that accepted the connection (not this one) — allocation here: no")
+        return
+    state = "alive" if found.get("alive") else "dead"
     typer.echo(f"node {found['node']} ({state}) — allocation here: {_yes(found.get('here'))}")
 
 
