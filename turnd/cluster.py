@@ -260,6 +260,11 @@ class ClusterLink:
         for frame in frames:
             self.send(frame.node, frame.data)
 
+    def flush(self) -> None:
+        """Send what the cluster logic queued on the way (pins)."""
+        frames, self.node.outbox = self.node.outbox, []
+        self.send_all(frames)
+
     def broadcast(self, body: dict[str, Any]) -> None:
         """Tell every other node about an operator action."""
         self.send_all(self.node.broadcast(body))
@@ -293,6 +298,8 @@ class ClusterLink:
         except Exception:
             self.service.internal_error("backbone frame")
             return
+        if self.node.outbox:
+            self.flush()
         if isinstance(delivery, ClientHere):
             self.service.client_datagram(delivery.five_tuple, delivery.data)
         elif isinstance(delivery, PeerHere):

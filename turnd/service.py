@@ -185,6 +185,8 @@ class _ClusterClientDatagrams(_ClientDatagrams):
         except Exception:
             self.service.internal_error("client datagram routing")
             return
+        if node.outbox:
+            link.flush()
         if target == node.node_id:
             self.handle(five_tuple, data)
         else:
@@ -257,6 +259,9 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         unauthenticated_burst=float(limits.unauthenticated_burst),
         allow_anonymous_binding=config.auth.allow_anonymous_binding,
         tcp_relays=not config.cluster.enabled,
+        reservation_prefix=config.cluster.node_id.to_bytes(2, "big")
+        if config.cluster.enabled
+        else b"",
     )
     own = [
         (str(address), listener.port)
@@ -962,6 +967,8 @@ class TurnService:
             sock.close()
 
     def _allocation_ended(self, ended: AllocationEnded) -> None:
+        if self.cluster is not None:
+            self.cluster.send_all(self.cluster.node.allocation_ended(ended.five_tuple))
         usage_file = self.config.usage.file
         if usage_file:
             self._write_usage(usage_file, ended)

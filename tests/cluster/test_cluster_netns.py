@@ -6,8 +6,9 @@ cross the backbone. uclient's counts must still add up exactly: 0 lost packets, 
 change under it, a node joins, and (separately) a node dies — which may only cost that node's own
 allocations.
 
-uclient runs with ``-c`` (no RTCP sessions): its RTP/RTCP pairs use EVEN-PORT reservations, which
-a cluster honours only when both flows hash to the same node (README, cluster limits).
+One run uses uclient's RTP/RTCP pairs: the RTCP allocation redeems the RTP one's EVEN-PORT
+reservation, so it lives on the node holding the reserved port whatever node its flow hashes to
+(the flow is pinned there on every node). The other runs use ``-c`` (no RTCP).
 """
 
 from __future__ import annotations
@@ -68,11 +69,16 @@ def cluster(testbed: TestBed, tmp_path_factory: pytest.TempPathFactory) -> Itera
         nodes.stop_all()
 
 
-def uclient_argv(bed: TestBed, messages: int, *, send_indications: bool = False) -> list[str]:
+def uclient_argv(
+    bed: TestBed, messages: int, *, send_indications: bool = False, rtcp: bool = False
+) -> list[str]:
+    """uclient against the service IP; with ``rtcp``, RTP/RTCP pairs whose second allocation
+    redeems the first one's EVEN-PORT reservation (often on another node than its flow's)."""
     tool = find_tool(UCLIENT)
     assert tool is not None
     argv = [tool, "-p", "3478", "-u", USER, "-w", PASSWORD, "-m", str(SESSIONS)]
-    argv += ["-n", str(messages), "-l", "120", "-c", "-e", bed.peer_address, "-r", str(PEER_PORT)]
+    argv += ["-n", str(messages), "-l", "120", "-e", bed.peer_address, "-r", str(PEER_PORT)]
+    argv += [] if rtcp else ["-c"]
     return argv + (["-s"] if send_indications else []) + [bed.service_ip]
 
 
@@ -103,14 +109,18 @@ def lossless(result: UclientReport, messages: int) -> None:
     assert result.lost_packets == 0, result.describe()
 
 
-@pytest.mark.parametrize("send_indications", [False, True], ids=["channels", "send"])
+@pytest.mark.parametrize(
+    ("send_indications", "rtcp"),
+    [(False, False), (True, False), (False, True)],
+    ids=["channels", "send", "rtp-rtcp-reservations"],
+)
 def test_uclient_relays_through_the_cluster_without_loss(
-    cluster: ClusterNodes, testbed: TestBed, send_indications: bool
+    cluster: ClusterNodes, testbed: TestBed, send_indications: bool, rtcp: bool
 ) -> None:
     """Every packet comes back although most of them cross the backbone to their owner."""
     before = totals(cluster)
     messages = 40
-    argv = uclient_argv(testbed, messages, send_indications=send_indications)
+    argv = uclient_argv(testbed, messages, send_indications=send_indications, rtcp=rtcp)
     result = report(
         testbed.run(testbed.client_ns, argv, timeout=120, capture_output=True, text=True)
     )

@@ -23,7 +23,7 @@ from forwarding.membership import Membership
 from forwarding.slices import SliceTable
 from stun.addresses import Address
 from tests.core.harness import SERVER, START, Client, core_settings, counter_rng
-from turnd.core.actions import Action, CloseRelay, FiveTuple, OpenRelay
+from turnd.core.actions import Action, AllocationEnded, CloseRelay, FiveTuple, OpenRelay
 from turnd.core.cluster import ClientHere, ClusterNode, ControlHere, PeerHere, ToNode
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.server import TurnServer
@@ -47,7 +47,11 @@ class MemoryCluster:
         features = (SecurityFeature.PASSWORD_ALGORITHMS,)
         for node_id in self.ids:
             core = TurnServer(
-                core_settings(port_min=PORT_MIN, port_max=PORT_MAX),
+                core_settings(
+                    port_min=PORT_MIN,
+                    port_max=PORT_MAX,
+                    reservation_prefix=node_id.to_bytes(2, "big"),
+                ),
                 auth,
                 NonceManager(b"k" * 32, features=features),  # one key: nonces valid anywhere
                 PeerPolicy.build(allow=(), deny=(), own_addresses=[SERVER]),
@@ -89,6 +93,7 @@ class MemoryCluster:
         first = self.pick()
         node = self.nodes[first]
         target = node.client_target(five_tuple, data)
+        self.flush(first)
         if target == first:
             self.handled["first"] += 1
             return self._client_here(first, five_tuple, data)
@@ -115,6 +120,7 @@ class MemoryCluster:
             return []
         self.hops[hop] += 1
         delivery = self.nodes[node_id].receive(frame, self.now)
+        self.flush(node_id)
         if isinstance(delivery, ClientHere):
             return self._client_here(node_id, delivery.five_tuple, delivery.data)
         if isinstance(delivery, PeerHere):
@@ -148,7 +154,17 @@ class MemoryCluster:
                 queue.extend(node.core.relay_opened(action.ticket, True, self.now))
             elif isinstance(action, CloseRelay):
                 self.bound.pop(action.relay, None)
+            elif isinstance(action, AllocationEnded):
+                for frame in node.allocation_ended(action.five_tuple):
+                    self.deliver(frame.node, frame.data)
         return out
+
+    def flush(self, node_id: int) -> None:
+        """Deliver what a node queued on the way (pins), as its adapter would send it."""
+        node = self.nodes[node_id]
+        frames, node.outbox = node.outbox, []
+        for frame in frames:
+            self.deliver(frame.node, frame.data)
 
     # --- time and membership -----------------------------------------------------------------
 

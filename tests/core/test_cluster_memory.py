@@ -243,3 +243,30 @@ def test_revocations_for_a_joining_node_are_split_into_frames_it_can_open() -> N
     assert received == names
     compact = [json.dumps(body["usernames"], separators=(",", ":")) for body in bodies]
     assert all(len(text) <= CONTROL_PAYLOAD_MAX + 2 for text in compact)
+
+
+def test_a_reservation_token_is_redeemed_on_the_node_holding_the_port() -> None:
+    """RFC 8656 §7.2 across nodes: A's Allocate with EVEN-PORT R=1 reserves the next port on A's
+    node; B's Allocate with that RESERVATION-TOKEN reaches that node (its id starts the token)
+    whatever node B's flow hashes to, the flow is pinned there on every node, and B relays
+    through any node. When B's allocation ends the pin goes everywhere."""
+    for seed in range(8):  # flows that hash elsewhere than the token's node are the point
+        cluster = MemoryCluster(3, seed=100 + seed)
+        rtp, rtcp = client(cluster, 500 + 2 * seed), client(cluster, 501 + 2 * seed)
+        reply = rtp.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
+        token = reply.get(at.ReservationToken)
+        assert token is not None and rtp.relayed.port % 2 == 0
+        holder = cluster.owner_of(rtp)
+        assert int.from_bytes(token.token[:2], "big") == holder
+        assert error_code(rtcp.allocate(at.RequestedTransport(17), token)) is None
+        assert rtcp.relayed == Address(SERVER.host, rtp.relayed.port + 1)
+        assert cluster.owner_of(rtcp) == holder
+        assert error_code(rtcp.channel_bind(0x4000, PEER)) is None
+        relaying(cluster, rtcp, b"rtcp")
+        pinned = {n for n, node in cluster.nodes.items() if rtcp.five_tuple in node.pins}
+        if pinned:  # the flow hashed to another node: every node but the holder knows the pin
+            assert pinned == set(cluster.ids) - {holder}
+            assert error_code(rtcp.refresh(0)) is None
+            assert not any(rtcp.five_tuple in node.pins for node in cluster.nodes.values())
+            return
+    raise AssertionError("no seed put the token's flow on another node than the holder")

@@ -318,7 +318,8 @@ def _create(server: TurnServer, pending: PendingAllocate, now: float) -> list[Ac
     attributes: list[Any] = [at.XorRelayedAddress(r.address) for r in alloc.relays.values()]
     attributes += [*pending.extra, at.Lifetime(int(pending.lifetime))]
     if pending.reserve:
-        token = server._rng(8)
+        prefix = server.settings.reservation_prefix
+        token = prefix + server._rng(8 - len(prefix))
         reserved = Address(alloc.relay.host, alloc.relay.port + 1)
         until = now + server.settings.reservation_lifetime
         server._reservations[token] = Reservation(reserved, until)

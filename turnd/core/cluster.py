@@ -12,6 +12,10 @@ datagram of any flow (DESIGN.md, "The cluster"). This module decides, per datagr
   counted), then either handled here or — membership views disagree for a moment — forwarded once
   more (at most 2 backbone hops, :data:`forwarding.router.MAX_HOPS`).
 
+An Allocate redeeming a RESERVATION-TOKEN goes to the node holding the reserved port (its id
+starts the token, ``CoreSettings.reservation_prefix``). That node pins the flow to itself and
+tells every node, which then send the flow there rather than to its hash owner, until it ends.
+
 Binding requests are answered by whichever node receives them (they need no state), and TCP/TLS
 clients belong to the node that accepted the connection: neither is ever forwarded. Heartbeats
 carry a node's draining flag; CONTROL frames carry operator actions (revocations) to every node,
@@ -35,12 +39,18 @@ import attrs
 from forwarding.frames import BackboneCodec, Frame, FrameError, FrameType
 from forwarding.hashing import flow_key
 from forwarding.membership import Membership
-from forwarding.router import Router
+from forwarding.router import MAX_HOPS, Router
 from forwarding.slices import SliceTable
+from stun import attributes as at
 from stun.addresses import Address
+from stun.errors import StunDecodeError
+from stun.message import decode
 from turnd.core.actions import FiveTuple, Transport
 from turnd.core.server import TurnServer
 
+#: Pinned flows remembered (RESERVATION-TOKEN allocations away from their owner); the oldest
+#: goes first past it.
+MAX_PINS = 65536
 #: Bytes of JSON one CONTROL frame carries at most when a list is split (well under a path MTU).
 CONTROL_PAYLOAD_MAX = 1200
 #: What HEARTBEAT and CONTROL frames carry as their (unused) addresses.
@@ -134,6 +144,13 @@ class ClusterNode:
         self.router = Router(self.node_id, membership, slices)
         self.backbone = dict(backbone)
         self.stats = core.stats
+        #: Flows whose allocation lives on a node other than their owner (the node holding the
+        #: reserved port of a RESERVATION-TOKEN), told by that node: flow -> node.
+        self.pins: dict[FiveTuple, int] = {}
+        #: Flows this node pinned to itself (it tells the others when they end).
+        self.pinned_here: set[FiveTuple] = set()
+        #: Frames decided on the way (pins): the adapter sends them after each call.
+        self.outbox: list[ToNode] = []
         core.restrict_ports(slices.ranges(self.node_id))
 
     # --- datagrams that arrived from the network ---------------------------------------------
@@ -146,8 +163,47 @@ class ClusterNode:
         stateless, creates = classify(data)
         if stateless:
             return self.node_id
+        pinned = self.pins.get(five_tuple) if self.pins else None
+        if pinned is not None and pinned in self.membership.alive:
+            return pinned
+        if creates:
+            holder = self._token_holder(five_tuple, data)
+            if holder is not None:
+                return holder
         key = flow_key(five_tuple.transport.value, five_tuple.client, five_tuple.server)
         return self.router.client(key, 0, self.node_id, False, creates)
+
+    def _token_holder(self, five_tuple: FiveTuple, data: bytes) -> int | None:
+        """For an Allocate redeeming a RESERVATION-TOKEN: the node holding the reserved port (its
+        id starts the token); None for any other Allocate. When that is this node and the flow
+        is owned elsewhere, the flow is pinned here and every other node told."""
+        try:
+            token = decode(data).get(at.ReservationToken)
+        except StunDecodeError:
+            return None
+        if token is None or len(token.token) < 2:
+            return None
+        holder = int.from_bytes(token.token[:2], "big")
+        if holder not in self.backbone or holder not in self.membership.alive:
+            return self.node_id  # the core answers 508: no such reservation here
+        if holder == self.node_id:
+            self._pin(five_tuple)
+        return holder
+
+    def _pin(self, five_tuple: FiveTuple) -> None:
+        key = flow_key(five_tuple.transport.value, five_tuple.client, five_tuple.server)
+        if self.router.owner_of(key) == self.node_id or five_tuple in self.pinned_here:
+            return
+        self.pinned_here.add(five_tuple)
+        self.stats["cluster.pins"] += 1
+        self.outbox += self.broadcast({"op": "pin", "flow": _flow_text(five_tuple)})
+
+    def allocation_ended(self, five_tuple: FiveTuple) -> list[ToNode]:
+        """An allocation of this node ended: if its flow was pinned here, unpin it everywhere."""
+        if five_tuple not in self.pinned_here:
+            return []
+        self.pinned_here.discard(five_tuple)
+        return self.broadcast({"op": "unpin", "flow": _flow_text(five_tuple)})
 
     def forward_client(
         self, target: int, five_tuple: FiveTuple, data: bytes, hop: int = 1
@@ -207,6 +263,17 @@ class ClusterNode:
         if not isinstance(body, dict):
             self.stats["backbone.drop.malformed"] += 1
             return None
+        if body.get("op") in ("pin", "unpin"):
+            flow = _flow_of(body.get("flow"))
+            if flow is None:
+                self.stats["backbone.drop.malformed"] += 1
+            elif body["op"] == "unpin":
+                self.pins.pop(flow, None)
+            else:
+                if len(self.pins) >= MAX_PINS:
+                    del self.pins[next(iter(self.pins))]
+                self.pins[flow] = frame.origin
+            return None
         return ControlHere(frame.origin, body)
 
     def _client_frame(self, frame: Frame) -> Delivery:
@@ -219,6 +286,13 @@ class ClusterNode:
         if five_tuple in self.core.allocations:
             return ClientHere(five_tuple, frame.payload)
         _, creates = classify(frame.payload)
+        pinned = self.pins.get(five_tuple) if self.pins else None
+        if pinned is None and creates:
+            pinned = self._token_holder(five_tuple, frame.payload)
+        if pinned is not None and pinned != self.node_id and frame.hop < MAX_HOPS:
+            return ToNode(pinned, self.forward_client(pinned, five_tuple, frame.payload, 2))
+        if pinned is not None:
+            return ClientHere(five_tuple, frame.payload)
         key = flow_key(frame.transport, frame.source, frame.destination)
         target = self.router.client(key, frame.hop, frame.origin, False, creates)
         if target == self.node_id:
@@ -280,3 +354,28 @@ class ClusterNode:
     def _seal(self, frame: Frame) -> bytes:
         self.stats["backbone.sent." + _TYPE_NAMES[frame.type]] += 1
         return self.codec.seal(frame)
+
+
+def _flow_text(five_tuple: FiveTuple) -> list[object]:
+    """A 5-tuple as JSON data: [transport, client host, client port, server host, server port]."""
+    client, server = five_tuple.client, five_tuple.server
+    return [five_tuple.transport.value, client.host, client.port, server.host, server.port]
+
+
+def _flow_of(value: object) -> FiveTuple | None:
+    """The 5-tuple of :func:`_flow_text`'s data, or None if it is not that."""
+    if not isinstance(value, list) or len(value) != 5:
+        return None
+    transport, client_host, client_port, server_host, server_port = value
+    if not (isinstance(client_port, int) and isinstance(server_port, int)):
+        return None
+    if not (isinstance(client_host, str) and isinstance(server_host, str)):
+        return None
+    try:
+        return FiveTuple(
+            Transport(transport),
+            Address(client_host, client_port),
+            Address(server_host, server_port),
+        )
+    except ValueError:
+        return None

@@ -48,6 +48,9 @@ class CoreSettings:
     #: RFC 6062 peer data connections per TCP allocation, made or being made: bounds the sockets
     #: one allocation can hold open (Connect beyond it is 403, peers connecting in are refused).
     max_peer_connections_per_allocation: int = 100
+    #: First bytes of every RESERVATION-TOKEN (RFC 8656 §7.2): a cluster node puts its id there,
+    #: so that the Allocate redeeming a token reaches the node holding the reserved port.
+    reservation_prefix: bytes = b""
     #: RFC 6062 TCP allocations are offered. An anycast cluster turns them off: a peer's TCP
     #: connection to the shared relay address may reach any node, and TCP is not forwarded.
     tcp_relays: bool = True
