@@ -311,7 +311,8 @@ class ClusterLink:
 
     def _control(self, control: ControlHere) -> None:
         """Operator actions from other nodes: a revocation (one name or a list), or a request
-        for every revocation this node holds (a node that just saw this one join)."""
+        for every revocation (and reservation pin) this node holds, from a node that just saw
+        this one join."""
         body = control.body
         op = body.get("op")
         names = body.get("usernames", [body.get("username")])
@@ -321,6 +322,7 @@ class ClusterLink:
                     self.service.revoke(name, broadcast=False)
         elif op == "revocations?":
             self.send_all(self.node.revocations(control.origin, sorted(self.service.revoked)))
+            self.send_all(self.node.pins_for(control.origin))
         else:
             self.stats["backbone.drop.unknown_control"] += 1
 

@@ -266,6 +266,11 @@ def test_a_reservation_token_is_redeemed_on_the_node_holding_the_port() -> None:
         pinned = {n for n, node in cluster.nodes.items() if rtcp.five_tuple in node.pins}
         if pinned:  # the flow hashed to another node: every node but the holder knows the pin
             assert pinned == set(cluster.ids) - {holder}
+            other = min(pinned)
+            cluster.nodes[other].pins.clear()  # as if it had been down: it asks when it rejoins
+            for frame in cluster.nodes[holder].pins_for(other):
+                cluster.deliver(frame.node, frame.data)
+            assert cluster.nodes[other].pins[rtcp.five_tuple] == holder
             assert error_code(rtcp.refresh(0)) is None
             assert not any(rtcp.five_tuple in node.pins for node in cluster.nodes.values())
             return

@@ -198,6 +198,10 @@ class ClusterNode:
         self.stats["cluster.pins"] += 1
         self.outbox += self.broadcast({"op": "pin", "flow": _flow_text(five_tuple)})
 
+    def pins_for(self, node: int) -> list[ToNode]:
+        """The pins of this node's flows, for ``node`` (one that joined after they were made)."""
+        return [self.tell(node, {"op": "pin", "flow": _flow_text(f)}) for f in self.pinned_here]
+
     def allocation_ended(self, five_tuple: FiveTuple) -> list[ToNode]:
         """An allocation of this node ended: if its flow was pinned here, unpin it everywhere."""
         if five_tuple not in self.pinned_here:
