@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 
-from auth.credentials import Authenticator, parse_rest_username
+from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
+from stun.keys import unquote
 from turnd.config import Config, Secret
 from turnd.config import Transport as ListenerTransport
 from turnd.core.actions import (
@@ -772,30 +773,33 @@ class TurnService:
         In a cluster (and with ``broadcast``) every other node is told to do the same.
         """
         self.revoked.add(username)
-        self._save_revoked()
         if broadcast and self.cluster is not None:
             self.cluster.broadcast({"op": "revoke", "username": username})
         actions = self.core.revoke(username, time.time())
+        self._save_revoked()
         ended = {a.five_tuple for a in actions if isinstance(a, AllocationEnded)}
         self.execute(actions)
         event(logging.INFO, "auth.revoked", username=username, allocations=len(ended))
         return len(ended)
 
     def unrevoke(self, username: str) -> None:
-        """Accept ``username`` again (turnctl users add of a revoked name)."""
+        """Accept ``username`` again (turnctl users add of a revoked name); the caller rebuilds
+        the authenticator."""
         if username in self.revoked:
             self.revoked.discard(username)
-            self._save_revoked()
-            self.rebuild_authenticator()
+            self._write_revoked()
 
     def _save_revoked(self) -> None:
-        """Keep the revocations in the state directory, without REST usernames that expired."""
-        now = time.time()
-        static = self.authenticator_users()
-        for name in list(self.revoked):
-            rest = parse_rest_username(name)
-            if rest is not None and rest.expiry < now and name not in static:
-                self.revoked.discard(name)
+        """Drop revoked REST usernames that have expired anyway (the authenticator's
+        ``prune_revoked``), then keep the rest in the state directory."""
+        auth = self.core.auth
+        auth.authenticator = auth.authenticator.prune_revoked(time.time())
+        kept = auth.authenticator.revoked
+        self.revoked = {name for name in self.revoked if unquote(name) in kept}
+        self._write_revoked()
+
+    def _write_revoked(self) -> None:
+        """Write :attr:`revoked` to the state directory; a failure is logged and counted."""
         try:
             self.runtime.save_revoked(self.revoked)
         except OSError as exc:
