@@ -21,7 +21,6 @@ the plain shapes directly and agree with it byte for byte:
 from __future__ import annotations
 
 import struct
-import zlib
 from functools import lru_cache
 
 from stun.addresses import (
@@ -32,22 +31,26 @@ from stun.addresses import (
     decode_address,
     encode_address,
 )
+from stun.attributes import AttributeType
+from stun.message import HEADER_SIZE, MessageClass, Method, fingerprint, message_type
 
-HEADER_SIZE = 20
-#: Message types (RFC 8489 §5): Send indication (method 0x006) and Data indication (0x007).
-BINDING_REQUEST = 0x0001
-BINDING_SUCCESS = 0x0101
-SEND_INDICATION = 0x0016
-DATA_INDICATION = 0x0017
-_XOR_MAPPED_ADDRESS = 0x0020
-_XOR_PEER_ADDRESS = 0x0012
-_DATA = 0x0013
-_FINGERPRINT = 0x8028
-_FINGERPRINT_XOR = 0x5354554E
+#: Message types (RFC 8489 §5) and attribute types, as plain ints for the comparisons below.
+BINDING_REQUEST = message_type(Method.BINDING, MessageClass.REQUEST)
+BINDING_SUCCESS = message_type(Method.BINDING, MessageClass.SUCCESS)
+SEND_INDICATION = message_type(Method.SEND, MessageClass.INDICATION)
+DATA_INDICATION = message_type(Method.DATA, MessageClass.INDICATION)
+_XOR_MAPPED_ADDRESS = int(AttributeType.XOR_MAPPED_ADDRESS)
+_XOR_PEER_ADDRESS = int(AttributeType.XOR_PEER_ADDRESS)
+_DATA = int(AttributeType.DATA)
+_FINGERPRINT = int(AttributeType.FINGERPRINT)
+#: The first two bytes of a Binding request and of a Send indication (what adapters test).
+BINDING_REQUEST_HEAD = BINDING_REQUEST.to_bytes(2, "big")
+SEND_INDICATION_HEAD = SEND_INDICATION.to_bytes(2, "big")
 _HEADER = struct.Struct("!HHI12s")
 _ATTR_HEADER = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+_FINGERPRINT_HEADER = _ATTR_HEADER.pack(_FINGERPRINT, 4)
 #: IPv4 XOR-PEER-ADDRESS values remembered: a relay sees the same few peers for every packet.
 PEER_CACHE_SIZE = 4096
 
@@ -76,8 +79,7 @@ def parse_send(data: bytes) -> tuple[Address, bytes] | None:
         elif kind == _DATA and payload is None:
             payload = data[start:end]
         elif kind == _FINGERPRINT and offset == size and length == 4:
-            expected = (zlib.crc32(data[: start - 4]) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
-            if _U32.unpack_from(data, start)[0] != expected:
+            if _U32.unpack_from(data, start)[0] != fingerprint(data[: start - 4]):
                 return None
         else:
             return None
@@ -122,26 +124,25 @@ def parse_binding(data: bytes) -> tuple[bytes, bool] | None:
     """(transaction id, has FINGERPRINT) of a bare Binding request, or None: decode it."""
     size = len(data)
     if size == HEADER_SIZE:
-        fingerprint = False
-    elif size == HEADER_SIZE + 8 and data[20:24] == b"\x80\x28\x00\x04":
-        expected = (zlib.crc32(data[:HEADER_SIZE]) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
-        if _U32.unpack_from(data, 24)[0] != expected:
+        has_fingerprint = False
+    elif size == HEADER_SIZE + 8 and data[20:24] == _FINGERPRINT_HEADER:
+        if _U32.unpack_from(data, 24)[0] != fingerprint(data[:HEADER_SIZE]):
             return None
-        fingerprint = True
+        has_fingerprint = True
     else:
         return None
-    if data[:2] != b"\x00\x01" or data[4:8] != MAGIC_COOKIE_BYTES:
+    if data[:2] != BINDING_REQUEST_HEAD or data[4:8] != MAGIC_COOKIE_BYTES:
         return None
     if ((data[2] << 8) | data[3]) + HEADER_SIZE != size:
         return None
-    return data[8:20], fingerprint
+    return data[8:20], has_fingerprint
 
 
-def build_binding_success(txid: bytes, mapped: Address, fingerprint: bool) -> bytes:
+def build_binding_success(txid: bytes, mapped: Address, has_fingerprint: bool) -> bytes:
     """The success response to a bare Binding request from ``mapped`` (no SOFTWARE: it is only
     sent to authenticated clients)."""
     address = encode_address(mapped, MAGIC_COOKIE_BYTES + txid)
-    body_size = 4 + len(address) + (8 if fingerprint else 0)
+    body_size = 4 + len(address) + (8 if has_fingerprint else 0)
     message = b"".join(
         (
             _HEADER.pack(BINDING_SUCCESS, body_size, MAGIC_COOKIE, txid),
@@ -149,7 +150,6 @@ def build_binding_success(txid: bytes, mapped: Address, fingerprint: bool) -> by
             address,
         )
     )
-    if not fingerprint:
+    if not has_fingerprint:
         return message
-    crc = (zlib.crc32(message) ^ _FINGERPRINT_XOR) & 0xFFFFFFFF
-    return message + _ATTR_HEADER.pack(_FINGERPRINT, 4) + _U32.pack(crc)
+    return message + _FINGERPRINT_HEADER + _U32.pack(fingerprint(message))

@@ -205,7 +205,7 @@ def decode(data: bytes) -> Message:
                 raise StunDecodeError("FINGERPRINT is not the last attribute", header)
             if attr_len != 4:
                 raise StunDecodeError("FINGERPRINT must be 4 bytes", header)
-            expected = (zlib.crc32(data[:offset]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+            expected = fingerprint(data[:offset])
             if _U32.unpack_from(data, start)[0] != expected:
                 raise StunDecodeError("FINGERPRINT mismatch", header)
         elif mi256_offset is not None or (mi_offset is not None and attr_type != _MI256):
@@ -277,10 +277,15 @@ def _append_default_macs(buf: bytearray, key: bytes, integrity: Integrity) -> No
         _append_mac(buf, _MI256, key, 32)
 
 
+def fingerprint(covered: bytes | bytearray) -> int:
+    """The FINGERPRINT value of the message bytes before it (RFC 8489 §14.7): CRC-32 XOR
+    0x5354554e; the header's length must already count the FINGERPRINT attribute."""
+    return (zlib.crc32(covered) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+
+
 def _append_fingerprint(buf: bytearray) -> None:
     struct.pack_into("!H", buf, 2, len(buf) - HEADER_SIZE + 8)
-    crc = (zlib.crc32(buf) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
-    _append(buf, _FP, _U32.pack(crc), b"\x00")
+    _append(buf, _FP, _U32.pack(fingerprint(buf)), b"\x00")
 
 
 def encode(
