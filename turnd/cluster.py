@@ -78,11 +78,16 @@ def cluster_keys(key: Secret, accept: Iterable[Secret]) -> tuple[dict[int, bytes
     return keys, send
 
 
+def cluster_keys_of(cluster: ClusterConfig) -> tuple[dict[int, bytes], int]:
+    """:func:`cluster_keys` of a [cluster] section that lists nodes (so it has a key)."""
+    assert cluster.key is not None
+    return cluster_keys(cluster.key, cluster.accept_keys)
+
+
 def build_node(service: TurnService, config: Config) -> ClusterNode:
     """The cluster logic for this node, around ``service.core``."""
     cluster = config.cluster
-    assert cluster.key is not None
-    keys, send = cluster_keys(cluster.key, cluster.accept_keys)
+    keys, send = cluster_keys_of(cluster)
     ids = [node.id for node in cluster.nodes]
     now = time.time()
     epoch = int(now * 1000)  # this incarnation: newer than any before it
@@ -226,11 +231,9 @@ class ClusterLink:
             sock.close()
         self._catch.clear()
 
-    def reload(self, config: ClusterConfig) -> list[str]:
-        """Apply a reloaded [cluster]: the keys (a rotation step) take effect at once; anything
-        else needs a restart. Returns the names of the fields that were not applied."""
-        assert config.key is not None
-        keys, send = cluster_keys(config.key, config.accept_keys)
+    def reload(self, config: ClusterConfig, keys: dict[int, bytes], send: int) -> list[str]:
+        """Apply a reloaded [cluster]: its keys (``cluster_keys`` of it, a rotation step) take
+        effect at once; anything else needs a restart. Returns the fields not applied."""
         codec = self.node.codec
         for key_id, key in keys.items():
             codec.add_key(key_id, key)

@@ -228,8 +228,8 @@ class Operations:
         core.draining = on
         link = self.service.cluster
         if link is not None:
-            # The view changes here now, and the other nodes hear it now, not at the next beat.
-            link.node.membership.set_draining(on)
+            # heartbeats() sets this node's view from core.draining, and the other nodes hear
+            # it now, not at the next beat.
             link.send_all(link.node.heartbeats(time.time()))
         return {"draining": on, "allocations": len(core.allocations)}
 

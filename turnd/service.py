@@ -29,6 +29,7 @@ from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
+from stun.hotpath import BINDING_REQUEST_HEAD, SEND_INDICATION_HEAD
 from stun.keys import unquote
 from turnd.config import Config, Secret
 from turnd.config import Transport as ListenerTransport
@@ -145,9 +146,9 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         try:
             if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
                 route = core.channel_data_route(five_tuple, data, now)
-            elif head == b"\x00\x16" and not core.timers_due(now):
+            elif head == SEND_INDICATION_HEAD and not core.timers_due(now):
                 route = core.send_route(five_tuple, data, now)
-            elif head == b"\x00\x01" and five_tuple.transport is Transport.UDP:
+            elif head == BINDING_REQUEST_HEAD and five_tuple.transport is Transport.UDP:
                 answer = core.binding_route(five_tuple, data, now)
                 if answer is not False:
                     if answer is not True:  # True: dropped, counted
@@ -361,7 +362,6 @@ class TurnService:
         self._timer_when: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client_protocols: dict[Address, _ClientDatagrams] = {}
         #: This node's cluster I/O, when [cluster] lists nodes (DESIGN.md "The cluster").
         self.cluster: ClusterLink | None = None
         if config.cluster.enabled:
@@ -433,10 +433,8 @@ class TurnService:
             return
         bound = Address(host, sock.getsockname()[1])
         kind = _ClientDatagrams if self.cluster is None else _ClusterClientDatagrams
-        protocol = kind(self, bound)
-        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+        transport, _ = await loop.create_datagram_endpoint(lambda: kind(self, bound), sock=sock)
         self._listeners[bound] = transport
-        self._client_protocols[bound] = protocol
         self.bound.append(("udp", bound))
         self._report("udp", host, bound.port, True)
 
@@ -667,7 +665,6 @@ class TurnService:
         for sock in self._reserved.values():
             sock.close()
         self._listeners.clear()
-        self._client_protocols.clear()
         self._relays.clear()
         self._reserved.clear()
         if self._control:
@@ -696,12 +693,12 @@ class TurnService:
         api_settings = self._api_settings(config) if self._api is not None else None
         if (self.cluster is not None) != config.cluster.enabled:
             raise ValueError("[cluster] turned on or off: restart turnd to apply it")
+        cluster_keys: tuple[dict[int, bytes], int] | None = None
         if self.cluster is not None:
-            from turnd.cluster import ClusterError, cluster_keys
+            from turnd.cluster import ClusterError, cluster_keys_of
 
-            assert config.cluster.key is not None
             try:
-                cluster_keys(config.cluster.key, config.cluster.accept_keys)
+                cluster_keys = cluster_keys_of(config.cluster)
             except ClusterError as exc:
                 raise ValueError(str(exc)) from exc
         if self.tls_context is not None:
@@ -712,8 +709,8 @@ class TurnService:
             except (TlsError, OSError, ssl.SSLError) as exc:
                 raise ValueError(f"TLS certificate not reloaded: {exc}") from exc
         self.core.auth.authenticator = authenticator
-        if self.cluster is not None:
-            ignored = self.cluster.reload(config.cluster)  # the keys; checked above
+        if self.cluster is not None and cluster_keys is not None:
+            ignored = self.cluster.reload(config.cluster, *cluster_keys)
             if ignored:
                 fields = ", ".join(f"cluster.{name}" for name in ignored)
                 event(logging.WARNING, "reload.cluster", f"{fields} changed: restart to apply")
@@ -879,11 +876,11 @@ class TurnService:
 
     def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
         """Handle a UDP client datagram another node forwarded, as if its listener had it."""
-        protocol = self._client_protocols.get(five_tuple.server)
-        if protocol is None:
+        listener = self._listeners.get(five_tuple.server)
+        if listener is None:
             self.core.stats["drop.listener_missing"] += 1
         else:
-            protocol.handle(five_tuple, data)
+            cast(_ClientDatagrams, listener.get_protocol()).handle(five_tuple, data)
 
     def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
         """Handle a peer datagram another node forwarded, as if relay ``relay`` had it."""

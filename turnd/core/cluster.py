@@ -324,9 +324,7 @@ class ClusterNode:
 
     def broadcast(self, body: Mapping[str, Any]) -> list[ToNode]:
         """A CONTROL frame with ``body`` (JSON) for every other configured node."""
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        frame = Frame(FrameType.CONTROL, self.node_id, 0, "udp", NOWHERE, NOWHERE, payload)
-        return [ToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id]
+        return [self.tell(node, body) for node in self.backbone if node != self.node_id]
 
     def tell(self, node: int, body: Mapping[str, Any]) -> ToNode:
         """A CONTROL frame with ``body`` (JSON) for ``node`` alone."""
