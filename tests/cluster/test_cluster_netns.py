@@ -82,6 +82,14 @@ def uclient_argv(
     return argv + (["-s"] if send_indications else []) + [bed.service_ip]
 
 
+def start_uclient(bed: TestBed, messages: int) -> subprocess.Popen[str]:
+    """uclient (channels) in the background, its output collected for :func:`report`."""
+    argv = uclient_argv(bed, messages)
+    return bed.popen(
+        bed.client_ns, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def report(done: subprocess.CompletedProcess[str] | tuple[str, int]) -> UclientReport:
     output, code = (
         (done.stdout + done.stderr, done.returncode) if not isinstance(done, tuple) else done
@@ -142,13 +150,7 @@ def test_routes_change_and_a_node_joins_mid_run_without_loss(
     """While uclient runs: a next hop is removed and put back, then node 4 starts and becomes
     a next hop. Flows that move keep reaching their allocation (forwarding and second chance)."""
     messages = 600  # 12 s at uclient's 20 ms interval
-    process = testbed.popen(
-        testbed.client_ns,
-        uclient_argv(testbed, messages),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_uclient(testbed, messages)
     time.sleep(2.5)  # choreography, not a measurement: let every session start sending
     testbed.set_next_hops([1, 2])
     time.sleep(1.0)
@@ -224,13 +226,7 @@ def test_killing_a_node_costs_only_its_own_allocations(
         return {i: int(cluster.control(i, "/v1/status")["allocations"]) for i in cluster.processes}
 
     baseline = allocations()  # earlier runs' allocations live on until they expire
-    process = testbed.popen(
-        testbed.client_ns,
-        uclient_argv(testbed, messages),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_uclient(testbed, messages)
     # uclient makes more than one allocation per session: wait until the count stops growing.
     deadline = time.monotonic() + 60
     held: dict[int, int] = {}
