@@ -51,7 +51,8 @@ _ATTR_HEADER = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 _FINGERPRINT_HEADER = _ATTR_HEADER.pack(_FINGERPRINT, 4)
-#: IPv4 XOR-PEER-ADDRESS values remembered: a relay sees the same few peers for every packet.
+#: IPv4 XOR-PEER-ADDRESS values remembered, read and written: a relay sees the same few peers
+#: for every packet.
 PEER_CACHE_SIZE = 4096
 
 
@@ -105,19 +106,31 @@ def _ipv4_peer(value: bytes) -> Address | None:
 
 def build_data_indication(txid: bytes, peer: Address, payload: bytes) -> bytes:
     """A Data indication carrying ``payload`` from ``peer`` (no FINGERPRINT, as the codec's)."""
-    address = encode_address(peer, MAGIC_COOKIE_BYTES + txid)
+    if ":" in peer.host:
+        peer_attribute = _peer_attribute(encode_address(peer, MAGIC_COOKIE_BYTES + txid))
+    else:
+        peer_attribute = _ipv4_peer_attribute(peer)
     length = len(payload)
-    body_size = 8 + len(address) + length + (-length & 3)
+    body_size = len(peer_attribute) + 4 + length + (-length & 3)
     return b"".join(
         (
             _HEADER.pack(DATA_INDICATION, body_size, MAGIC_COOKIE, txid),
-            _ATTR_HEADER.pack(_XOR_PEER_ADDRESS, len(address)),
-            address,
+            peer_attribute,
             _ATTR_HEADER.pack(_DATA, length),
             payload,
             _PADDING[length & 3],
         )
     )
+
+
+@lru_cache(maxsize=PEER_CACHE_SIZE)
+def _ipv4_peer_attribute(peer: Address) -> bytes:
+    """XOR-PEER-ADDRESS of an IPv4 peer: its XOR key is the cookie alone, so one per peer."""
+    return _peer_attribute(encode_address(peer, MAGIC_COOKIE_BYTES))
+
+
+def _peer_attribute(value: bytes) -> bytes:
+    return _ATTR_HEADER.pack(_XOR_PEER_ADDRESS, len(value)) + value
 
 
 def parse_binding(data: bytes) -> tuple[bytes, bool] | None:

@@ -24,7 +24,11 @@ class Transport(StrEnum):
     @property
     def is_stream(self) -> bool:
         """TCP and TLS carry a byte stream: ChannelData is padded to 4 bytes (RFC 8656 §12.5)."""
-        return self is not Transport.UDP
+        return self is not UDP
+
+
+#: ``Transport.UDP`` as a module constant, for the per-datagram paths (see stun.addresses.IPV4).
+UDP = Transport.UDP
 
 
 class FiveTuple(NamedTuple):

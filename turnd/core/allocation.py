@@ -91,14 +91,22 @@ class Allocation:
 
         Buckets hold one second of the rates (the burst) and refill continuously."""
         elapsed = now - self.budget_time
-        if elapsed > 0:
-            self.budget_packets = min(packet_rate, self.budget_packets + elapsed * packet_rate)
-            self.budget_bytes = min(byte_rate, self.budget_bytes + elapsed * byte_rate)
+        packets = self.budget_packets
+        octets = self.budget_bytes
+        if elapsed > 0:  # refill (written out: min() costs a call per packet)
+            packets += elapsed * packet_rate
+            if packets > packet_rate:
+                packets = packet_rate
+            octets += elapsed * byte_rate
+            if octets > byte_rate:
+                octets = byte_rate
             self.budget_time = now
-        if self.budget_packets < 1 or self.budget_bytes < size:
+        if packets < 1 or octets < size:
+            self.budget_packets = packets
+            self.budget_bytes = octets
             return False
-        self.budget_packets -= 1
-        self.budget_bytes -= size
+        self.budget_packets = packets - 1
+        self.budget_bytes = octets - size
         return True
 
     def admit_peer(self, peer: Address, now: float, rate: float, burst: float) -> bool:

@@ -58,6 +58,7 @@ from stun.message import (
     encode,
 )
 from turnd.core import allocate, tcp_relay
+from turnd.core.actions import UDP as _UDP
 from turnd.core.actions import (
     Action,
     AllocationEnded,
@@ -226,7 +227,7 @@ class TurnServer:
         binding = alloc.channel_by_peer.get(peer)
         if binding is not None and binding.expires > now:
             frame = frame_channel_data(
-                binding.number, data, pad=alloc.five_tuple.transport.is_stream
+                binding.number, data, pad=alloc.five_tuple.transport is not _UDP
             )
         else:
             frame = build_data_indication(self._new_txid(), peer, data)
@@ -770,40 +771,35 @@ class TurnServer:
     ) -> tuple[Address, Address, bytes] | None:
         """Hot path of :meth:`_client_channel_data`: (relay, peer, payload), or None: dropped,
         counted. ``data`` must start with a channel byte (0x40-0x7F, see classify())."""
-        route = self._channel_route(five_tuple, data, now)
-        if isinstance(route, str):
-            self.stats["drop.channel_data_" + route] += 1
-            return None
-        return route
-
-    def _channel_route(
-        self, five_tuple: FiveTuple, data: bytes, now: float
-    ) -> tuple[Address, Address, bytes] | str:
-        """The route of a client's ChannelData, or why it is dropped."""
         if len(data) < CHANNEL_HEADER_SIZE:
-            return "short"
+            return self._channel_drop("short")
         # The first byte is 0x40-0x7F: the channel number is in range (§12).
         channel, length = CHANNEL_HEADER.unpack_from(data)
         if CHANNEL_HEADER_SIZE + length > len(data):
-            return "short"
+            return self._channel_drop("short")
         alloc = self.allocations.get(five_tuple)
         if alloc is None:
-            return "no_allocation"
+            return self._channel_drop("no_allocation")
         if alloc.tcp:
-            return "tcp_allocation"
+            return self._channel_drop("tcp_allocation")
         binding = alloc.channels.get(channel)
         if binding is None or binding.expires <= now:
-            return "unbound"
+            return self._channel_drop("unbound")
         peer = binding.peer
         if not alloc.has_permission(peer.host, now):
-            return "no_permission"
+            return self._channel_drop("no_permission")
         if not alloc.admit(length, now, self.packet_rate, self.byte_rate):
-            return "allocation_rate"
+            return self._channel_drop("allocation_rate")
         payload = data[CHANNEL_HEADER_SIZE : CHANNEL_HEADER_SIZE + length]
         relay = alloc.relays[peer.family]  # channels go with their family's relay (§8.1)
         relay.packets_to_peer += 1
         relay.bytes_to_peer += length
         return relay.address, peer, payload
+
+    def _channel_drop(self, reason: str) -> tuple[Address, Address, bytes] | None:
+        """Count a dropped ChannelData; None, for channel_data_route to return."""
+        self.stats["drop.channel_data_" + reason] += 1
+        return None
 
 
 #: The one dispatch table: (method, class) -> handler.
