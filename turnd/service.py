@@ -129,7 +129,7 @@ SOURCE_CACHE_SIZE = 16384
 
 
 class _ClientDatagrams(asyncio.DatagramProtocol):
-    """A UDP listener: every datagram goes to ``TurnServer.handle_client``."""
+    """A UDP listener: every datagram goes to ``TurnService.client_message``."""
 
     def __init__(self, service: TurnService, server: Address) -> None:
         self.service = service
@@ -137,7 +137,7 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         self.five_tuples: dict[tuple[Any, ...], FiveTuple] = {}
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.handle(self.five_tuples.get(addr) or self.five_tuple(addr), data)
+        self.service.client_message(self.five_tuples.get(addr) or self.five_tuple(addr), data)
 
     def five_tuple(self, addr: tuple[Any, ...]) -> FiveTuple:
         """The 5-tuple of a datagram from ``addr`` (as the loop gives it), kept for the next."""
@@ -146,44 +146,6 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         five_tuple = FiveTuple(_UDP, Address(addr[0], addr[1]), self.server)
         self.five_tuples[addr] = five_tuple
         return five_tuple
-
-    def handle(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """One client datagram of ``five_tuple`` (received here, or forwarded by another node).
-
-        Hot paths (DESIGN.md) first: ChannelData and plain Send indications go straight to the
-        peer, bare Binding requests are answered in place (stun.hotpath) — no action objects.
-        Whatever they decline goes to ``handle_client``.
-        """
-        service = self.service
-        core = service.core
-        now = time.time()
-        route: tuple[Address, Address, bytes] | Literal[False] | None = False
-        try:
-            if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
-                route = core.channel_data_route(five_tuple, data, now)
-            elif (head := data[:2]) == SEND_INDICATION_HEAD and not core.timers_due(now):
-                route = core.send_route(five_tuple, data, now)
-            elif head == BINDING_REQUEST_HEAD and five_tuple.transport is _UDP:
-                answer = core.binding_route(five_tuple, data, now)
-                if answer is not False:
-                    if answer is not True:  # True: dropped, counted
-                        service.send_to_client(five_tuple, answer)
-                    return
-            if route is False:
-                actions = core.handle_client(five_tuple, data, now)
-        except Exception:
-            service.internal_error("client datagram")
-            return
-        if route is None:
-            return  # dropped, counted
-        if route is not False:
-            relay = service._relays.get(route[0])
-            if relay is None:
-                core.stats["drop.relay_socket_missing"] += 1
-            else:
-                relay.sendto(route[2], route[1])
-        elif actions:
-            service.execute(actions)
 
     def error_received(self, exc: Exception) -> None:
         self.service.core.stats["socket.listener_errors"] += 1
@@ -205,7 +167,7 @@ class _ClusterClientDatagrams(_ClientDatagrams):
         if node.outbox:
             link.flush()
         if target == node.node_id:
-            self.handle(five_tuple, data)
+            self.service.client_message(five_tuple, data)
         else:
             link.send(target, node.forward_client(target, five_tuple, data))
 
@@ -891,13 +853,51 @@ class TurnService:
                     closing.close()
         self._arm_timer()
 
+    def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """One client message of ``five_tuple``: a UDP datagram (received here, or forwarded by
+        another node) or a frame of a TCP/TLS connection.
+
+        Hot paths (DESIGN.md) first: ChannelData and plain Send indications go straight to the
+        peer, bare Binding requests over UDP are answered in place (stun.hotpath) — no action
+        objects. Whatever they decline goes to ``handle_client``.
+        """
+        core = self.core
+        now = time.time()
+        route: tuple[Address, Address, bytes] | Literal[False] | None = False
+        try:
+            if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
+                route = core.channel_data_route(five_tuple, data, now)
+            elif (head := data[:2]) == SEND_INDICATION_HEAD and not core.timers_due(now):
+                route = core.send_route(five_tuple, data, now)
+            elif head == BINDING_REQUEST_HEAD and five_tuple.transport is _UDP:
+                answer = core.binding_route(five_tuple, data, now)
+                if answer is not False:
+                    if answer is not True:  # True: dropped, counted
+                        self.send_to_client(five_tuple, answer)
+                    return
+            if route is False:
+                actions = core.handle_client(five_tuple, data, now)
+        except Exception:
+            self.internal_error("client message")
+            return
+        if route is None:
+            return  # dropped, counted
+        if route is not False:
+            relay = self._relays.get(route[0])
+            if relay is None:
+                core.stats["drop.relay_socket_missing"] += 1
+            else:
+                relay.sendto(route[2], route[1])
+        elif actions:
+            self.execute(actions)
+
     def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
         """Handle a UDP client datagram another node forwarded, as if its listener had it."""
         listener = self._listeners.get(five_tuple.server)
         if listener is None:
             self.core.stats["drop.listener_missing"] += 1
         else:
-            cast(_ClientDatagrams, listener.get_protocol()).handle(five_tuple, data)
+            self.client_message(five_tuple, data)
 
     def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
         """Handle a peer datagram another node forwarded, as if relay ``relay`` had it."""

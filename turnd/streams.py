@@ -106,13 +106,7 @@ class ClientStream(asyncio.Protocol):
             if frame is None:
                 return
             self.last_frame = time.monotonic()
-            try:
-                actions = service.core.handle_client(five_tuple, frame, time.time())
-            except Exception:
-                service.internal_error("client frame")
-                continue
-            if actions:
-                service.execute(actions)
+            service.client_message(five_tuple, frame)
         # ConnectionBind switched this connection to raw data: the rest belongs to the peer.
         rest = self.deframer.take_rest()
         if rest:

@@ -44,12 +44,14 @@ def sources(count: int) -> list[tuple[Any, ...]]:
 def test_a_listener_hands_on_the_five_tuple_it_would_build(
     turnd: TurnService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every datagram reaches handle() with FiveTuple(UDP, source, listener); a source seen
+    """Every datagram reaches client_message() with FiveTuple(UDP, source, listener); a source seen
     before gets the very object kept from its first datagram."""
     monkeypatch.setattr(service_module, "SOURCE_CACHE_SIZE", 64)
     protocol = _ClientDatagrams(turnd, SERVER)
     handled: list[FiveTuple] = []
-    monkeypatch.setattr(protocol, "handle", lambda five_tuple, data: handled.append(five_tuple))
+    monkeypatch.setattr(
+        turnd, "client_message", lambda five_tuple, data: handled.append(five_tuple)
+    )
     addrs = sources(40)
     for addr in addrs + addrs:
         protocol.datagram_received(b"x", addr)
@@ -69,7 +71,9 @@ def test_the_caches_never_outgrow_their_bound(
     relay = _RelayDatagrams(turnd, RELAY)
     clients: list[FiveTuple] = []
     peers: list[Address] = []
-    monkeypatch.setattr(listener, "handle", lambda five_tuple, data: clients.append(five_tuple))
+    monkeypatch.setattr(
+        turnd, "client_message", lambda five_tuple, data: clients.append(five_tuple)
+    )
     monkeypatch.setattr(relay, "handle", lambda peer, data: peers.append(peer))
     largest = 0
     addrs = sources(1000)
