@@ -188,3 +188,16 @@ def test_client_addresses_never_repeat_and_avoid_127_0_0_1() -> None:
     assert first[0] == ("127.0.0.2", 1024)
     assert len(set(first)) == len(first)
     assert all(host != "127.0.0.1" for host, _ in first)
+
+
+def test_median_of_rounds_takes_each_number_s_median_and_the_first_round_s_rest() -> None:
+    """--rounds: numbers at the same place in each round become their median; text, flags and
+    lists come from the first round; a round missing a figure (a failed load) does not count."""
+    rounds = [
+        {"turnd": {"cpu": {"us": 20.0, "sent": 10, "ok": True, "kind": "a"}}},
+        {"turnd": {"cpu": {"us": 14.0, "sent": 30, "ok": False, "kind": "b"}}},
+        {"turnd": {"cpu": {"us": 16.0, "kind": "c", "error": "x"}}},
+    ]
+    merged = compare.median_of(rounds)
+    assert merged == {"turnd": {"cpu": {"us": 16.0, "sent": 20, "ok": True, "kind": "a"}}}
+    assert compare.median_of([rounds[0]]) == rounds[0]

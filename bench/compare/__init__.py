@@ -96,7 +96,7 @@ from bench.compare.servers import (
     Server,
     start_echo_peer,
 )
-from bench.compare.stats import per, percentile, ratio
+from bench.compare.stats import median_of, per, percentile, ratio
 
 __all__ = [
     "CLIENT_ADDRESSES",
@@ -130,6 +130,7 @@ __all__ = [
     "open_files",
     "parse_options",
     "parse_udp_drops",
+    "median_of",
     "per",
     "percentile",
     "ratio",

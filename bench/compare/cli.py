@@ -34,6 +34,7 @@ from bench.compare.servers import (
     raise_file_limit,
     start_echo_peer,
 )
+from bench.compare.stats import median_of
 from bench.compare.traffic import LOAD_DEADLINE
 
 #: Allocation limits of the instance serving every load but RSS: far above what they use.
@@ -117,16 +118,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for note in notes:
         print(f"note: {note}")
-    results: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
-        peer = start_echo_peer(lifetime=LOAD_DEADLINE * 10)
+        peer = start_echo_peer(lifetime=LOAD_DEADLINE * 10 * options.rounds)
         print(f"echo peer: {peer.kind} on {peer.address[0]}:{peer.address[1]}")
         try:
-            for kind in servers:
-                (Path(tmp) / kind).mkdir()
-                results[kind] = measure_server(kind, peer, Path(tmp) / kind, options, metrics)
+            for number in range(1, options.rounds + 1):
+                if options.rounds > 1:
+                    print(f"round {number} of {options.rounds}", flush=True)
+                one: dict[str, Any] = {}
+                for kind in servers:
+                    work = Path(tmp) / f"{kind}-{number}"
+                    work.mkdir()
+                    one[kind] = measure_server(kind, peer, work, options, metrics)
+                rounds.append(one)
         finally:
             peer.stop()
+    results = median_of(rounds)
+    if options.rounds > 1:
+        notes.append(
+            f"each figure is the median of {options.rounds} rounds (turnd and coturn alternating);"
+            " every round's figures are in the JSON file under 'rounds'"
+        )
     elapsed = (datetime.now(UTC) - started).total_seconds()
     rows = build_rows(results)
     print()
@@ -134,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     for line in explain(results):
         print(line)
+    for note in notes[-1:] if options.rounds > 1 else []:
+        print(note)
     document = {
         "started": started.isoformat(),
         "elapsed_s": elapsed,
@@ -149,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "notes": notes,
         "table": [table_entry(r) for r in rows],
         "results": results,
+        "rounds": rounds if options.rounds > 1 else [],
     }
     path = write_json(json_path or default_json_path(started), document)
     print(f"\nresults: {path}  ({elapsed:.0f} s)")

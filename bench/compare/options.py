@@ -32,6 +32,7 @@ class Options:
     uclient_messages: int
     coturn_relay_threads: int
     rss_port_range: tuple[int, int] | None
+    rounds: int = 1
 
 
 def parse_options(
@@ -64,6 +65,12 @@ def parse_options(
         "--only", action="append", choices=METRICS, help="measure only this (repeatable)"
     )
     parser.add_argument("--server", choices=(*SERVERS, "both"), default="both")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run everything this many times, the servers alternating; the table shows medians",
+    )
     parser.add_argument("--json", type=Path, help="results file (default bench/results/...)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -87,6 +94,7 @@ def parse_options(
         uclient_messages=1000 if quick else 5000,
         coturn_relay_threads=args.coturn_relay_threads,
         rss_port_range=port_range,
+        rounds=max(1, args.rounds),
     )
     servers = [s for s in SERVERS if args.server in (s, "both")]
     return options, list(args.only or METRICS), servers, args.json

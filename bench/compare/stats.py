@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(samples: Sequence[float], q: float) -> float | None:
@@ -27,3 +29,19 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 def per(amount: float, count: float, scale: float = 1.0) -> float | None:
     """``scale * amount / count``, or None for a zero count."""
     return scale * amount / count if count else None
+
+
+def median_of(rounds: Sequence[Any]) -> Any:
+    """The rounds' results as one: the median of each number found at the same place in them
+    (dicts are walked key by key; a round without a number there does not count), and for
+    anything else — text, lists, flags — what the first round has."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {
+            key: median_of([r[key] for r in rounds if isinstance(r, dict) and key in r])
+            for key in first
+        }
+    numbers = [r for r in rounds if isinstance(r, int | float) and not isinstance(r, bool)]
+    if numbers and not isinstance(first, bool) and isinstance(first, int | float):
+        return statistics.median(numbers)
+    return first
