@@ -192,12 +192,24 @@ def test_client_addresses_never_repeat_and_avoid_127_0_0_1() -> None:
 
 def test_median_of_rounds_takes_each_number_s_median_and_the_first_round_s_rest() -> None:
     """--rounds: numbers at the same place in each round become their median; text, flags and
-    lists come from the first round; a round missing a figure (a failed load) does not count."""
+    lists come from the first round; a round missing a figure does not count for it."""
     rounds = [
         {"turnd": {"cpu": {"us": 20.0, "sent": 10, "ok": True, "kind": "a"}}},
         {"turnd": {"cpu": {"us": 14.0, "sent": 30, "ok": False, "kind": "b"}}},
-        {"turnd": {"cpu": {"us": 16.0, "kind": "c", "error": "x"}}},
+        {"turnd": {"cpu": {"us": 16.0, "kind": "c"}}},
     ]
     merged = compare.median_of(rounds)
     assert merged == {"turnd": {"cpu": {"us": 16.0, "sent": 20, "ok": True, "kind": "a"}}}
     assert compare.median_of([rounds[0]]) == rounds[0]
+
+
+def test_median_of_rounds_leaves_out_a_round_whose_load_failed() -> None:
+    """A load that failed in the first round only still gets the other rounds' median."""
+    rounds = [
+        {"coturn": {"udp-send": {"error": "RuntimeError: 437"}}},
+        {"coturn": {"udp-send": {"us": 10.0}}},
+        {"coturn": {"udp-send": {"us": 12.0}}},
+    ]
+    assert compare.median_of(rounds) == {"coturn": {"udp-send": {"us": 11.0}}}
+    failed = [{"x": {"error": "a"}}, {"x": {"error": "b"}}]
+    assert compare.median_of(failed) == {"x": {"error": "a"}}

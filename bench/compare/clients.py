@@ -157,7 +157,9 @@ class StreamLink:
 
 def make_link(server: Server, transport: str) -> Link:
     if transport == "udp":
-        return UdpLink(server.udp, buffer=CLIENT_BUFFER)
+        # A fresh address: a kernel-chosen port can be one whose allocation (its Refresh 0
+        # lost under load) still stands, and the server would answer 437.
+        return UdpLink(server.udp, buffer=CLIENT_BUFFER, addresses=CLIENT_ADDRESSES)
     return StreamLink(server.tcp if transport == "tcp" else server.tls, tls=transport == "tls")
 
 

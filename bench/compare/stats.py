@@ -33,14 +33,15 @@ def per(amount: float, count: float, scale: float = 1.0) -> float | None:
 
 def median_of(rounds: Sequence[Any]) -> Any:
     """The rounds' results as one: the median of each number found at the same place in them
-    (dicts are walked key by key; a round without a number there does not count), and for
-    anything else — text, lists, flags — what the first round has."""
+    (dicts are walked key by key; a round without a number there, or whose load failed there,
+    does not count), and for anything else — text, lists, flags — what the first round has."""
+    if any(isinstance(r, dict) for r in rounds):
+        # A load that failed in some rounds ({"error": ...}) counts from the rounds it ran in.
+        ran = [r for r in rounds if isinstance(r, dict) and "error" not in r]
+        dicts = ran or [r for r in rounds if isinstance(r, dict)]
+        keys = dict.fromkeys(key for r in dicts for key in r)
+        return {key: median_of([r[key] for r in dicts if key in r]) for key in keys}
     first = rounds[0]
-    if isinstance(first, dict):
-        return {
-            key: median_of([r[key] for r in rounds if isinstance(r, dict) and key in r])
-            for key in first
-        }
     numbers = [r for r in rounds if isinstance(r, int | float) and not isinstance(r, bool)]
     if numbers and not isinstance(first, bool) and isinstance(first, int | float):
         return statistics.median(numbers)
