@@ -939,6 +939,7 @@ def run(options: Options) -> dict[str, Any]:
             soak.close()
             peer.stop()
             returncode = daemon.stop()
+            collections = [e for e in daemon.log_events() if e.get("event") == "gc.full_collection"]
     lines = verdict(baseline, final, soak.samples)
     ops = dict(soak.ops)
     server = {
@@ -960,6 +961,11 @@ def run(options: Options) -> dict[str, Any]:
     print(f"  drops by reason: {format_counts(server['drops'])}")
     print(f"  auth failures: {format_counts(server['auth_failures'])}")
     print(f"  error responses by code: {format_counts(server['errors'])}")
+    found = [c["unreachable"] for c in collections]
+    print(
+        f"  full garbage collections (server.full_gc_interval): {len(found)}, unreachable "
+        f"objects found by each: {found or '-'}"
+    )
     return {
         "options": {**attrs.asdict(options), "json_path": str(options.json_path)},
         "settings": {
@@ -973,6 +979,7 @@ def run(options: Options) -> dict[str, Any]:
         "client_errors": dict(soak.failures),
         "server_counters": server,
         "turnd_exit_status": returncode,
+        "full_collections": collections,
     }
 
 

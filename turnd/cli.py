@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from turnd import logs, systemd
+from turnd import gc_policy, logs, systemd
 from turnd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from turnd.service import StartupError, TurnService, resolve_secrets
 from turnd.state import StateError
@@ -123,6 +123,10 @@ async def _serve(
 
     service = TurnService(config, config_source=fresh_config)
     await service.start()
+    gc_policy.settle()
+    collections = asyncio.create_task(
+        gc_policy.full_collections(config.server.full_gc_interval, service.core.stats)
+    )
     for note in notes:
         logs.event(logging.WARNING, "auth.generated_secret", note)
     if notes:
@@ -160,6 +164,7 @@ async def _serve(
     try:
         await stop.wait()
     finally:
+        collections.cancel()
         systemd.stopping("shutting down")
         await service.stop()
 
