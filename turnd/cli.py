@@ -123,10 +123,6 @@ async def _serve(
 
     service = TurnService(config, config_source=fresh_config)
     await service.start()
-    gc_policy.settle()
-    collections = asyncio.create_task(
-        gc_policy.full_collections(config.server.full_gc_interval, service.core.stats)
-    )
     for note in notes:
         logs.event(logging.WARNING, "auth.generated_secret", note)
     if notes:
@@ -161,6 +157,11 @@ async def _serve(
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     systemd.ready(_status_line(service))  # after the handlers: a reload may follow at once
+    # After the handlers too: a signal sent once service.started is logged must find them.
+    gc_policy.settle()
+    collections = asyncio.create_task(
+        gc_policy.full_collections(config.server.full_gc_interval, service.core.stats)
+    )
     try:
         await stop.wait()
     finally:

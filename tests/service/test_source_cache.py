@@ -9,27 +9,20 @@ from typing import Any
 import pytest
 
 from stun.addresses import Address
+from tests.daemon import write_config
 from turnd import service as service_module
-from turnd.config import parse_config
+from turnd.config import load_config
 from turnd.core.actions import FiveTuple, Transport
 from turnd.service import TurnService, _ClientDatagrams, _RelayDatagrams, resolve_secrets
 
-CONFIG = """
-[server]
-realm = "turnd.test"
-listen = ["udp:0"]
-state_dir = "{state_dir}"
-
-[auth]
-users = {{ alice = "s3cret" }}
-"""
 SERVER = Address("127.0.0.1", 3478)
 RELAY = Address("127.0.0.1", 50000)
 
 
 @pytest.fixture
 def turnd(tmp_path: Path) -> TurnService:
-    config, _ = resolve_secrets(parse_config(CONFIG.format(state_dir=tmp_path), {}))
+    """An unstarted service with the test daemons' configuration."""
+    config, _ = resolve_secrets(load_config(str(write_config(tmp_path)), {}))
     return TurnService(config, relay_ipv4="127.0.0.1")
 
 
