@@ -21,7 +21,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
@@ -127,6 +127,23 @@ def _first_global_ipv4() -> str:
 #: and one for all relays; a full cache starts over, so spoofed sources cost at most this much.
 SOURCE_CACHE_SIZE = 16384
 
+_Kept = TypeVar("_Kept")
+
+
+class SourceCache(dict[tuple[Any, ...], _Kept]):
+    """Datagram source (as the loop gives it) -> what ``build`` made of it, at most
+    SOURCE_CACHE_SIZE of them: ``cache[addr]`` builds on a miss."""
+
+    def __init__(self, build: Callable[[tuple[Any, ...]], _Kept]) -> None:
+        super().__init__()
+        self.build = build
+
+    def __missing__(self, addr: tuple[Any, ...]) -> _Kept:
+        if len(self) >= SOURCE_CACHE_SIZE:
+            self.clear()
+        kept = self[addr] = self.build(addr)
+        return kept
+
 
 class _ClientDatagrams(asyncio.DatagramProtocol):
     """A UDP listener: every datagram goes to ``TurnService.client_message``."""
@@ -134,18 +151,12 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
     def __init__(self, service: TurnService, server: Address) -> None:
         self.service = service
         self.server = server
-        self.five_tuples: dict[tuple[Any, ...], FiveTuple] = {}
+        self.five_tuples = SourceCache(
+            lambda addr: FiveTuple(_UDP, Address(addr[0], addr[1]), server)
+        )
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.service.client_message(self.five_tuples.get(addr) or self.five_tuple(addr), data)
-
-    def five_tuple(self, addr: tuple[Any, ...]) -> FiveTuple:
-        """The 5-tuple of a datagram from ``addr`` (as the loop gives it), kept for the next."""
-        if len(self.five_tuples) >= SOURCE_CACHE_SIZE:
-            self.five_tuples.clear()
-        five_tuple = FiveTuple(_UDP, Address(addr[0], addr[1]), self.server)
-        self.five_tuples[addr] = five_tuple
-        return five_tuple
+        self.service.client_message(self.five_tuples[addr], data)
 
     def error_received(self, exc: Exception) -> None:
         self.service.core.stats["socket.listener_errors"] += 1
@@ -155,7 +166,7 @@ class _ClusterClientDatagrams(_ClientDatagrams):
     """A UDP listener of a cluster node: a datagram of a flow another node owns goes to it."""
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        five_tuple = self.five_tuples.get(addr) or self.five_tuple(addr)
+        five_tuple = self.five_tuples[addr]
         link = self.service.cluster
         assert link is not None
         node = link.node
@@ -180,7 +191,7 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
         self.relay = relay
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.handle(self.service.peers.get(addr) or self.service.peer(addr), data)
+        self.handle(self.service.peers[addr], data)
 
     def handle(self, peer: Address, data: bytes) -> None:
         """One datagram from ``peer`` (received here, or forwarded by another node)."""
@@ -333,8 +344,8 @@ class TurnService:
         #: The metrics listener's bound address, once it serves.
         self.metrics_address: Address | None = None
         self._relays: dict[Address, asyncio.DatagramTransport] = {}
-        #: Peer datagram sources -> their Address (see SOURCE_CACHE_SIZE).
-        self.peers: dict[tuple[Any, ...], Address] = {}
+        #: Peer datagram sources -> their Address, for every relay socket.
+        self.peers = SourceCache(lambda addr: Address(addr[0], addr[1]))
         self.tcp_relays = TcpRelays(self)
         self._reserved: dict[Address, socket.socket] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -921,13 +932,6 @@ class TurnService:
                 self.core.stats["drop.stream_closed"] += 1
             else:
                 stream.write(data)
-
-    def peer(self, addr: tuple[Any, ...]) -> Address:
-        """The Address of a peer datagram's source ``addr`` (as the loop gives it), kept."""
-        if len(self.peers) >= SOURCE_CACHE_SIZE:
-            self.peers.clear()
-        peer = self.peers[addr] = Address(addr[0], addr[1])
-        return peer
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -58,7 +58,6 @@ from stun.message import (
     encode,
 )
 from turnd.core import allocate, tcp_relay
-from turnd.core.actions import UDP as _UDP
 from turnd.core.actions import (
     Action,
     AllocationEnded,
@@ -227,7 +226,7 @@ class TurnServer:
         binding = alloc.channel_by_peer.get(peer)
         if binding is not None and binding.expires > now:
             frame = frame_channel_data(
-                binding.number, data, pad=alloc.five_tuple.transport is not _UDP
+                binding.number, data, pad=alloc.five_tuple.transport.is_stream
             )
         else:
             frame = build_data_indication(self._new_txid(), peer, data)
