@@ -62,9 +62,7 @@ def pump(
     ``frames``), until ``total`` are answered or ``seconds`` pass. A silence of ``SILENCE``
     seconds writes the frames in flight off as lost."""
     cycles = [itertools.cycle(f) for f in frames]
-    selector = selectors.DefaultSelector()
-    for link in links:
-        selector.register(link.sock, selectors.EVENT_READ, link)
+    selector = watch(links)
     sent = received = written_off = 0
     started = time.perf_counter()
     deadline = started + min(seconds, LOAD_DEADLINE)
@@ -82,22 +80,34 @@ def pump(
                 written_off = sent - received
             for key, _ in events:
                 received += len(key.data.receive())
-        drain_until = time.perf_counter() + DRAIN
-        while received < sent and time.perf_counter() < drain_until:
-            for key, _ in selector.select(0.05):
-                received += len(key.data.receive())
+        received = drain(selector, sent, received)
     finally:
         selector.close()
     return PumpResult(sent, received, time.perf_counter() - started)
+
+
+def watch(links: Sequence[Link]) -> selectors.BaseSelector:
+    """A selector on the links' sockets, each registered with its link as data."""
+    selector = selectors.DefaultSelector()
+    for link in links:
+        selector.register(link.sock, selectors.EVENT_READ, link)
+    return selector
+
+
+def drain(selector: selectors.BaseSelector, sent: int, received: int) -> int:
+    """Read answers for up to ``DRAIN`` seconds after the last send; the total received."""
+    drain_until = time.perf_counter() + DRAIN
+    while received < sent and time.perf_counter() < drain_until:
+        for key, _ in selector.select(0.05):
+            received += len(key.data.receive())
+    return received
 
 
 def paced(
     links: Sequence[UdpLink], frames: Sequence[bytes], rate: float, seconds: float
 ) -> PumpResult:
     """Send at ``rate`` packets/s for ``seconds``, round-robin, reading answers in between."""
-    selector = selectors.DefaultSelector()
-    for link in links:
-        selector.register(link.sock, selectors.EVENT_READ, link)
+    selector = watch(links)
     total = int(rate * seconds)
     sent = received = 0
     started = time.perf_counter()
@@ -116,10 +126,7 @@ def paced(
             for key, _ in selector.select(wait):
                 received += len(key.data.receive())
         send_seconds = time.perf_counter() - started
-        drain_until = time.perf_counter() + DRAIN
-        while received < sent and time.perf_counter() < drain_until:
-            for key, _ in selector.select(0.05):
-                received += len(key.data.receive())
+        received = drain(selector, sent, received)
     finally:
         selector.close()
     return PumpResult(sent, received, send_seconds)
