@@ -81,6 +81,15 @@ def _denied(error: Exception, action: str, address: str, netns: str | None) -> P
     )
 
 
+def _raced(error: Exception, done: int, action: str, address: str, netns: str | None) -> bool:
+    """Whether a failed netlink ``action`` failed with ``done`` (someone else did it first).
+    A refusal for want of privilege raises PermissionError; anything else is False."""
+    code = _netlink_code(error)
+    if code in _DENIED:
+        raise _denied(error, action, address, netns) from error
+    return code == done
+
+
 def _netlink_code(error: Exception) -> int | None:
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -137,11 +146,8 @@ def ensure_service_ip_on_lo(address: str, *, netns: str | None = None) -> bool:
                 return False
             ipr.addr("add", index=index, address=str(ip), prefixlen=_host_prefix(ip))
         except Exception as error:
-            code = _netlink_code(error)
-            if code == errno.EEXIST:  # added by someone else since we looked
-                return False
-            if code in _DENIED:
-                raise _denied(error, "add", str(ip), netns) from error
+            if _raced(error, errno.EEXIST, "add", str(ip), netns):
+                return False  # added by someone else since we looked
             raise
         return True
 
@@ -161,11 +167,8 @@ def remove_service_ip_from_lo(address: str, *, netns: str | None = None) -> bool
             try:
                 ipr.addr("del", index=index, address=str(ip), prefixlen=message["prefixlen"])
             except Exception as error:
-                code = _netlink_code(error)
-                if code == errno.EADDRNOTAVAIL:  # removed by someone else since we looked
-                    return False
-                if code in _DENIED:
-                    raise _denied(error, "remove", str(ip), netns) from error
+                if _raced(error, errno.EADDRNOTAVAIL, "remove", str(ip), netns):
+                    return False  # removed by someone else since we looked
                 raise
             return True
         return False
