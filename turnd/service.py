@@ -20,7 +20,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
@@ -122,6 +122,96 @@ def _first_global_ipv4() -> str:
     return "127.0.0.1"
 
 
+def detect_local_networks() -> list[str]:
+    """Every network the kernel delivers to this host (its local routes, 127.0.0.0/8 and each
+    interface address among them), as CIDRs; only loopback's if netlink cannot be asked."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_local_routes).result()
+
+
+def _local_routes() -> list[str]:
+    fallback = ["127.0.0.0/8", "::1/128"]
+    try:
+        from pyroute2 import IPRoute  # imported here: the package works without it
+    except ImportError:
+        return fallback
+    found: list[str] = []
+    try:
+        with IPRoute() as ipr:
+            for msg in ipr.get_routes(table=RT_TABLE_LOCAL):
+                if msg["type"] == RTN_LOCAL and msg.get_attr("RTA_DST"):
+                    found.append(f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}")
+    except OSError as exc:
+        event(
+            logging.WARNING,
+            "peers.local_networks_unknown",
+            "could not list the host's local addresses; only loopback counts as this node's",
+            error=str(exc),
+        )
+        return fallback
+    return found or fallback
+
+
+#: Linux's local routing table and its route type for addresses of this host (rtnetlink(7)).
+RT_TABLE_LOCAL = 255
+RTN_LOCAL = 2
+
+
+def build_peer_policy(
+    config: Config,
+    relay_ipv4: str,
+    local_networks: Sequence[str],
+    listeners: Iterable[tuple[str, int]] | None = None,
+) -> PeerPolicy:
+    """The peer policy: config's allow and deny lists, and :func:`own_endpoints` refused."""
+    own, own_networks = own_endpoints(config, relay_ipv4, local_networks, listeners)
+    return PeerPolicy.build(
+        allow=[str(n) for n in config.peers.allow],
+        deny=[str(n) for n in config.peers.deny],
+        own_addresses=own,
+        own_networks=own_networks,
+    )
+
+
+def own_endpoints(
+    config: Config,
+    relay_ipv4: str,
+    local_networks: Sequence[str],
+    listeners: Iterable[tuple[str, int]] | None = None,
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """This node's listening endpoints that no peer may be: (ip, port) of the concrete TURN
+    listeners (``listeners`` as bound, else as configured), of the relay addresses on every
+    listener port, and of the metrics, control and API listeners; and (network, port) for the
+    ports of wildcard listeners, on every local network. A relay pointed at any of them would
+    loop into turnd itself."""
+    if listeners is None:
+        listeners = [
+            (str(address), listener.port)
+            for address in config.listen_addresses()
+            for listener in config.server.listen
+        ]
+    hosts: list[tuple[str, list[int]]] = [(host, [port]) for host, port in listeners]
+    ports = sorted({port for _, host_ports in hosts for port in host_ports})
+    hosts += [(relay_ipv4, ports)]
+    if config.relay.address6 is not None:
+        hosts += [(str(config.relay.address6), ports)]
+    for side in (config.metrics.listen, config.control.listen, config.api.listen):
+        if side is not None:
+            hosts += [(side.host, [side.port])]
+    own: list[tuple[str, int]] = []
+    networks: list[tuple[str, int]] = []
+    for host, host_ports in hosts:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:  # a side listener named by host name: it is one of the local ones
+            ip = ipaddress.ip_address("0.0.0.0")
+        if ip.is_unspecified:
+            networks += [(net, port) for net in local_networks for port in host_ports]
+        else:
+            own += [(str(ip), port) for port in host_ports]
+    return own, networks
+
+
 #: Sources whose FiveTuple (listeners) or Address (relays) objects are kept, so that a datagram
 #: from a recent source builds none (building them costs about 1 µs on Python 3.11). Per listener,
 #: and one for all relays; a full cache starts over, so spoofed sources cost at most this much.
@@ -221,8 +311,16 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
         self.service.core.stats["socket.relay_errors"] += 1
 
 
-def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> TurnServer:
-    """A core from the configuration (secrets already resolved into ``config``)."""
+def build_core(
+    config: Config,
+    relay_ipv4: str,
+    rng: Callable[[int], bytes],
+    local_networks: Sequence[str] = (),
+) -> TurnServer:
+    """A core from the configuration (secrets already resolved into ``config``).
+
+    ``local_networks`` (CIDRs) are what the host accepts as its own addresses (see
+    :func:`detect_local_networks`): a wildcard listener serves its port on each of them."""
     server, relay, limits = config.server, config.relay, config.limits
     settings = CoreSettings(
         realm=server.realm,
@@ -253,17 +351,7 @@ def build_core(config: Config, relay_ipv4: str, rng: Callable[[int], bytes]) -> 
         if config.cluster.enabled
         else b"",
     )
-    own = [
-        (str(address), listener.port)
-        for address in config.listen_addresses()
-        for listener in server.listen
-        if not ipaddress.ip_address(address).is_unspecified
-    ]
-    policy = PeerPolicy.build(
-        allow=[str(n) for n in config.peers.allow],
-        deny=[str(n) for n in config.peers.deny],
-        own_addresses=own,
-    )
+    policy = build_peer_policy(config, relay_ipv4, local_networks)
     nonce_key = config.auth.nonce_key
     assert nonce_key is not None, "resolve_secrets() fills in the nonce key"
     nonces = NonceManager(
@@ -326,7 +414,9 @@ class TurnService:
         #: Revoked usernames: kept across reloads of the authenticator and, in the state
         #: directory, across restarts.
         self.revoked: set[str] = self.runtime.revoked()
-        self.core = build_core(config, self.relay_ipv4, os.urandom)
+        #: What the kernel delivers to this host (own_endpoints).
+        self.local_networks = detect_local_networks()
+        self.core = build_core(config, self.relay_ipv4, os.urandom, self.local_networks)
         self.rebuild_authenticator()
         self.reports: list[ListenerReport] = []
         #: Every listener that is serving: (transport, bound address).
@@ -400,6 +490,13 @@ class TurnService:
                 "no listener could be started: "
                 + "; ".join(f"{r.transport} {r.address}:{r.port}: {r.reason}" for r in self.reports)
             )
+        # The ports as bound (a configured port 0 is the kernel's choice): none is a peer.
+        self.core.policy = build_peer_policy(
+            self.config,
+            self.relay_ipv4,
+            self.local_networks,
+            [(address.host, address.port) for _, address in self.bound],
+        )
         event(
             logging.INFO,
             "service.started",

@@ -110,7 +110,11 @@ class Allocation:
         return True
 
     def admit_peer(self, peer: Address, now: float, rate: float, burst: float) -> bool:
-        """Whether ``peer`` may be used: known peers always; new ones spend the budget."""
+        """Whether ``peer`` may be used: known peers always; a new one spends the budget.
+
+        A new peer is not remembered here: the caller does that with :meth:`remember_peer` once
+        every other check of the request has passed, since a remembered peer skips the policy
+        checks of later Send indications."""
         if peer in self.peers_seen:
             return True
         self.new_peer_tokens = min(burst, self.new_peer_tokens + (now - self.new_peer_time) * rate)
@@ -118,10 +122,13 @@ class Allocation:
         if self.new_peer_tokens < 1:
             return False
         self.new_peer_tokens -= 1
+        return True
+
+    def remember_peer(self, peer: Address) -> None:
+        """``peer`` passed every check: later traffic to it spends no new-peer budget."""
         if len(self.peers_seen) >= MAX_PEERS_SEEN:
             self.peers_seen.clear()  # bounded memory: forgotten peers count as new again
         self.peers_seen.add(peer)
-        return True
 
     @property
     def relay(self) -> Address:

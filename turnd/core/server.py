@@ -624,25 +624,40 @@ class TurnServer:
         return self._reply(request.five_tuple, self._response(request, at.Lifetime(int(lifetime))))
 
     def _peer_addresses(self, request: Request, alloc: Allocation) -> list[Address]:
+        """The request's XOR-PEER-ADDRESSes, each checked against the policy and the new-peer
+        budget. Nothing is remembered yet: the handler calls ``alloc.remember_peer`` for each
+        key of :meth:`_peer_keys` once the whole request has succeeded."""
         peers = [a.address for a in request.message.attributes if type(a) is at.XorPeerAddress]
         if not peers:
             raise StunError(400, "XOR-PEER-ADDRESS is required")
+        # A permission is per IP (§9): CreatePermission's ports mean nothing, so it is checked
+        # and counted per IP; a channel's peer is a transport address, checked with its port.
+        per_ip = request.message.method == Method.CREATE_PERMISSION
         for peer in peers:
             if peer.family not in alloc.relays:
                 raise StunError(443)  # §10.2, §12.2: no relay of the peer's family
-            if not self.policy.ip_allowed(peer.host):
+            allowed = (
+                self.policy.ip_allowed(peer.host)
+                if per_ip
+                else self.policy.peer_allowed(peer.host, peer.port)
+            )
+            if not allowed:
                 self.stats["denied.peer"] += 1
                 raise StunError(403, "peer address is not allowed")
         rate, burst = self.settings.new_peer_rate, self.settings.new_peer_burst
-        # A permission is per IP (§9): CreatePermission's ports mean nothing, so count new IPs.
-        per_ip = request.message.method == Method.CREATE_PERMISSION
-        for peer in peers:
-            if not alloc.admit_peer(
-                Address(peer.host, 0) if per_ip else peer, request.now, rate, burst
-            ):
+        for key in self._peer_keys(request, peers):
+            if not alloc.admit_peer(key, request.now, rate, burst):
                 self.stats["quota.new_peer_rate"] += 1
                 raise StunError(403, "too many new peer addresses per second")
         return peers
+
+    @staticmethod
+    def _peer_keys(request: Request, peers: list[Address]) -> list[Address]:
+        """What the new-peer budget counts for ``peers``, each once: IPs for CreatePermission
+        (port 0), transport addresses otherwise."""
+        if request.message.method == Method.CREATE_PERMISSION:
+            return list(dict.fromkeys(Address(peer.host, 0) for peer in peers))
+        return list(dict.fromkeys(peers))
 
     def _install_permission(self, alloc: Allocation, host: str, now: float) -> None:
         expires = now + self.settings.permission_lifetime
@@ -664,6 +679,8 @@ class TurnServer:
         self._check_permission_quota(alloc, {p.host for p in peers})
         for peer in peers:
             self._install_permission(alloc, peer.host, request.now)
+        for key in self._peer_keys(request, peers):
+            alloc.remember_peer(key)
         return self._reply(request.five_tuple, self._response(request))
 
     def _channel_bind(self, request: Request) -> list[Action]:
@@ -678,10 +695,7 @@ class TurnServer:
         if peer_attr is None:
             raise StunError(400, "XOR-PEER-ADDRESS is required")
         peer = peer_attr.address
-        self._peer_addresses(request, alloc)
-        if not self.policy.peer_allowed(peer.host, peer.port):
-            self.stats["denied.peer"] += 1
-            raise StunError(403, "peer address is not allowed")
+        self._peer_addresses(request, alloc)  # policy (with the port) and new-peer budget
         now = request.now
         conflict = alloc.channel_conflict(number_attr.number, peer, now)
         if conflict is not None:
@@ -699,6 +713,7 @@ class TurnServer:
         if new:
             self._schedule(expires, "chan", alloc, alloc.channels[number_attr.number])
         self._install_permission(alloc, peer.host, now)
+        alloc.remember_peer(peer)
         return self._reply(request.five_tuple, self._response(request))
 
     # --- data from the client ----------------------------------------------------------------
@@ -748,7 +763,8 @@ class TurnServer:
             return "send_family_mismatch"
         if not alloc.has_permission(peer.host, now):
             return "send_no_permission"
-        if peer not in alloc.peers_seen:  # a peer seen before passed both checks then
+        new = peer not in alloc.peers_seen  # a peer seen before passed every check then
+        if new:
             if not self.policy.peer_allowed(peer.host, peer.port):
                 return "send_denied_peer"
             settings = self.settings
@@ -756,6 +772,8 @@ class TurnServer:
                 return "send_new_peer_rate"
         if not alloc.admit(len(payload), now, self.packet_rate, self.byte_rate):
             return "send_allocation_rate"
+        if new:
+            alloc.remember_peer(peer)
         relay.packets_to_peer += 1
         relay.bytes_to_peer += len(payload)
         return relay.address, peer, payload
