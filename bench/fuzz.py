@@ -3,14 +3,20 @@
     python -m bench.fuzz                         # hypothesis, 60 s
     python -m bench.fuzz --seconds 600           # longer
     python -m bench.fuzz --engine atheris        # coverage-guided (libFuzzer), if installed
+    python -m bench.fuzz --engine mutate --inputs 1000000  # plain mutation, fast: a count
     python -m bench.fuzz --replay bench/results/fuzz-crashes/storm-0123abcd.json  # or crash-*
 
 hypothesis: the decoder property (mutants into decode, ChannelData parsing and the stream
 deframer), the packet property (one mutant from a client and one peer datagram into a prepared
 core) and the storm property (a sequence of mutants, adapter callbacks and clock jumps, then the
 legitimate client must still refresh and relay), in turn, in batches sized to about two seconds,
-until the time is up. atheris: the same checks behind one libFuzzer entry point; its first byte
-picks which (see :class:`AtherisTarget`), libFuzzer's corpus starts from the seeds.
+until the time is up. mutate: no search, just speed — seeds put through byte-level mutators by a
+seeded PRNG, each fed to the codecs (datagram decode, ChannelData, the TCP/TLS stream deframer)
+and then into one long-lived core as a client packet over UDP, TCP and TLS 5-tuples in turn
+(every eighth as a peer datagram), the legitimate client checked every STORM_INPUTS inputs and at
+the end; it runs until --inputs are done or --seconds are up. atheris: the same checks behind one
+libFuzzer entry point; its first byte picks which (see :class:`AtherisTarget`), libFuzzer's
+corpus starts from the seeds.
 
 Printed: the inputs executed (packets and callbacks fed to the core, buffers fed to the codecs)
 and every failure. A failing input goes to ``bench/results/fuzz-crashes/`` (JSON with the input,
@@ -25,6 +31,7 @@ import gc
 import hashlib
 import json
 import os
+import random
 import sys
 import time
 import traceback
@@ -226,6 +233,81 @@ def replay(path: Path) -> int:
     return 0
 
 
+# --- mutate --------------------------------------------------------------------------------------
+
+#: Inputs one core takes before the legitimate client is checked and a fresh core is prepared.
+STORM_INPUTS = 5000
+#: Inputs between two progress lines.
+PROGRESS_EVERY = 100_000
+
+
+def mutate(rng: random.Random, data: bytearray, seeds: Seeds) -> bytearray:
+    """One byte-level mutation of ``data``: flip, truncate, insert (random or dictionary bytes),
+    delete, splice with another seed, or rewrite the STUN length field."""
+    kind = rng.randrange(6)
+    position = rng.randrange(len(data) + 1)
+    if kind == 0 and data:
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        del data[position:]
+    elif kind == 2:
+        chunk = rng.choice(seeds.dictionary) if rng.random() < 0.5 else rng.randbytes(8)
+        data[position:position] = chunk
+    elif kind == 3:
+        del data[position : position + rng.randrange(1, 9)]
+    elif kind == 4:
+        other = rng.choice(seeds.all)
+        data[position:] = other[rng.randrange(len(other) + 1) :]
+    elif len(data) >= 4:
+        data[2:4] = rng.randrange(0x10000).to_bytes(2, "big")
+    return data
+
+
+def run_mutate(
+    seeds: Seeds, inputs: int, seconds: float, seed: int
+) -> tuple[int, int, Counter[str]]:
+    """``inputs`` mutants (or as many as ``seconds`` allow): (inputs executed, failures, inputs
+    by transport). A failure is saved like the hypothesis engine's."""
+    rng = random.Random(seed)
+    client_seeds, every_seed = seeds.by_origin["client"], seeds.all
+    storm = Storm()
+    done = failures = 0
+    by_transport: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    while done < inputs and time.monotonic() < deadline:
+        data = bytearray(rng.choice(client_seeds if rng.random() < 0.5 else every_seed))
+        for _ in range(rng.randrange(1, 4)):
+            data = mutate(rng, data, seeds)
+        if rng.random() < 0.75:
+            data = reseal(data)
+        packet = bytes(data)
+        index = done % len(TUPLES)
+        event = (
+            Event("peer", rng.randrange(2**32), rng.randrange(2**32), data=packet)
+            if done % 8 == 7
+            else Event("client", index, data=packet)
+        )
+        try:
+            decode_or_reject(packet)
+            storm.apply(event)
+            if storm.inputs >= STORM_INPUTS:
+                storm.drain()
+                storm.check_still_serving()
+                storm = Storm()
+        except Exception:
+            failures += 1
+            path = save_crash("packet", (index, packet, 0, packet), traceback.format_exc())
+            print(f"FAILURE: saved {path}", flush=True)
+            storm = Storm()
+        done += 1
+        by_transport["peer" if event.kind == "peer" else TUPLES[index].transport.name] += 1
+        if done % PROGRESS_EVERY == 0:
+            print(f"  {done} inputs, {failures} failures", flush=True)
+    storm.drain()
+    storm.check_still_serving()
+    return done, failures, by_transport
+
+
 # --- atheris -------------------------------------------------------------------------------------
 
 
@@ -371,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.fuzz", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to run (60)")
-    parser.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis")
+    parser.add_argument(
+        "--engine", choices=("hypothesis", "atheris", "mutate"), default="hypothesis"
+    )
+    parser.add_argument(
+        "--inputs", type=int, default=1_000_000, help="mutate: how many inputs (1,000,000)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="mutate: the PRNG seed (1)")
     parser.add_argument("--replay", type=Path, help="run one saved failing input again")
     args = parser.parse_args(argv)
     if args.replay:
@@ -380,6 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seeds: {', '.join(f'{k} {len(v)}' for k, v in seeds.by_origin.items())}")
     if args.engine == "atheris":
         return run_atheris(seeds, args.seconds)
+    if args.engine == "mutate":
+        started = time.monotonic()
+        limit = args.seconds if "--seconds" in (argv or sys.argv) else float("inf")
+        done, failures, by_transport = run_mutate(seeds, args.inputs, limit, args.seed)
+        elapsed = time.monotonic() - started
+        print(f"\nmutate, {elapsed:.0f} s (seed {args.seed}):")
+        print("  " + ", ".join(f"{k} {v}" for k, v in sorted(by_transport.items())))
+        print(f"inputs executed: {done} ({done / elapsed:.0f}/s)")
+        print(f"failures: {failures}")
+        return 1 if failures else 0
     started = time.monotonic()
     tally = run_hypothesis(seeds, args.seconds)
     report_hypothesis(tally, time.monotonic() - started)
