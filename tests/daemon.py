@@ -28,6 +28,15 @@ REALM = "turnd.test"
 START_TIMEOUT = 30.0
 
 
+#: What an unhandled error leaves in a log.
+FAULT_MARKS = (
+    "Traceback (most recent call last)",
+    "Unhandled exception",
+    "Exception in callback",
+    "Task exception was never retrieved",
+)
+
+
 @attrs.define
 class Daemon:
     """A running turnd."""
@@ -68,7 +77,17 @@ class Daemon:
                 events.append(json.loads(line))
         return events
 
+    def faults(self) -> list[str]:
+        """Log lines that betray an unhandled error: whatever a client sent, turnd's log never
+        holds a traceback or an "Unhandled exception" (issue 20)."""
+        return [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if any(mark in line for mark in FAULT_MARKS)
+        ]
+
     def stop(self) -> int:
+        """SIGTERM, wait, and the exit status; fails the test if the log shows a fault."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -76,6 +95,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        faults = self.faults()
+        assert not faults, f"{self.log_path} holds {len(faults)} fault lines: {faults[:5]}"
         return self.process.returncode
 
 
