@@ -949,12 +949,12 @@ class TurnService:
                 self.relay_result(action.ticket, False)
                 return
         else:
-            sock = _bind_relay(relay)
+            sock = _bind_relay(relay, self.core.stats)
             if sock is None:
                 self.relay_result(action.ticket, False)
                 return
             if action.reserve:
-                spare = _bind_relay(Address(relay.host, relay.port + 1))
+                spare = _bind_relay(Address(relay.host, relay.port + 1), self.core.stats)
                 if spare is None:
                     sock.close()
                     self.relay_result(action.ticket, False)
@@ -1071,16 +1071,32 @@ def _set_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
 
 
-def _bind_relay(relay: Address) -> socket.socket | None:
+def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
+    """A bound, non-blocking UDP socket on ``relay``, or None (the core then retries another
+    port or answers 508). A socket that cannot even be created (EMFILE, ENFILE, ENOBUFS: the
+    process or the host is out of descriptors or buffers) is counted and logged by its errno, so
+    that an operator sees why Allocates fail."""
     family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, "other")
+        stats[f"relay.socket_failures.{reason}"] += 1
+        event(
+            logging.WARNING,
+            "relay.socket_failed",
+            "no relay socket: raise LimitNOFILE (systemd) or ulimit -n, or lower limits",
+            relay=str(relay),
+            reason=reason,
+        )
+        return None
     try:
         _set_buffers(sock)
         sock.bind((relay.host, relay.port))
+        sock.setblocking(False)
     except OSError:
         sock.close()
         return None
-    sock.setblocking(False)
     return sock
 
 
