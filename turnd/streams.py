@@ -15,9 +15,10 @@ Limits, each from ``[limits]`` in the configuration and each counted when it bit
   a frame, or a byte at a time, cannot hold the connection open.
 * ``max_message_size``: a frame announcing more is a protocol error; the connection is closed with
   a log line (``drop.stream_framing``).
-* Write backlog: relayed data for a client that does not read is dropped once
-  :data:`WRITE_BACKLOG_LIMIT` bytes are queued (``drop.stream_backlog``) — a relay drops, it does
-  not buffer without bound.
+* Write backlog: frames (STUN, ChannelData) for a client that does not read are dropped whole
+  once :data:`WRITE_BACKLOG_LIMIT` bytes are queued (``drop.stream_backlog``) — a relay of
+  datagrams drops, it does not buffer without bound. A data connection spliced to an RFC 6062 peer
+  carries a byte stream instead and gets backpressure (:mod:`turnd.tcp_relays`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from stun.errors import StunDecodeError
 from stun.framing import StreamDeframer
 from turnd.core.actions import FiveTuple, Transport
 from turnd.logs import event
+from turnd.tcp_relays import pause, resume, spliced_write
 
 if TYPE_CHECKING:
     from turnd.service import TurnService
@@ -55,6 +57,8 @@ class ClientStream(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         #: Set once an RFC 6062 ConnectionBind made this a data connection: raw bytes go here.
         self.splice: Any = None
+        #: asyncio asked us to stop writing (our write buffer is past its high water mark).
+        self.writing_paused = False
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -75,6 +79,17 @@ class ClientStream(asyncio.Protocol):
             return
         self.deframer.push(data)
         self._drain_frames()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than its peer sends: stop reading the peer (spliced only)."""
+        self.writing_paused = True
+        if self.splice is not None:
+            pause(self.splice.transport)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.splice is not None:
+            resume(self.splice.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:
@@ -113,10 +128,14 @@ class ClientStream(asyncio.Protocol):
             self.splice.write(rest)
 
     def write(self, data: bytes) -> None:
-        """Send one frame (or raw bytes once spliced) to the client, dropping on backlog."""
+        """Send one frame to the client, dropping it on backlog (raw bytes once spliced: never
+        dropped, see :func:`turnd.tcp_relays.spliced_write`)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             self.service.core.stats["drop.stream_closed"] += 1
+            return
+        if self.splice is not None:
+            spliced_write(transport, data, self.service, "client")
             return
         if transport.get_write_buffer_size() > WRITE_BACKLOG_LIMIT:
             self.service.core.stats["drop.stream_backlog"] += 1

@@ -11,6 +11,13 @@ The core decides; this module only does what it asks:
   kernel's window holds what the peer sends early;
 * ``ClosePeerConnection``.
 
+A splice is a byte stream, so it is never thinned out: when one side's write buffer passes
+:data:`SPLICE_HIGH_WATER` (asyncio calls that protocol's ``pause_writing``), the other side stops
+reading, and reads again once the buffer is below :data:`SPLICE_LOW_WATER` (``resume_writing``);
+TCP's window then slows the sender. A side whose buffer still reaches :data:`SPLICE_HARD_CAP`
+(its transport kept delivering after ``pause_reading``) is closed, counted as
+``drop.splice_backlog`` and logged — the stream ends, it never loses bytes from its middle.
+
 Relay sockets use SO_REUSEADDR and SO_REUSEPORT so that the listening socket and the outbound
 connections can share the relay's address and port, as §5.2 requires (the peer sees the relayed
 transport address).
@@ -28,7 +35,6 @@ from typing import TYPE_CHECKING, cast
 from stun.addresses import Address
 from turnd.core.actions import ConnectPeer, FiveTuple
 from turnd.logs import event
-from turnd.streams import WRITE_BACKLOG_LIMIT
 
 if TYPE_CHECKING:
     from turnd.service import TurnService
@@ -38,6 +44,51 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 30.0
 #: Pending inbound peer connections the kernel queues per TCP relay.
 RELAY_BACKLOG = 128
+#: Bytes queued on one side of a splice at which the other side stops reading: a few loopback
+#: reads' worth: keeps a fast link busy, small per connection (asyncio's default: 64 KiB).
+SPLICE_HIGH_WATER = 256 * 1024
+#: ... and at which it reads again.
+SPLICE_LOW_WATER = SPLICE_HIGH_WATER // 4
+#: Bytes queued on one side of a splice at which it is closed: with reading paused at the high
+#: water mark only one read more can arrive, so this is reached only by a transport that does not
+#: honour pause_reading; memory per connection stays bounded either way.
+SPLICE_HARD_CAP = 4 * 1024 * 1024
+
+
+def spliced_write(
+    transport: asyncio.Transport, data: bytes, service: TurnService, side: str
+) -> None:
+    """Queue ``data`` on one side of a splice (``side``: "peer" or "client"), or close that side
+    once :data:`SPLICE_HARD_CAP` bytes wait — counted and logged, never a silent hole."""
+    if transport.is_closing():
+        return
+    queued = transport.get_write_buffer_size()
+    if queued + len(data) > SPLICE_HARD_CAP:
+        service.core.stats["drop.splice_backlog"] += 1
+        peer = transport.get_extra_info("peername")
+        event(
+            logging.WARNING,
+            "tcp_relay.backlog_closed",
+            "a spliced connection could not keep up: closed",
+            side=side,
+            address=f"{peer[0]}:{peer[1]}" if peer else "?",
+            queued=queued,
+        )
+        transport.abort()
+        return
+    transport.write(data)
+
+
+def pause(transport: asyncio.Transport | None) -> None:
+    """Stop reading ``transport`` (the other side of its splice is backed up)."""
+    if transport is not None and not transport.is_closing():
+        transport.pause_reading()
+
+
+def resume(transport: asyncio.Transport | None) -> None:
+    """Read ``transport`` again (the other side of its splice has drained)."""
+    if transport is not None and not transport.is_closing():
+        transport.resume_reading()
 
 
 def _relay_socket(relay: Address) -> socket.socket:
@@ -81,15 +132,19 @@ class PeerConnection(asyncio.Protocol):
             self.client.close()
         self.relays.lost(self)
 
+    def pause_writing(self) -> None:
+        """The peer reads slower than the client sends: stop reading the client."""
+        if self.client is not None:
+            pause(self.client.transport)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            resume(self.client.transport)
+
     def write(self, data: bytes) -> None:
         """Bytes from the client's data connection to the peer."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > WRITE_BACKLOG_LIMIT:
-            self.relays.service.core.stats["drop.peer_backlog"] += 1
-            return
-        transport.write(data)
+        if self.transport is not None:
+            spliced_write(self.transport, data, self.relays.service, "peer")
 
     def close(self) -> None:
         """Close the connection to the peer."""
@@ -195,8 +250,11 @@ class TcpRelays:
             return
         connection.client = client
         client.splice = connection
-        if connection.transport is not None:
-            connection.transport.resume_reading()
+        for side in (connection.transport, client.transport):
+            if side is not None:
+                side.set_write_buffer_limits(high=SPLICE_HIGH_WATER, low=SPLICE_LOW_WATER)
+        if not client.writing_paused:  # else the client's resume_writing starts the peer
+            resume(connection.transport)
 
     def close(self, connection_id: int) -> None:
         """Close peer connection ``connection_id`` (the core no longer wants it)."""
