@@ -54,7 +54,7 @@ from turnd.core.settings import CoreSettings
 from turnd.logs import event
 from turnd.runtime import RuntimeCredentials
 from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
-from turnd.streams import ClientStream
+from turnd.streams import ClientStream, serve_tls
 from turnd.tcp_relays import TcpRelays
 
 if TYPE_CHECKING:
@@ -333,6 +333,7 @@ class TurnService:
         self.bound: list[tuple[str, Address]] = []
         self._listeners: dict[Address, asyncio.DatagramTransport] = {}
         self._servers: list[asyncio.Server] = []
+        self._tls_listeners: list[socket.socket] = []
         self._streams: dict[FiveTuple, ClientStream] = {}
         self._streams_per_ip: Counter[str] = Counter()
         self.tls_context: ssl.SSLContext | None = None
@@ -461,14 +462,14 @@ class TurnService:
             self._report(kind.value, host, port, False, bind_failure_reason(exc, port))
             return
         bound = Address(host, sock.getsockname()[1])
-        limits = self.config.limits
-        server = await loop.create_server(
-            lambda: ClientStream(self, kind, bound),
-            sock=sock,
-            ssl=context,
-            ssl_handshake_timeout=float(limits.tls_handshake_timeout) if context else None,
-        )
-        self._servers.append(server)
+        if context is None:
+            server = await loop.create_server(lambda: ClientStream(self, kind, bound), sock=sock)
+            self._servers.append(server)
+        else:  # connections count from accept, before their handshake (turnd.streams)
+            sock.setblocking(False)
+            self._tls_listeners.append(sock)
+            timeout = float(self.config.limits.tls_handshake_timeout)
+            self._spawn(serve_tls(self, sock, bound, context, timeout))
         self.bound.append((kind.value, bound))
         self._report(kind.value, host, bound.port, True)
 
@@ -647,6 +648,9 @@ class TurnService:
             task.cancel()
         for server in self._servers:
             server.close()
+        for listener in self._tls_listeners:
+            listener.close()
+        self._tls_listeners.clear()
         self.tcp_relays.stop()
         for stream in list(self._streams.values()):
             stream.close()

@@ -8,8 +8,10 @@ ConnectionBind is forwarded untouched to the peer.
 Limits, each from ``[limits]`` in the configuration and each counted when it bites:
 
 * ``max_connections`` and ``max_connections_per_ip``: a connection beyond them is closed at once
-  (``drop.connection_limit``).
-* ``tls_handshake_timeout``: asyncio's own handshake timeout on TLS listeners.
+  (``drop.connection_limit``). A TLS connection counts from its TCP accept (:func:`serve_tls`),
+  not from the end of its handshake, so stalled handshakes cannot pile up past the limits.
+* ``tls_handshake_timeout``: a TLS connection whose handshake has not completed by then is closed
+  and its slot released, as is one whose handshake fails (``drop.tls_handshake_failed``).
 * ``idle_timeout``: a connection that holds no allocation and completes no frame for this long is
   closed (``drop.idle_timeout``). Only whole frames count as activity, so a client that sends half
   a frame, or a byte at a time, cannot hold the connection open.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +41,10 @@ from turnd.tcp_relays import pause, resume, spliced_write
 
 if TYPE_CHECKING:
     from turnd.service import TurnService
+
+#: Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the listener stays readable while the
+#: process is out of descriptors, so accepting again at once would spin the event loop.
+ACCEPT_RETRY_DELAY = 0.1
 
 #: Bytes queued for one client beyond which relayed data is dropped: about 1 s of a 8 Mbit/s
 #: stream, far more than a healthy reader ever has outstanding.
@@ -62,13 +70,17 @@ class ClientStream(asyncio.Protocol):
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
+    def admit(self, peer: Any) -> bool:
+        """Take the slot of the connection from ``peer`` (a socket address) under the connection
+        limits; False: refused, counted."""
+        self.five_tuple = FiveTuple(self.kind, Address(peer[0], peer[1]), self.server)
+        return self.service.admit_stream(self)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        client = Address(peer[0], peer[1])
-        self.five_tuple = FiveTuple(self.kind, client, self.server)
-        if not self.service.admit_stream(self):
+        if self.five_tuple is None and not self.admit(peer):  # TLS: admitted at accept
             self.transport.abort()
             return
         self._arm_idle()
@@ -175,3 +187,52 @@ class ClientStream(asyncio.Protocol):
             self.close()
             return
         self._arm_idle()
+
+
+async def serve_tls(
+    service: TurnService,
+    listener: socket.socket,
+    server: Address,
+    context: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Accept TLS connections on ``listener`` (non-blocking, listening) until cancelled.
+
+    Each connection takes its slot under ``max_connections``/``max_connections_per_ip`` at TCP
+    accept, before its handshake (a server built with ``create_server(ssl=...)`` would only see
+    it once the handshake is done); then the handshake has ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    while listener.fileno() != -1:
+        try:
+            sock, peer = await loop.sock_accept(listener)
+        except OSError:
+            service.core.stats["drop.accept_failed"] += 1
+            await asyncio.sleep(ACCEPT_RETRY_DELAY)
+            continue
+        stream = ClientStream(service, Transport.TLS, server)
+        if not stream.admit(peer):
+            sock.close()
+            continue
+        service._spawn(_tls_handshake(stream, sock, context, timeout))
+
+
+async def _tls_handshake(
+    stream: ClientStream, sock: socket.socket, context: ssl.SSLContext, timeout: float
+) -> None:
+    """Run the handshake of an admitted connection; on failure, timeout or shutdown its slot goes
+    back (the transport, which owns ``sock`` from here on, has closed it)."""
+    service = stream.service
+    done = False
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: stream, sock, ssl=context, ssl_handshake_timeout=timeout
+        )
+        done = True
+    except OSError:  # ssl.SSLError, a reset, or the handshake timeout (ConnectionAbortedError)
+        service.core.stats["drop.tls_handshake_failed"] += 1
+    except Exception:
+        service.internal_error("TLS handshake")
+    finally:
+        if not done:
+            service.stream_closed(stream)
