@@ -8,7 +8,9 @@ The core decides; this module only does what it asks:
   :data:`CONNECT_TIMEOUT`), then ``peer_connected``;
 * ``SpliceConnection``: after ConnectionBind, bytes flow untouched between the client's data
   connection and the peer connection (§5.4); a peer connection reads nothing until then, so the
-  kernel's window holds what the peer sends early;
+  kernel's window holds what the peer sends early (uvloop starts reading right after
+  ``connection_made`` whatever it paused, so a first read that comes anyway is kept in
+  ``PeerConnection.early`` and reading paused again; it goes to the client first);
 * ``ClosePeerConnection``.
 
 A splice is a byte stream, so it is never thinned out: when one side's write buffer passes
@@ -114,6 +116,8 @@ class PeerConnection(asyncio.Protocol):
         self.connection_id = connection_id
         self.transport: asyncio.Transport | None = None
         self.client: ClientStream | None = None
+        #: What the peer sent before the splice (one read at most: reading is paused after it).
+        self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -126,6 +130,9 @@ class PeerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.client is not None:
             self.client.write(data)
+        else:  # before ConnectionBind: keep it, and stop reading until the splice
+            self.early += data
+            pause(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.client is not None:
@@ -250,6 +257,9 @@ class TcpRelays:
             return
         connection.client = client
         client.splice = connection
+        if connection.early:
+            client.write(bytes(connection.early))
+            connection.early.clear()
         for side in (connection.transport, client.transport):
             if side is not None:
                 side.set_write_buffer_limits(high=SPLICE_HIGH_WATER, low=SPLICE_LOW_WATER)

@@ -91,9 +91,11 @@ def _read_frame(sock: socket.socket) -> bytes:
     return header + _read_exactly(sock, length)
 
 
-def _splice(daemon: Daemon, slow: str) -> tuple[socket.socket, socket.socket, socket.socket]:
+def _splice(
+    daemon: Daemon, slow: str, early: bytes = b""
+) -> tuple[socket.socket, socket.socket, socket.socket]:
     """(control, data connection, peer's end), spliced; ``slow`` ("client" or "peer") gets the
-    small receive buffer."""
+    small receive buffer; the peer sends ``early`` before the ConnectionBind."""
     turn_port = daemon.ports["tcp"][0]
     listener = socket.socket()
     if slow == "peer":
@@ -115,6 +117,9 @@ def _splice(daemon: Daemon, slow: str) -> tuple[socket.socket, socket.socket, so
     peer_end, _ = listener.accept()
     listener.close()
     peer_end.settimeout(TIMEOUT)
+    if early:
+        peer_end.sendall(early)
+        time.sleep(0.2)  # let turnd's peer connection see it before the bind
     data = socket.socket()
     if slow == "client":
         data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
@@ -218,3 +223,28 @@ def test_a_side_past_the_hard_cap_is_closed_counted_and_logged(
     assert service.core.stats["drop.splice_backlog"] == 1
     [record] = [r for r in caplog.records if getattr(r, "event", "") == "tcp_relay.backlog_closed"]
     assert record.fields["side"] == "peer"  # type: ignore[attr-defined]
+
+
+def test_bytes_a_peer_sends_before_connection_bind_reach_the_client_first(
+    daemon: Daemon,
+) -> None:
+    """§5.4: what the peer sends between Connect and ConnectionBind is held, not lost: the data
+    connection gets it first, then the rest of the stream."""
+    control, data, peer_end = _splice(daemon, "none", early=b"sent before ConnectionBind|")
+    try:
+        peer_end.sendall(b"after")
+        expected = b"sent before ConnectionBind|after"
+        received = b""
+        data.settimeout(5)
+        while len(received) < len(expected):
+            try:
+                chunk = data.recv(4096)
+            except TimeoutError:  # bytes went missing: the assertion shows what arrived
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        for sock in (control, data, peer_end):
+            sock.close()
+    assert received == expected
