@@ -1075,6 +1075,19 @@ def _set_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
 
 
+def relay_socket_failed(stats: Counter[str], relay: Address, exc: OSError) -> None:
+    """Count and log a relay socket (UDP or TCP) that could not be created, by errno."""
+    reason = errno.errorcode.get(exc.errno or 0, "other")
+    stats[f"relay.socket_failures.{reason}"] += 1
+    event(
+        logging.WARNING,
+        "relay.socket_failed",
+        "no relay socket: raise LimitNOFILE (systemd) or ulimit -n, or lower limits",
+        relay=str(relay),
+        reason=reason,
+    )
+
+
 def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
     """A bound, non-blocking UDP socket on ``relay``, or None (the core then retries another
     port or answers 508). A socket that cannot even be created (EMFILE, ENFILE, ENOBUFS: the
@@ -1084,15 +1097,7 @@ def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
     try:
         sock = socket.socket(family, socket.SOCK_DGRAM)
     except OSError as exc:
-        reason = errno.errorcode.get(exc.errno or 0, "other")
-        stats[f"relay.socket_failures.{reason}"] += 1
-        event(
-            logging.WARNING,
-            "relay.socket_failed",
-            "no relay socket: raise LimitNOFILE (systemd) or ulimit -n, or lower limits",
-            relay=str(relay),
-            reason=reason,
-        )
+        relay_socket_failed(stats, relay, exc)
         return None
     try:
         _set_buffers(sock)

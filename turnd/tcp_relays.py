@@ -93,9 +93,17 @@ def resume(transport: asyncio.Transport | None) -> None:
         transport.resume_reading()
 
 
-def _relay_socket(relay: Address) -> socket.socket:
+def _relay_socket(relay: Address, service: TurnService) -> socket.socket:
+    """A TCP socket bound to ``relay``; OSError if it cannot be made (creation failures, such as
+    EMFILE, are counted and logged by errno first)."""
     family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        from turnd.service import relay_socket_failed  # turnd.service imports this module
+
+        relay_socket_failed(service.core.stats, relay, exc)
+        raise
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -172,7 +180,7 @@ class TcpRelays:
     async def open_listener(self, ticket: int, relay: Address) -> None:
         """Listen on ``relay`` for peers, then tell the core whether it worked."""
         try:
-            sock = _relay_socket(relay)
+            sock = _relay_socket(relay, self.service)
             sock.listen(RELAY_BACKLOG)
             server = await asyncio.get_running_loop().create_server(
                 lambda: PeerConnection(self, relay, None), sock=sock
@@ -215,7 +223,7 @@ class TcpRelays:
         loop = asyncio.get_running_loop()
         ok = False
         try:
-            sock = _relay_socket(action.relay)
+            sock = _relay_socket(action.relay, self.service)
             try:
                 await asyncio.wait_for(
                     loop.sock_connect(sock, (action.peer.host, action.peer.port)), CONNECT_TIMEOUT

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from stun import attributes as at
+from stun.message import Method
 from tests.daemon import Daemon, start_turnd
 from tests.service.client import TurnClient, error_code
 from tests.service.conftest import ClientFactory
+from tests.service.test_tcp_relay_backpressure import TCP_PROTOCOL, StreamTurn
 
 
 def _free_udp_port() -> int:
@@ -43,6 +46,7 @@ max_allocations = 1
 max_allocations_per_user = 1
 max_allocations_per_ip = 1
 """,
+        listen='["udp:0", "tcp:0"]',
     )
     yield running
     assert running.stop() == 0
@@ -94,5 +98,28 @@ def test_allocate_without_descriptors_is_508_and_releases_every_slot(
     assert 'turnd_allocations{relay="udp",transport="udp"} 1.0' in metrics
     failed = [e for e in daemon.log_events() if e.get("event") == "relay.socket_failed"]
     assert failed and failed[0]["reason"] == "EMFILE"
+    log = daemon.log_path.read_text()
+    assert "Traceback" not in log and "Unhandled exception" not in log
+
+
+def test_tcp_allocate_without_descriptors_is_508_and_releases_every_slot(daemon: Daemon) -> None:
+    """RFC 6062 TCP allocation, same fault: the listening relay socket cannot be created, the
+    Allocate gets 508 on its control connection, and after the limit is restored the same
+    connection gets its TCP allocation."""
+    port = daemon.ports["tcp"][0]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as control:
+        turn = StreamTurn(control)
+        transport = at.RequestedTransport(TCP_PROTOCOL)
+        turn.request(Method.BINDING)  # the connection is accepted before descriptors run out
+        pid = daemon.process.pid
+        old = _limit_to_open_fds(pid)
+        try:
+            refused = turn.request(Method.ALLOCATE, transport)
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        assert error_code(refused) == 508
+        served = turn.request(Method.ALLOCATE, transport)
+        assert error_code(served) is None, served
+    assert 'turnd_events_total{event="relay.socket_failures.EMFILE"}' in _metrics(daemon)
     log = daemon.log_path.read_text()
     assert "Traceback" not in log and "Unhandled exception" not in log

@@ -47,7 +47,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 class StreamTurn:
-    """A TURN client on one TCP connection: the 401 dance, then signed requests."""
+    """A TURN client on one TCP connection: the 401/438 dance, then signed requests."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -68,10 +68,10 @@ class StreamTurn:
             )
             self.sock.sendall(encode(message, key=key))
             reply = decode(_read_frame(self.sock))
-            nonce = reply.get(at.Nonce)
-            if reply.cls is MessageClass.SUCCESS or nonce is None:
+            nonce, error = reply.get(at.Nonce), reply.get(at.ErrorCode)
+            if nonce is None or error is None or error.code not in (401, 438):
                 return reply
-            self.nonce = nonce.value
+            self.nonce = nonce.value  # learn the nonce (RFC 8489 §9.2.3) and ask again
         return reply
 
 
