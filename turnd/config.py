@@ -386,7 +386,8 @@ class LimitsConfig:
 
     max_connections_per_ip: int = attrs.field(default=64, metadata=_kind(Int(1)))
     """TCP and TLS connections per client IP address. Default 64: room for a NAT of browsers,
-    each opening a few, not for one host to take every connection."""
+    each opening a few, not for one host to take every connection. Both connection limits count
+    a TLS connection from its TCP accept, during its handshake too."""
 
     tls_handshake_timeout: float = attrs.field(default=10.0, metadata=_kind(Seconds()))
     """Seconds a client has to complete the TLS handshake. Default 10: ample over a slow mobile

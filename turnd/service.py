@@ -54,7 +54,7 @@ from turnd.core.settings import CoreSettings
 from turnd.logs import event
 from turnd.runtime import RuntimeCredentials
 from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
-from turnd.streams import ClientStream
+from turnd.streams import ClientStream, serve_tls
 from turnd.tcp_relays import TcpRelays
 
 if TYPE_CHECKING:
@@ -423,6 +423,7 @@ class TurnService:
         self.bound: list[tuple[str, Address]] = []
         self._listeners: dict[Address, asyncio.DatagramTransport] = {}
         self._servers: list[asyncio.Server] = []
+        self._tls_listeners: list[socket.socket] = []
         self._streams: dict[FiveTuple, ClientStream] = {}
         self._streams_per_ip: Counter[str] = Counter()
         self.tls_context: ssl.SSLContext | None = None
@@ -558,14 +559,14 @@ class TurnService:
             self._report(kind.value, host, port, False, bind_failure_reason(exc, port))
             return
         bound = Address(host, sock.getsockname()[1])
-        limits = self.config.limits
-        server = await loop.create_server(
-            lambda: ClientStream(self, kind, bound),
-            sock=sock,
-            ssl=context,
-            ssl_handshake_timeout=float(limits.tls_handshake_timeout) if context else None,
-        )
-        self._servers.append(server)
+        if context is None:
+            server = await loop.create_server(lambda: ClientStream(self, kind, bound), sock=sock)
+            self._servers.append(server)
+        else:  # connections count from accept, before their handshake (turnd.streams)
+            sock.setblocking(False)
+            self._tls_listeners.append(sock)
+            timeout = float(self.config.limits.tls_handshake_timeout)
+            self._spawn(serve_tls(self, sock, bound, context, timeout))
         self.bound.append((kind.value, bound))
         self._report(kind.value, host, bound.port, True)
 
@@ -744,6 +745,9 @@ class TurnService:
             task.cancel()
         for server in self._servers:
             server.close()
+        for listener in self._tls_listeners:
+            listener.close()
+        self._tls_listeners.clear()
         self.tcp_relays.stop()
         for stream in list(self._streams.values()):
             stream.close()
@@ -1046,12 +1050,12 @@ class TurnService:
                 self.relay_result(action.ticket, False)
                 return
         else:
-            sock = _bind_relay(relay)
+            sock = _bind_relay(relay, self.core.stats)
             if sock is None:
                 self.relay_result(action.ticket, False)
                 return
             if action.reserve:
-                spare = _bind_relay(Address(relay.host, relay.port + 1))
+                spare = _bind_relay(Address(relay.host, relay.port + 1), self.core.stats)
                 if spare is None:
                     sock.close()
                     self.relay_result(action.ticket, False)
@@ -1168,16 +1172,37 @@ def _set_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
 
 
-def _bind_relay(relay: Address) -> socket.socket | None:
+def relay_socket_failed(stats: Counter[str], relay: Address, exc: OSError) -> None:
+    """Count and log a relay socket (UDP or TCP) that could not be created, by errno."""
+    reason = errno.errorcode.get(exc.errno or 0, "other")
+    stats[f"relay.socket_failures.{reason}"] += 1
+    event(
+        logging.WARNING,
+        "relay.socket_failed",
+        "no relay socket: raise LimitNOFILE (systemd) or ulimit -n, or lower limits",
+        relay=str(relay),
+        reason=reason,
+    )
+
+
+def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
+    """A bound, non-blocking UDP socket on ``relay``, or None (the core then retries another
+    port or answers 508). A socket that cannot even be created (EMFILE, ENFILE, ENOBUFS: the
+    process or the host is out of descriptors or buffers) is counted and logged by its errno, so
+    that an operator sees why Allocates fail."""
     family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        relay_socket_failed(stats, relay, exc)
+        return None
     try:
         _set_buffers(sock)
         sock.bind((relay.host, relay.port))
+        sock.setblocking(False)
     except OSError:
         sock.close()
         return None
-    sock.setblocking(False)
     return sock
 
 

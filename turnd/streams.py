@@ -8,22 +8,27 @@ ConnectionBind is forwarded untouched to the peer.
 Limits, each from ``[limits]`` in the configuration and each counted when it bites:
 
 * ``max_connections`` and ``max_connections_per_ip``: a connection beyond them is closed at once
-  (``drop.connection_limit``).
-* ``tls_handshake_timeout``: asyncio's own handshake timeout on TLS listeners.
+  (``drop.connection_limit``). A TLS connection counts from its TCP accept (:func:`serve_tls`),
+  not from the end of its handshake, so stalled handshakes cannot pile up past the limits.
+* ``tls_handshake_timeout``: a TLS connection whose handshake has not completed by then is closed
+  and its slot released, as is one whose handshake fails (``drop.tls_handshake_failed``).
 * ``idle_timeout``: a connection that holds no allocation and completes no frame for this long is
   closed (``drop.idle_timeout``). Only whole frames count as activity, so a client that sends half
   a frame, or a byte at a time, cannot hold the connection open.
 * ``max_message_size``: a frame announcing more is a protocol error; the connection is closed with
   a log line (``drop.stream_framing``).
-* Write backlog: relayed data for a client that does not read is dropped once
-  :data:`WRITE_BACKLOG_LIMIT` bytes are queued (``drop.stream_backlog``) — a relay drops, it does
-  not buffer without bound.
+* Write backlog: frames (STUN, ChannelData) for a client that does not read are dropped whole
+  once :data:`WRITE_BACKLOG_LIMIT` bytes are queued (``drop.stream_backlog``) — a relay of
+  datagrams drops, it does not buffer without bound. A data connection spliced to an RFC 6062 peer
+  carries a byte stream instead and gets backpressure (:mod:`turnd.tcp_relays`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,9 +37,14 @@ from stun.errors import StunDecodeError
 from stun.framing import StreamDeframer
 from turnd.core.actions import FiveTuple, Transport
 from turnd.logs import event
+from turnd.tcp_relays import pause, resume, spliced_write
 
 if TYPE_CHECKING:
     from turnd.service import TurnService
+
+#: Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the listener stays readable while the
+#: process is out of descriptors, so accepting again at once would spin the event loop.
+ACCEPT_RETRY_DELAY = 0.1
 
 #: Bytes queued for one client beyond which relayed data is dropped: about 1 s of a 8 Mbit/s
 #: stream, far more than a healthy reader ever has outstanding.
@@ -55,16 +65,22 @@ class ClientStream(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         #: Set once an RFC 6062 ConnectionBind made this a data connection: raw bytes go here.
         self.splice: Any = None
+        #: asyncio asked us to stop writing (our write buffer is past its high water mark).
+        self.writing_paused = False
 
     # --- asyncio callbacks -------------------------------------------------------------------
+
+    def admit(self, peer: Any) -> bool:
+        """Take the slot of the connection from ``peer`` (a socket address) under the connection
+        limits; False: refused, counted."""
+        self.five_tuple = FiveTuple(self.kind, Address(peer[0], peer[1]), self.server)
+        return self.service.admit_stream(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        client = Address(peer[0], peer[1])
-        self.five_tuple = FiveTuple(self.kind, client, self.server)
-        if not self.service.admit_stream(self):
+        if self.five_tuple is None and not self.admit(peer):  # TLS: admitted at accept
             self.transport.abort()
             return
         self._arm_idle()
@@ -75,6 +91,17 @@ class ClientStream(asyncio.Protocol):
             return
         self.deframer.push(data)
         self._drain_frames()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than its peer sends: stop reading the peer (spliced only)."""
+        self.writing_paused = True
+        if self.splice is not None:
+            pause(self.splice.transport)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.splice is not None:
+            resume(self.splice.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:
@@ -113,10 +140,14 @@ class ClientStream(asyncio.Protocol):
             self.splice.write(rest)
 
     def write(self, data: bytes) -> None:
-        """Send one frame (or raw bytes once spliced) to the client, dropping on backlog."""
+        """Send one frame to the client, dropping it on backlog (raw bytes once spliced: never
+        dropped, see :func:`turnd.tcp_relays.spliced_write`)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             self.service.core.stats["drop.stream_closed"] += 1
+            return
+        if self.splice is not None:
+            spliced_write(transport, data, self.service, "client")
             return
         if transport.get_write_buffer_size() > WRITE_BACKLOG_LIMIT:
             self.service.core.stats["drop.stream_backlog"] += 1
@@ -156,3 +187,52 @@ class ClientStream(asyncio.Protocol):
             self.close()
             return
         self._arm_idle()
+
+
+async def serve_tls(
+    service: TurnService,
+    listener: socket.socket,
+    server: Address,
+    context: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    """Accept TLS connections on ``listener`` (non-blocking, listening) until cancelled.
+
+    Each connection takes its slot under ``max_connections``/``max_connections_per_ip`` at TCP
+    accept, before its handshake (a server built with ``create_server(ssl=...)`` would only see
+    it once the handshake is done); then the handshake has ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    while listener.fileno() != -1:
+        try:
+            sock, peer = await loop.sock_accept(listener)
+        except OSError:
+            service.core.stats["drop.accept_failed"] += 1
+            await asyncio.sleep(ACCEPT_RETRY_DELAY)
+            continue
+        stream = ClientStream(service, Transport.TLS, server)
+        if not stream.admit(peer):
+            sock.close()
+            continue
+        service._spawn(_tls_handshake(stream, sock, context, timeout))
+
+
+async def _tls_handshake(
+    stream: ClientStream, sock: socket.socket, context: ssl.SSLContext, timeout: float
+) -> None:
+    """Run the handshake of an admitted connection; on failure, timeout or shutdown its slot goes
+    back (the transport, which owns ``sock`` from here on, has closed it)."""
+    service = stream.service
+    done = False
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: stream, sock, ssl=context, ssl_handshake_timeout=timeout
+        )
+        done = True
+    except OSError:  # ssl.SSLError, a reset, or the handshake timeout (ConnectionAbortedError)
+        service.core.stats["drop.tls_handshake_failed"] += 1
+    except Exception:
+        service.internal_error("TLS handshake")
+    finally:
+        if not done:
+            service.stream_closed(stream)

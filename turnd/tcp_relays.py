@@ -8,8 +8,17 @@ The core decides; this module only does what it asks:
   :data:`CONNECT_TIMEOUT`), then ``peer_connected``;
 * ``SpliceConnection``: after ConnectionBind, bytes flow untouched between the client's data
   connection and the peer connection (§5.4); a peer connection reads nothing until then, so the
-  kernel's window holds what the peer sends early;
+  kernel's window holds what the peer sends early (uvloop starts reading right after
+  ``connection_made`` whatever it paused, so a first read that comes anyway is kept in
+  ``PeerConnection.early`` and reading paused again; it goes to the client first);
 * ``ClosePeerConnection``.
+
+A splice is a byte stream, so it is never thinned out: when one side's write buffer passes
+:data:`SPLICE_HIGH_WATER` (asyncio calls that protocol's ``pause_writing``), the other side stops
+reading, and reads again once the buffer is below :data:`SPLICE_LOW_WATER` (``resume_writing``);
+TCP's window then slows the sender. A side whose buffer still reaches :data:`SPLICE_HARD_CAP`
+(its transport kept delivering after ``pause_reading``) is closed, counted as
+``drop.splice_backlog`` and logged — the stream ends, it never loses bytes from its middle.
 
 Relay sockets use SO_REUSEADDR and SO_REUSEPORT so that the listening socket and the outbound
 connections can share the relay's address and port, as §5.2 requires (the peer sees the relayed
@@ -28,7 +37,6 @@ from typing import TYPE_CHECKING, cast
 from stun.addresses import Address
 from turnd.core.actions import ConnectPeer, FiveTuple
 from turnd.logs import event
-from turnd.streams import WRITE_BACKLOG_LIMIT
 
 if TYPE_CHECKING:
     from turnd.service import TurnService
@@ -38,11 +46,64 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 30.0
 #: Pending inbound peer connections the kernel queues per TCP relay.
 RELAY_BACKLOG = 128
+#: Bytes queued on one side of a splice at which the other side stops reading: a few loopback
+#: reads' worth: keeps a fast link busy, small per connection (asyncio's default: 64 KiB).
+SPLICE_HIGH_WATER = 256 * 1024
+#: ... and at which it reads again.
+SPLICE_LOW_WATER = SPLICE_HIGH_WATER // 4
+#: Bytes queued on one side of a splice at which it is closed: with reading paused at the high
+#: water mark only one read more can arrive, so this is reached only by a transport that does not
+#: honour pause_reading; memory per connection stays bounded either way.
+SPLICE_HARD_CAP = 4 * 1024 * 1024
 
 
-def _relay_socket(relay: Address) -> socket.socket:
+def spliced_write(
+    transport: asyncio.Transport, data: bytes, service: TurnService, side: str
+) -> None:
+    """Queue ``data`` on one side of a splice (``side``: "peer" or "client"), or close that side
+    once :data:`SPLICE_HARD_CAP` bytes wait — counted and logged, never a silent hole."""
+    if transport.is_closing():
+        return
+    queued = transport.get_write_buffer_size()
+    if queued + len(data) > SPLICE_HARD_CAP:
+        service.core.stats["drop.splice_backlog"] += 1
+        peer = transport.get_extra_info("peername")
+        event(
+            logging.WARNING,
+            "tcp_relay.backlog_closed",
+            "a spliced connection could not keep up: closed",
+            side=side,
+            address=f"{peer[0]}:{peer[1]}" if peer else "?",
+            queued=queued,
+        )
+        transport.abort()
+        return
+    transport.write(data)
+
+
+def pause(transport: asyncio.Transport | None) -> None:
+    """Stop reading ``transport`` (the other side of its splice is backed up)."""
+    if transport is not None and not transport.is_closing():
+        transport.pause_reading()
+
+
+def resume(transport: asyncio.Transport | None) -> None:
+    """Read ``transport`` again (the other side of its splice has drained)."""
+    if transport is not None and not transport.is_closing():
+        transport.resume_reading()
+
+
+def _relay_socket(relay: Address, service: TurnService) -> socket.socket:
+    """A TCP socket bound to ``relay``; OSError if it cannot be made (creation failures, such as
+    EMFILE, are counted and logged by errno first)."""
     family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        from turnd.service import relay_socket_failed  # turnd.service imports this module
+
+        relay_socket_failed(service.core.stats, relay, exc)
+        raise
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -63,6 +124,8 @@ class PeerConnection(asyncio.Protocol):
         self.connection_id = connection_id
         self.transport: asyncio.Transport | None = None
         self.client: ClientStream | None = None
+        #: What the peer sent before the splice (one read at most: reading is paused after it).
+        self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -75,21 +138,28 @@ class PeerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.client is not None:
             self.client.write(data)
+        else:  # before ConnectionBind: keep it, and stop reading until the splice
+            self.early += data
+            pause(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.client is not None:
             self.client.close()
         self.relays.lost(self)
 
+    def pause_writing(self) -> None:
+        """The peer reads slower than the client sends: stop reading the client."""
+        if self.client is not None:
+            pause(self.client.transport)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            resume(self.client.transport)
+
     def write(self, data: bytes) -> None:
         """Bytes from the client's data connection to the peer."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > WRITE_BACKLOG_LIMIT:
-            self.relays.service.core.stats["drop.peer_backlog"] += 1
-            return
-        transport.write(data)
+        if self.transport is not None:
+            spliced_write(self.transport, data, self.relays.service, "peer")
 
     def close(self) -> None:
         """Close the connection to the peer."""
@@ -110,7 +180,7 @@ class TcpRelays:
     async def open_listener(self, ticket: int, relay: Address) -> None:
         """Listen on ``relay`` for peers, then tell the core whether it worked."""
         try:
-            sock = _relay_socket(relay)
+            sock = _relay_socket(relay, self.service)
             sock.listen(RELAY_BACKLOG)
             server = await asyncio.get_running_loop().create_server(
                 lambda: PeerConnection(self, relay, None), sock=sock
@@ -153,7 +223,7 @@ class TcpRelays:
         loop = asyncio.get_running_loop()
         ok = False
         try:
-            sock = _relay_socket(action.relay)
+            sock = _relay_socket(action.relay, self.service)
             try:
                 await asyncio.wait_for(
                     loop.sock_connect(sock, (action.peer.host, action.peer.port)), CONNECT_TIMEOUT
@@ -195,8 +265,14 @@ class TcpRelays:
             return
         connection.client = client
         client.splice = connection
-        if connection.transport is not None:
-            connection.transport.resume_reading()
+        if connection.early:
+            client.write(bytes(connection.early))
+            connection.early.clear()
+        for side in (connection.transport, client.transport):
+            if side is not None:
+                side.set_write_buffer_limits(high=SPLICE_HIGH_WATER, low=SPLICE_LOW_WATER)
+        if not client.writing_paused:  # else the client's resume_writing starts the peer
+            resume(connection.transport)
 
     def close(self, connection_id: int) -> None:
         """Close peer connection ``connection_id`` (the core no longer wants it)."""

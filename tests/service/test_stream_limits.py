@@ -11,15 +11,18 @@ import socket
 import ssl
 import struct
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stun import attributes as at
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
 from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
-from tests.service.client import wait_for_event
+from tests.service.client import wait_for_event, wait_until
 
 LIMITS = """
 [limits]
@@ -158,3 +161,79 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("server closed the connection")
         data += chunk
     return data
+
+
+#: Handshake timeout of the daemons below: far longer than any wait of the tests, so that a
+#: connection closed within DEADLINE was closed by a connection limit, not by the timeout.
+LONG_HANDSHAKE = 120
+
+
+@pytest.fixture(params=["max_connections_per_ip", "max_connections"])
+def handshake_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    """A TLS daemon whose only connection limit is 3 (per IP, or for the node)."""
+    limits = f"[limits]\n{request.param} = 3\ntls_handshake_timeout = {LONG_HANDSHAKE}\n"
+    running = start_turnd(tmp_path, limits, listen='["udp:0", "tls:0"]')
+    yield running
+    assert running.stop() == 0
+
+
+def _scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=DEADLINE) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _refused(daemon: Daemon) -> float:
+    return _scrape(daemon).get(("turnd_drops_total", (("reason", "connection_limit"),)), 0.0)
+
+
+def _tls_connections(daemon: Daemon) -> float:
+    samples = _scrape(daemon)
+    return samples.get(("turnd_client_connections", (("transport", "tls"),)), 0.0)
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True while the server has neither closed nor reset ``sock`` (nothing was ever sent)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def test_stalled_tls_handshakes_count_against_the_connection_limits(
+    handshake_daemon: Daemon,
+) -> None:
+    """A TLS connection takes its slot at TCP accept: with 3 connections that never send a
+    ClientHello, a 4th is closed at once and counted (drop.connection_limit), the 3 stay open;
+    once they are closed their slots come back and a real TLS client is served."""
+    daemon = handshake_daemon
+    held = [connect(daemon, "tls") for _ in range(3)]
+    try:
+        assert wait_until(lambda: _tls_connections(daemon) == 3, DEADLINE)
+        before = _refused(daemon)
+        with connect(daemon, "tls") as extra:
+            assert closed_by_server(extra)
+        assert _refused(daemon) == before + 1
+        assert all(_still_open(sock) for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(lambda: _tls_connections(daemon) == 0, DEADLINE)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(connect(daemon, "tls")) as sock:
+        sock.sendall(_binding())
+        assert decode(_read_frame(sock)).cls is MessageClass.SUCCESS
+    log = daemon.log_path.read_text()
+    assert "Traceback" not in log and "Unhandled exception" not in log
