@@ -82,6 +82,9 @@ MAX_IDENTIFIER_CHARS = 64
 MAX_TTL_DIGITS = 12
 
 CLOUDFLARE_GENERATE_PATH = "/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
+#: Seconds a revoked name's expiry may lie beyond ``max_ttl`` from now: clock skew between the
+#: node that minted it and the node asked to revoke it.
+REVOKE_EXPIRY_SLACK = 300
 CLOUDFLARE_REVOKE_PATH = "/v1/turn/keys/{key_id}/credentials/{username}/revoke"
 DRAFT_PATH = "/"
 
@@ -408,6 +411,11 @@ def make_app(
         owner = credential_owner(username)
         if owner is None or owner[0] != key_id:
             raise _Refused(404, "unknown credential")
+        rest = parse_rest_username(username)
+        if rest is not None and rest.expiry > clock() + current.max_ttl + REVOKE_EXPIRY_SLACK:
+            # No credential this endpoint mints lives that long: a revocation of one would be
+            # kept (and grow the list) for nothing. The operator can still turnctl revoke it.
+            raise _Refused(400, "expiry is further than api.max_ttl from now", "username")
         ended = hooks.revoke(username)
         _event(logging.INFO, "api.credential-revoked", username=username, ended=ended)
         return web.Response(status=204)

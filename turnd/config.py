@@ -163,6 +163,12 @@ class ServerConfig:
     the nonce key, the self-signed certificate. Default "/var/lib/turnd", systemd's
     StateDirectory."""
 
+    accept_damaged_revocations: bool = attrs.field(default=False, metadata=_kind(Bool()))
+    """Start even when <state_dir>/revoked.runtime has lines that are not JSON strings, dropping
+    them (and so accepting again whatever they revoked); the next write rewrites the file.
+    Default false: turnd refuses to start, naming the file, since a silently dropped line
+    would let a revoked credential in again. Also the flag --accept-damaged-revocations."""
+
     log_level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=_kind(Choice(LogLevel)))
     """Least severe level logged: debug, info, warning or error. Default "info"."""
 

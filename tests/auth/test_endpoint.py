@@ -21,6 +21,7 @@ from auth.endpoint import (
     MAX_BODY_BYTES,
     MAX_IDENTIFIER_CHARS,
     MAX_TTL_LIMIT,
+    REVOKE_EXPIRY_SLACK,
     EndpointSettings,
     credential_owner,
     make_app,
@@ -566,3 +567,16 @@ def test_credential_owner_splits_key_id_and_tag(
 ) -> None:
     """Accounting recovers (key id, tag) from the username; non-REST usernames give None."""
     assert credential_owner(username) == owner
+
+
+def test_revoke_of_a_name_expiring_beyond_max_ttl_is_refused() -> None:
+    """A key cannot revoke a far-future name (no credential it mints lives that long): 400, and
+    nothing joins the revocation list; one expiring at max_ttl from now is revoked."""
+    hooks = RecordingHooks()
+    far = f"{int(NOW) + MAX_TTL + REVOKE_EXPIRY_SLACK + 1}:k1:forever"
+    reply = send("POST", REVOKE.format("k1", far), TOKEN_1, hooks=hooks)
+    assert reply.status == 400
+    assert "api.max_ttl" in reply.json()["error"]
+    edge = f"{int(NOW) + MAX_TTL}:k1"
+    assert send("POST", REVOKE.format("k1", edge), TOKEN_1, hooks=hooks).status == 204
+    assert hooks.revoked == [edge]
