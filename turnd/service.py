@@ -68,9 +68,6 @@ LISTEN_BACKLOG = 1024
 #: Socket buffer asked for on listeners and relays: bursts of a few hundred packets must not be
 #: dropped by the kernel while the event loop is busy (the kernel caps it at net.core.rmem_max).
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-#: Revocations appended to revoked.runtime before it is rewritten with just the live ones, at
-#: least: a rewrite costs a file's worth of I/O, an append one line.
-COMPACT_MIN_LINES = 1024
 #: Seconds between prunes of expired REST revocations: they can only grow on a revoke, so the
 #: prune runs then, at most this often (an expired name costs memory only, never a wrong answer).
 REVOCATION_PRUNE_INTERVAL = 600.0
@@ -334,8 +331,6 @@ class TurnService:
         self.revoked, damaged = self.runtime.revoked(
             accept_damaged=config.server.accept_damaged_revocations
         )
-        #: Lines in revoked.runtime: compaction rewrites it when they outnumber the revocations.
-        self._revocation_lines = len(self.revoked)
         self._revocations_pruned = time.time()
         #: One thread writes revocations, in order, off the event loop.
         self._state_writer = concurrent.futures.ThreadPoolExecutor(
@@ -809,10 +804,9 @@ class TurnService:
             self._compact_revocations()
 
     def _store_revocation(self, username: str, now: float) -> None:
-        """Append ``username`` to revoked.runtime; now and then prune and compact instead."""
-        self._revocation_lines += 1
-        due = now - self._revocations_pruned >= REVOCATION_PRUNE_INTERVAL
-        if due or self._revocation_lines > max(COMPACT_MIN_LINES, 2 * len(self.revoked)):
+        """Append ``username`` to revoked.runtime; when a prune is due, prune and rewrite the
+        file with the live names instead (the only way lines leave it, with :meth:`unrevoke`)."""
+        if now - self._revocations_pruned >= REVOCATION_PRUNE_INTERVAL:
             self._prune_revocations(now)
             self._compact_revocations()
         else:
@@ -829,7 +823,6 @@ class TurnService:
 
     def _compact_revocations(self) -> None:
         """Rewrite revoked.runtime with just :attr:`revoked`."""
-        self._revocation_lines = len(self.revoked)
         self._write_state(self.runtime.save_revoked, set(self.revoked))
 
     def _write_state(self, write: Callable[[Any], None], argument: Any) -> None:

@@ -62,6 +62,10 @@ def read_state(path: str | Path, encoding: str = "utf-8") -> str | None:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return None
+    except NotADirectoryError as exc:
+        raise StateFileError(
+            path, "a directory above it is a file", "set server.state_dir to a directory"
+        ) from exc
     except OSError as exc:
         raise StateFileError(
             path, f"cannot read it: {_os_problem(exc)}", "make it a file turnd's user can read"
