@@ -197,6 +197,8 @@ class EndpointSettings:
     """``turn:``/``turns:`` URLs returned with the credential."""
     default_ttl: int = attrs.field(default=86_400, validator=_check_positive)
     """Lifetime when the request names none, seconds (cut to max_ttl)."""
+    max_revocations: int = attrs.field(default=10_000, validator=_check_positive)
+    """Live revocations one key may hold; past it a revoke is 429."""
 
     @property
     def fallback_ttl(self) -> int:
@@ -224,6 +226,9 @@ class EndpointHooks(Protocol):
 
     def revoke(self, username: str) -> int:
         """Refuse ``username`` from now on, end its allocations here; return how many ended."""
+
+    def revocations(self, key_id: str) -> int:
+        """How many live revocations hold usernames minted for ``key_id``."""
 
 
 def credential_owner(username: str) -> tuple[str, str] | None:
@@ -416,6 +421,8 @@ def make_app(
             # No credential this endpoint mints lives that long: a revocation of one would be
             # kept (and grow the list) for nothing. The operator can still turnctl revoke it.
             raise _Refused(400, "expiry is further than api.max_ttl from now", "username")
+        if hooks.revocations(key_id) >= current.max_revocations:
+            raise _Refused(429, "this key holds api.max_revocations_per_key revocations")
         ended = hooks.revoke(username)
         _event(logging.INFO, "api.credential-revoked", username=username, ended=ended)
         return web.Response(status=204)

@@ -322,6 +322,11 @@ class ApiConfig:
     max_ttl: int = attrs.field(default=172_800, metadata=_kind(Int(1, 172_800)))
     """Longest credential lifetime a caller may ask for, seconds. Default 172800 (48 h)."""
 
+    max_revocations_per_key: int = attrs.field(default=10_000, metadata=_kind(Int(1, 1_000_000)))
+    """Live revocations one key may hold; past it a revoke is 429. Default 10000: far more than
+    the credentials an application revokes within max_ttl, and a bound on the list (and on
+    revoked.runtime) a leaked key can grow."""
+
 
 @attrs.frozen
 class UsageConfig:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
-from auth.credentials import Authenticator
+from auth.credentials import Authenticator, parse_rest_username
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
@@ -332,6 +332,8 @@ class TurnService:
             accept_damaged=config.server.accept_damaged_revocations
         )
         self._revocations_pruned = time.time()
+        #: Live revocations per credential endpoint key (api.max_revocations_per_key).
+        self._revoked_per_key: Counter[str] = Counter()
         #: One thread writes revocations, in order, off the event loop.
         self._state_writer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="turnd-state"
@@ -547,6 +549,7 @@ class TurnService:
             secret=secrets[0][0] if secrets else "",
             stun_urls=tuple(stun_urls),
             turn_urls=tuple(turn_urls),
+            max_revocations=config.api.max_revocations_per_key,
         )
 
     async def _start_api(self) -> None:
@@ -790,6 +793,9 @@ class TurnService:
         now = time.time()
         actions = self.core.revoke(username, now)
         if new:
+            key = _minted_for(username)
+            if key is not None:
+                self._revoked_per_key[key] += 1
             self._store_revocation(username, now)
         ended = {a.five_tuple for a in actions if isinstance(a, AllocationEnded)}
         self.execute(actions)
@@ -801,6 +807,9 @@ class TurnService:
         the authenticator."""
         if username in self.revoked:
             self.revoked.discard(username)
+            key = _minted_for(username)
+            if key is not None:
+                self._revoked_per_key[key] -= 1
             self._compact_revocations()
 
     def _store_revocation(self, username: str, now: float) -> None:
@@ -820,6 +829,12 @@ class TurnService:
         kept = auth.authenticator.revoked
         self.revoked = {name for name in self.revoked if unquote(name) in kept}
         self._revocations_pruned = now
+        keys = (_minted_for(name) for name in self.revoked)
+        self._revoked_per_key = Counter(key for key in keys if key is not None)
+
+    def revocations(self, key_id: str) -> int:
+        """How many live revocations hold usernames minted for ``key_id`` (EndpointHooks)."""
+        return self._revoked_per_key[key_id]
 
     def _compact_revocations(self) -> None:
         """Rewrite revoked.runtime with just :attr:`revoked`."""
@@ -1135,6 +1150,13 @@ def _bind_relay(relay: Address) -> socket.socket | None:
         return None
     sock.setblocking(False)
     return sock
+
+
+def _minted_for(username: str) -> str | None:
+    """The endpoint key a REST username was minted for (auth.endpoint.credential_owner's rule,
+    without importing aiohttp); None for other usernames."""
+    rest = parse_rest_username(username)
+    return rest.ident.partition(":")[0] if rest is not None and rest.ident else None
 
 
 def resolve_secrets(config: Config) -> tuple[Config, list[str]]:

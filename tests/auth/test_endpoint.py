@@ -66,6 +66,9 @@ class RecordingHooks:
         self.revoked.append(username)
         return 3
 
+    def revocations(self, key_id: str) -> int:
+        return sum(1 for name in self.revoked if name.split(":")[1] == key_id)
+
 
 @attrs.frozen
 class Reply:
@@ -580,3 +583,25 @@ def test_revoke_of_a_name_expiring_beyond_max_ttl_is_refused() -> None:
     edge = f"{int(NOW) + MAX_TTL}:k1"
     assert send("POST", REVOKE.format("k1", edge), TOKEN_1, hooks=hooks).status == 204
     assert hooks.revoked == [edge]
+
+
+def test_a_key_holding_max_revocations_gets_429() -> None:
+    """Past max_revocations live revocations a key's revoke is 429 and the hook is not called;
+    another key is not affected."""
+    settings = attrs.evolve(SETTINGS, max_revocations=2)
+    hooks = RecordingHooks()
+    for tag in ("a", "b"):
+        name = f"{int(NOW) + 60}:k1:{tag}"
+        assert (
+            send("POST", REVOKE.format("k1", name), TOKEN_1, settings=settings, hooks=hooks).status
+            == 204
+        )
+    third = f"{int(NOW) + 60}:k1:c"
+    reply = send("POST", REVOKE.format("k1", third), TOKEN_1, settings=settings, hooks=hooks)
+    assert reply.status == 429 and "max_revocations_per_key" in reply.json()["error"]
+    other = f"{int(NOW) + 60}:k2:a"
+    assert (
+        send("POST", REVOKE.format("k2", other), TOKEN_2, settings=settings, hooks=hooks).status
+        == 204
+    )
+    assert third not in hooks.revoked and other in hooks.revoked

@@ -120,3 +120,19 @@ def test_a_revocation_that_cannot_be_written_is_counted_not_raised(tmp_path: Pat
     assert node.revoke("alice") == 0
     assert refused(node, "alice")
     assert node.core.stats["state.write_failures"] == 1
+
+
+def test_live_revocations_are_counted_per_endpoint_key(tmp_path: Path) -> None:
+    """The count the endpoint bounds: per key, only live REST names, kept across a restart."""
+    node = service(tmp_path)
+    soon = int(time.time()) + 3600
+    node.revoke(f"{soon}:app1:a")
+    node.revoke(f"{soon}:app1:b")
+    node.revoke(f"{soon}:app1:b")  # again: not counted twice
+    node.revoke(f"{soon}:app2")
+    node.revoke(f"{int(time.time()) - 10}:app1:gone")
+    node.revoke("alice")
+    again = service(tmp_path)  # prunes the expired one at start
+    assert [again.revocations(k) for k in ("app1", "app2", "app3")] == [2, 1, 0]
+    again.unrevoke(f"{soon}:app1:a")
+    assert again.revocations("app1") == 1
