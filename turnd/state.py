@@ -80,7 +80,7 @@ def read_state(path: str | Path, encoding: str = "utf-8") -> str | None:
         ) from exc
 
 
-def write_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+def write_atomic(path: str | Path, text: str | bytes, encoding: str = "utf-8") -> None:
     """Replace ``path`` with ``text`` (mode 0600) all at once; StateFileError if it fails.
 
     The old content stays in place until the new one is on disk, also when the disk is full.
@@ -92,7 +92,7 @@ def write_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> None:
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode(encoding))
+            handle.write(text.encode(encoding) if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
