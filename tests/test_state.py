@@ -136,3 +136,14 @@ def test_a_private_secret_is_used_silently(
     with caplog.at_level(logging.WARNING, logger="turnd"):
         read_or_create_secret(tmp_path, "rest-secret")
     assert not caplog.records
+
+
+def test_creating_a_secret_never_replaces_one_another_process_made(tmp_path: Path) -> None:
+    """replace=False keeps an existing file (FileExistsError) and leaves no temporary file: two
+    turnds starting at once end up with the same secret."""
+    path = tmp_path / "rest-secret"
+    path.write_text("first\n")
+    with pytest.raises(FileExistsError):
+        write_atomic(path, "second\n", replace=False)
+    assert path.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["rest-secret"]

@@ -80,10 +80,14 @@ def read_state(path: str | Path, encoding: str = "utf-8") -> str | None:
         ) from exc
 
 
-def write_atomic(path: str | Path, text: str | bytes, encoding: str = "utf-8") -> None:
+def write_atomic(
+    path: str | Path, text: str | bytes, encoding: str = "utf-8", *, replace: bool = True
+) -> None:
     """Replace ``path`` with ``text`` (mode 0600) all at once; StateFileError if it fails.
 
     The old content stays in place until the new one is on disk, also when the disk is full.
+    With ``replace=False`` an existing ``path`` is kept and FileExistsError raised (two turnds
+    creating the same secret at once agree on one).
     """
     target = Path(path)
     tmp: Path | None = None
@@ -95,9 +99,14 @@ def write_atomic(path: str | Path, text: str | bytes, encoding: str = "utf-8") -
             handle.write(text.encode(encoding) if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        tmp = None
+        if replace:
+            os.replace(tmp, target)
+            tmp = None
+        else:
+            os.link(tmp, target)  # FileExistsError when another process made it first
         fsync_directory(target.parent)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise StateFileError(
             target,
@@ -192,7 +201,9 @@ def read_or_create_secret(state_dir: str | Path, name: str) -> tuple[str, bool]:
             "(set server.state_dir / --state-dir to a writable directory)"
         ) from exc
     try:
-        write_atomic(path, value + "\n", encoding="ascii")
+        write_atomic(path, value + "\n", encoding="ascii", replace=False)
+    except FileExistsError:
+        return read_or_create_secret(state_dir, name)  # now it exists: read, never recreate
     except StateFileError as exc:
         raise StateError(
             f"{exc} (or set server.state_dir / --state-dir to a writable directory)"
