@@ -332,6 +332,8 @@ class TurnService:
             accept_damaged=config.server.accept_damaged_revocations
         )
         self._revocations_pruned = time.time()
+        #: A revocation write failed: the next one rewrites the whole file, so none is lost.
+        self._revocations_unsaved = False
         #: Live revocations per credential endpoint key (api.max_revocations_per_key).
         self._revoked_per_key: Counter[str] = Counter()
         #: One thread writes revocations, in order, off the event loop.
@@ -818,6 +820,8 @@ class TurnService:
         if now - self._revocations_pruned >= REVOCATION_PRUNE_INTERVAL:
             self._prune_revocations(now)
             self._compact_revocations()
+        elif self._revocations_unsaved:
+            self._compact_revocations()
         else:
             self._write_state(self.runtime.append_revoked, username)
 
@@ -838,6 +842,7 @@ class TurnService:
 
     def _compact_revocations(self) -> None:
         """Rewrite revoked.runtime with just :attr:`revoked`."""
+        self._revocations_unsaved = False
         self._write_state(self.runtime.save_revoked, set(self.revoked))
 
     def _write_state(self, write: Callable[[Any], None], argument: Any) -> None:
@@ -848,7 +853,10 @@ class TurnService:
         except RuntimeError:
             self._state_written(None, write, argument)
             return
-        loop.run_in_executor(self._state_writer, self._state_written, loop, write, argument)
+        try:
+            loop.run_in_executor(self._state_writer, self._state_written, loop, write, argument)
+        except RuntimeError:  # the writer has shut down (stop): write here, it is the last
+            self._state_written(None, write, argument)
 
     def _state_written(
         self, loop: asyncio.AbstractEventLoop | None, write: Callable[[Any], None], argument: Any
@@ -862,6 +870,7 @@ class TurnService:
                 loop.call_soon_threadsafe(self._state_not_saved, str(exc))
 
     def _state_not_saved(self, message: str) -> None:
+        self._revocations_unsaved = True
         self.core.stats["state.write_failures"] += 1
         event(logging.ERROR, "auth.revoked_not_saved", f"revocations hold until restart: {message}")
 
