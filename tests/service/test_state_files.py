@@ -92,8 +92,8 @@ def test_reload_on_a_bad_state_file_keeps_serving_and_tells_systemd_ready(
     tmp_path: Path,
 ) -> None:
     """SIGHUP with users.runtime made a directory: RELOADING=1 then READY=1 with the refusal,
-    reload.refused names the file, turnctl reload answers it (not 500), and once the file is
-    fixed a reload works again."""
+    reload.refused names the file, turnctl reload and users add answer it (not 500), and once
+    the file is fixed a reload works again."""
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
@@ -112,6 +112,12 @@ def test_reload_on_a_bad_state_file_keeps_serving_and_tells_systemd_ready(
             )
             assert "internal error" not in result.output
             assert str(bad) in result.output
+            added = CliRunner().invoke(
+                turnctl_app,
+                ["--socket", daemon.control_socket, "users", "add", "bob", "--password", "pw"],
+            )
+            assert added.exit_code != 0 and str(bad) in added.output
+            assert "internal error" not in added.output
             bad.rmdir()
             result = CliRunner().invoke(
                 turnctl_app, ["--socket", daemon.control_socket, "--json", "reload"]
