@@ -117,7 +117,10 @@ def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
             runner.run(_serve(config, notes, path, overrides))
-        except (StartupError, StateError) as exc:
+        except StateError as exc:  # a bad state file: as bad config, a restart cannot fix it
+            typer.echo(f"turnd: {exc}", err=True)
+            return 2
+        except StartupError as exc:
             typer.echo(f"turnd: {exc}", err=True)
             return 1
     return 0
