@@ -82,6 +82,9 @@ MAX_IDENTIFIER_CHARS = 64
 MAX_TTL_DIGITS = 12
 
 CLOUDFLARE_GENERATE_PATH = "/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
+#: Seconds a revoked name's expiry may lie beyond ``max_ttl`` from now: clock skew between the
+#: node that minted it and the node asked to revoke it.
+REVOKE_EXPIRY_SLACK = 300
 CLOUDFLARE_REVOKE_PATH = "/v1/turn/keys/{key_id}/credentials/{username}/revoke"
 DRAFT_PATH = "/"
 
@@ -194,6 +197,8 @@ class EndpointSettings:
     """``turn:``/``turns:`` URLs returned with the credential."""
     default_ttl: int = attrs.field(default=86_400, validator=_check_positive)
     """Lifetime when the request names none, seconds (cut to max_ttl)."""
+    max_revocations: int = attrs.field(default=10_000, validator=_check_positive)
+    """Live revocations one key may hold; past it a revoke is 429."""
 
     @property
     def fallback_ttl(self) -> int:
@@ -221,6 +226,9 @@ class EndpointHooks(Protocol):
 
     def revoke(self, username: str) -> int:
         """Refuse ``username`` from now on, end its allocations here; return how many ended."""
+
+    def revocations(self, key_id: str) -> int:
+        """How many live revocations hold usernames minted for ``key_id``."""
 
 
 def credential_owner(username: str) -> tuple[str, str] | None:
@@ -408,6 +416,13 @@ def make_app(
         owner = credential_owner(username)
         if owner is None or owner[0] != key_id:
             raise _Refused(404, "unknown credential")
+        rest = parse_rest_username(username)
+        if rest is not None and rest.expiry > clock() + current.max_ttl + REVOKE_EXPIRY_SLACK:
+            # No credential this endpoint mints lives that long: a revocation of one would be
+            # kept (and grow the list) for nothing. The operator can still turnctl revoke it.
+            raise _Refused(400, "expiry is further than api.max_ttl from now", "username")
+        if hooks.revocations(key_id) >= current.max_revocations:
+            raise _Refused(429, "this key holds api.max_revocations_per_key revocations")
         ended = hooks.revoke(username)
         _event(logging.INFO, "api.credential-revoked", username=username, ended=ended)
         return web.Response(status=204)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from turnd.runtime import RuntimeCredentials, secret_id
+from turnd.state import StateFileError, write_atomic
 
 
 def test_users_round_trip_and_files_are_private(tmp_path: Path) -> None:
@@ -59,14 +60,78 @@ def test_endpoint_keys_round_trip(tmp_path: Path) -> None:
 
 
 def test_revocations_round_trip_any_username(tmp_path: Path) -> None:
-    """Revoked usernames are kept one JSON string a line (any UTF-8, quotes, colons); a line
-    that is not one is skipped, not fatal."""
+    """Revoked usernames are kept one JSON string a line (any UTF-8, quotes, colons), written
+    whole or appended, in a 0600 file."""
     runtime = RuntimeCredentials(tmp_path)
-    assert runtime.revoked() == set()
+    assert runtime.revoked() == (set(), 0)
     names = {"alice", '1795602757:app1:room "42"', "zoë\nnewline"}
     runtime.save_revoked(names)
-    assert RuntimeCredentials(tmp_path).revoked() == names
-    with (tmp_path / "revoked.runtime").open("a", encoding="utf-8") as handle:
-        handle.write("not json\n42\n")
-    assert runtime.revoked() == names
+    runtime.append_revoked("bob")
+    assert RuntimeCredentials(tmp_path).revoked() == ({*names, "bob"}, 0)
     assert (tmp_path / "revoked.runtime").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("damage", ['"1795602757:app1:ro', "not json", "42", '["alice"]'])
+def test_a_damaged_revocation_file_is_refused_naming_it(tmp_path: Path, damage: str) -> None:
+    """A truncated line or one that is not a JSON string is a StateFileError naming the file and
+    the line, not silently skipped; accept_damaged skips and counts it."""
+    runtime = RuntimeCredentials(tmp_path)
+    runtime.save_revoked({"alice", "bob"})
+    with runtime.revoked_path.open("a", encoding="utf-8") as handle:
+        handle.write(damage)  # no newline: a file cut short
+    with pytest.raises(StateFileError) as refused:
+        runtime.revoked()
+    assert str(runtime.revoked_path) in str(refused.value)
+    assert "line 3" in str(refused.value) and "--accept-damaged-revocations" in str(refused.value)
+    assert runtime.revoked(accept_damaged=True) == ({"alice", "bob"}, 1)
+
+
+def test_writes_are_atomic_and_leave_no_temporary_file(tmp_path: Path) -> None:
+    """Every runtime file is replaced whole; a failed write leaves the old content and no
+    temporary file behind."""
+    runtime = RuntimeCredentials(tmp_path)
+    runtime.add_user("alice", "pw")
+    before = runtime.users_path.read_bytes()
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    with pytest.raises(StateFileError, match="blocked"):
+        write_atomic(blocker, "x")  # a directory in the file's place: os.replace fails
+    assert runtime.users_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "users.runtime"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("users.runtime", b"alice\n", "users.runtime"),
+        ("users.runtime", b"alice:\xff\xfe\n", "not UTF-8"),
+        ("secrets.runtime", b"\xffsecret\n", "not ASCII"),
+        ("api-keys.runtime", b"app1\n", "line 1 is not key_id:token"),
+    ],
+)
+def test_bad_runtime_files_are_state_file_errors(
+    tmp_path: Path, name: str, content: bytes, problem: str
+) -> None:
+    """A bad line or a byte that is not text in a runtime file is a StateFileError naming the
+    file and the problem (no traceback of a UnicodeDecodeError or a parse error)."""
+    (tmp_path / name).write_bytes(content)
+    runtime = RuntimeCredentials(tmp_path)
+    with pytest.raises(StateFileError) as refused:
+        runtime.users()
+        runtime.secrets()
+        runtime.api_keys()
+    assert refused.value.path == str(tmp_path / name)
+    assert problem in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["users.runtime", "secrets.runtime", "api-keys.runtime"])
+def test_a_directory_in_place_of_a_runtime_file_is_a_state_file_error(
+    tmp_path: Path, name: str
+) -> None:
+    """A directory where a runtime file should be cannot be read: StateFileError naming it."""
+    (tmp_path / name).mkdir()
+    runtime = RuntimeCredentials(tmp_path)
+    with pytest.raises(StateFileError, match="is a directory"):
+        runtime.users()
+        runtime.secrets()
+        runtime.api_keys()

@@ -167,6 +167,7 @@ HARDENING = {
     "MemoryDenyWriteExecute": "yes",
     "SystemCallArchitectures": "native",
     "Restart": "on-failure",
+    "RestartPreventExitStatus": "2",  # a bad config or state file: no restart loop
 }
 
 

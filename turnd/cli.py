@@ -72,6 +72,13 @@ def main_command(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
+    accept_damaged_revocations: Annotated[
+        bool,
+        typer.Option(
+            "--accept-damaged-revocations",
+            help="start although revoked.runtime has damaged lines, dropping them",
+        ),
+    ] = False,
 ) -> None:
     """Run the server (the default when no command is given)."""
     if ctx.invoked_subcommand is not None:
@@ -87,6 +94,7 @@ def main_command(
         peers__allow=allow_peer,
         server__log_level=log_level,
         server__log_format=log_format,
+        server__accept_damaged_revocations="true" if accept_damaged_revocations else None,
     )
     path = _config_path(config)
     try:
@@ -109,6 +117,9 @@ def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
             runner.run(_serve(config, notes, path, overrides))
+        except StateError as exc:  # a bad state file: as bad config, a restart cannot fix it
+            typer.echo(f"turnd: {exc}", err=True)
+            return 2
         except StartupError as exc:
             typer.echo(f"turnd: {exc}", err=True)
             return 1
@@ -150,8 +161,11 @@ async def _serve(
 
     def on_reload() -> None:
         systemd.reloading("reloading configuration")
-        error = service.reload_from_source()  # logs reload.done or reload.refused
-        systemd.ready(f"reload refused: {error}" if error else _status_line(service))
+        error: str | None = "internal error: see the log"
+        try:
+            error = service.reload_from_source()  # logs reload.done or reload.refused
+        finally:  # READY=1 also after a bug, or systemd holds the unit in "reloading"
+            systemd.ready(f"reload refused: {error}" if error else _status_line(service))
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, on_interrupt)

@@ -163,6 +163,12 @@ class ServerConfig:
     the nonce key, the self-signed certificate. Default "/var/lib/turnd", systemd's
     StateDirectory."""
 
+    accept_damaged_revocations: bool = attrs.field(default=False, metadata=_kind(Bool()))
+    """Start even when <state_dir>/revoked.runtime has lines that are not JSON strings, dropping
+    them (and so accepting again whatever they revoked); the next write rewrites the file.
+    Default false: turnd refuses to start, naming the file, since a silently dropped line
+    would let a revoked credential in again. Also the flag --accept-damaged-revocations."""
+
     log_level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=_kind(Choice(LogLevel)))
     """Least severe level logged: debug, info, warning or error. Default "info"."""
 
@@ -315,6 +321,11 @@ class ApiConfig:
 
     max_ttl: int = attrs.field(default=172_800, metadata=_kind(Int(1, 172_800)))
     """Longest credential lifetime a caller may ask for, seconds. Default 172800 (48 h)."""
+
+    max_revocations_per_key: int = attrs.field(default=10_000, metadata=_kind(Int(1, 1_000_000)))
+    """Live revocations one key may hold; past it a revoke is 429. Default 10000: far more than
+    the credentials an application revokes within max_ttl, and a bound on the list (and on
+    revoked.runtime) a leaked key can grow."""
 
 
 @attrs.frozen

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 from pathlib import Path
 
 from auth.credentials import Password, parse_users_file
+from turnd.state import StateFileError, append_line, read_state, write_atomic
 
 USERS_FILE = "users.runtime"
 SECRETS_FILE = "secrets.runtime"
@@ -31,20 +31,13 @@ KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~@+=-]{0,63}")
 #: Bytes of a generated secret: the SHA-1 block size used by the REST HMAC is 64; 32 random
 #: bytes are beyond any search.
 GENERATED_SECRET_BYTES = 32
+#: What to do about a bad line in a runtime file.
+_FIX_LINE = "fix or remove that line (turnctl writes these files; restore a backup if unsure)"
 
 
 def secret_id(secret: str) -> str:
     """A short public name for a secret: the first 8 hex digits of its SHA-256."""
     return hashlib.sha256(secret.encode()).hexdigest()[:8]
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 class RuntimeCredentials:
@@ -58,11 +51,13 @@ class RuntimeCredentials:
 
     def users(self) -> dict[str, str]:
         """Runtime users and their passwords."""
-        try:
-            text = self.users_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = read_state(self.users_path)
+        if text is None:
             return {}
-        parsed = parse_users_file(text)
+        try:
+            parsed = parse_users_file(text)
+        except ValueError as exc:
+            raise StateFileError(self.users_path, str(exc), _FIX_LINE) from None
         return {name: cred.value for name, cred in parsed.items() if isinstance(cred, Password)}
 
     def add_user(self, name: str, password: str) -> None:
@@ -84,15 +79,14 @@ class RuntimeCredentials:
         return True
 
     def _save_users(self, users: dict[str, str]) -> None:
-        _write(self.users_path, "".join(f"{name}:{pw}\n" for name, pw in sorted(users.items())))
+        write_atomic(
+            self.users_path, "".join(f"{name}:{pw}\n" for name, pw in sorted(users.items()))
+        )
 
     def secrets(self) -> list[str]:
         """Runtime REST secrets, newest first."""
-        try:
-            lines = self.secrets_path.read_text(encoding="ascii").splitlines()
-        except FileNotFoundError:
-            return []
-        return [line.strip() for line in lines if line.strip()]
+        text = read_state(self.secrets_path, encoding="ascii")
+        return [] if text is None else [line.strip() for line in text.splitlines() if line.strip()]
 
     def add_secret(self, value: str | None) -> str:
         """Add a secret (generated when ``value`` is None) as the newest; return it."""
@@ -100,7 +94,7 @@ class RuntimeCredentials:
         if not secret or not secret.isascii() or any(c.isspace() for c in secret):
             raise ValueError("a secret must be non-empty printable ASCII without spaces")
         current = [s for s in self.secrets() if s != secret]
-        _write(self.secrets_path, "".join(f"{s}\n" for s in [secret, *current]))
+        write_atomic(self.secrets_path, "".join(f"{s}\n" for s in [secret, *current]))
         return secret
 
     def remove_secret(self, identifier: str) -> bool:
@@ -109,17 +103,22 @@ class RuntimeCredentials:
         kept = [s for s in current if secret_id(s) != identifier]
         if len(kept) == len(current):
             return False
-        _write(self.secrets_path, "".join(f"{s}\n" for s in kept))
+        write_atomic(self.secrets_path, "".join(f"{s}\n" for s in kept))
         return True
 
     def api_keys(self) -> dict[str, str]:
         """Credential endpoint keys added at run time: key id -> bearer token."""
-        try:
-            lines = self.keys_path.read_text(encoding="ascii").splitlines()
-        except FileNotFoundError:
-            return {}
-        pairs = (line.split(":", 1) for line in lines if ":" in line)
-        return {key.strip(): token.strip() for key, token in pairs}
+        text = read_state(self.keys_path, encoding="ascii")
+        keys: dict[str, str] = {}
+        for number, line in enumerate(() if text is None else text.splitlines(), 1):
+            key, colon, token = line.partition(":")
+            if not line.strip():
+                continue
+            if not colon or not key.strip() or not token.strip():
+                problem = f"line {number} is not key_id:token"
+                raise StateFileError(self.keys_path, problem, _FIX_LINE)
+            keys[key.strip()] = token.strip()
+        return keys
 
     def add_key(self, key_id: str, token: str | None) -> str:
         """Add or replace key ``key_id`` (token generated when None); return the token."""
@@ -142,24 +141,43 @@ class RuntimeCredentials:
         return True
 
     def _save_keys(self, keys: dict[str, str]) -> None:
-        _write(self.keys_path, "".join(f"{k}:{t}\n" for k, t in sorted(keys.items())))
+        write_atomic(self.keys_path, "".join(f"{k}:{t}\n" for k, t in sorted(keys.items())))
 
-    def revoked(self) -> set[str]:
-        """Revoked usernames (a line that is not a JSON string is skipped)."""
-        try:
-            lines = self.revoked_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return set()
-        names = set()
-        for line in lines:
+    def revoked(self, *, accept_damaged: bool = False) -> tuple[set[str], int]:
+        """Revoked usernames and how many damaged lines were skipped.
+
+        A line that is not one JSON string (a truncated file, an edit gone wrong) is a
+        StateFileError: skipping it would accept a revoked credential again. With
+        ``accept_damaged`` such lines are skipped and counted instead.
+        """
+        text = read_state(self.revoked_path)
+        names: set[str] = set()
+        damaged: list[int] = []
+        for number, line in enumerate(() if text is None else text.splitlines(), 1):
             try:
                 name = json.loads(line)
             except ValueError:
-                continue
+                name = None
             if isinstance(name, str):
                 names.add(name)
-        return names
+            elif line.strip():
+                damaged.append(number)
+        if damaged and not accept_damaged:
+            lines = ", ".join(str(n) for n in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+            raise StateFileError(
+                self.revoked_path,
+                f"damaged: line {lines} is not a JSON string, so a revoked credential would "
+                "work again",
+                "restore it from a backup or fix the lines, or start once with "
+                "--accept-damaged-revocations (server.accept_damaged_revocations = true) to drop "
+                "them",
+            )
+        return names, len(damaged)
 
     def save_revoked(self, names: set[str]) -> None:
-        """Replace the revoked usernames."""
-        _write(self.revoked_path, "".join(json.dumps(name) + "\n" for name in sorted(names)))
+        """Replace the revoked usernames (compaction)."""
+        write_atomic(self.revoked_path, "".join(json.dumps(name) + "\n" for name in sorted(names)))
+
+    def append_revoked(self, name: str) -> None:
+        """Add one revoked username at the end of the file."""
+        append_line(self.revoked_path, json.dumps(name))

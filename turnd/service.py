@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
-from auth.credentials import Authenticator
+from auth.credentials import Authenticator, parse_rest_username
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
@@ -53,7 +53,7 @@ from turnd.core.server import TurnServer
 from turnd.core.settings import CoreSettings
 from turnd.logs import event
 from turnd.runtime import RuntimeCredentials
-from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, read_or_create_secret
+from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, StateError, read_or_create_secret
 from turnd.streams import ClientStream, serve_tls
 from turnd.tcp_relays import TcpRelays
 
@@ -68,6 +68,9 @@ LISTEN_BACKLOG = 1024
 #: Socket buffer asked for on listeners and relays: bursts of a few hundred packets must not be
 #: dropped by the kernel while the event loop is busy (the kernel caps it at net.core.rmem_max).
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+#: Seconds between prunes of expired REST revocations: they can only grow on a revoke, so the
+#: prune runs then, at most this often (an expired name costs memory only, never a wrong answer).
+REVOCATION_PRUNE_INTERVAL = 600.0
 
 
 class StartupError(RuntimeError):
@@ -413,11 +416,35 @@ class TurnService:
         self.runtime = RuntimeCredentials(config.server.state_dir)
         #: Revoked usernames: kept across reloads of the authenticator and, in the state
         #: directory, across restarts.
-        self.revoked: set[str] = self.runtime.revoked()
+        self.revoked, damaged = self.runtime.revoked(
+            accept_damaged=config.server.accept_damaged_revocations
+        )
+        self._revocations_pruned = time.time()
+        #: A revocation write failed: the next one rewrites the whole file, so none is lost.
+        self._revocations_unsaved = False
+        #: Live revocations per credential endpoint key (api.max_revocations_per_key).
+        self._revoked_per_key: Counter[str] = Counter()
+        #: One thread writes revocations, in order, off the event loop.
+        self._state_writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="turnd-state"
+        )
         #: What the kernel delivers to this host (own_endpoints).
         self.local_networks = detect_local_networks()
         self.core = build_core(config, self.relay_ipv4, os.urandom, self.local_networks)
         self.rebuild_authenticator()
+        loaded = len(self.revoked)
+        self._prune_revocations(time.time())
+        if damaged:
+            self.core.stats["state.damaged_revocations"] += damaged
+            event(
+                logging.WARNING,
+                "state.damaged_revocations_dropped",
+                "server.accept_damaged_revocations: damaged lines dropped",
+                file=str(self.runtime.revoked_path),
+                lines=damaged,
+            )
+        if damaged or len(self.revoked) < loaded:
+            self._compact_revocations()
         self.reports: list[ListenerReport] = []
         #: Every listener that is serving: (transport, bound address).
         self.bound: list[tuple[str, Address]] = []
@@ -622,6 +649,7 @@ class TurnService:
             secret=secrets[0][0] if secrets else "",
             stun_urls=tuple(stun_urls),
             turn_urls=tuple(turn_urls),
+            max_revocations=config.api.max_revocations_per_key,
         )
 
     async def _start_api(self) -> None:
@@ -767,6 +795,8 @@ class TurnService:
             if runner is not None:
                 await runner.cleanup()
         self._metrics = self._api_runner = self._api = None
+        # Revocations still queued reach the disk before the process ends.
+        await asyncio.get_running_loop().run_in_executor(None, self._state_writer.shutdown)
         await asyncio.sleep(0)
         event(logging.INFO, "service.stopped", allocations=len(self.core.allocations))
 
@@ -815,13 +845,12 @@ class TurnService:
     def reload_from_source(self) -> str | None:
         """Reload from :attr:`config_source`; None when done, else why it was refused."""
         from turnd.config import ConfigError
-        from turnd.state import StateError
 
         if self.config_source is None:
             return "this turnd has no configuration source to reload from"
         try:
             self.reload(self.config_source())
-        except (ConfigError, StateError, StartupError, ValueError) as exc:
+        except (ConfigError, StateError, StartupError, ValueError, OSError) as exc:
             event(logging.ERROR, "reload.refused", str(exc))
             return str(exc)
         event(logging.INFO, "reload.done", "users, REST secrets and TLS certificate reloaded")
@@ -860,11 +889,17 @@ class TurnService:
 
         In a cluster (and with ``broadcast``) every other node is told to do the same.
         """
+        new = username not in self.revoked
         self.revoked.add(username)
         if broadcast and self.cluster is not None:
             self.cluster.broadcast({"op": "revoke", "username": username})
-        actions = self.core.revoke(username, time.time())
-        self._save_revoked()
+        now = time.time()
+        actions = self.core.revoke(username, now)
+        if new:
+            key = _minted_for(username)
+            if key is not None:
+                self._revoked_per_key[key] += 1
+            self._store_revocation(username, now)
         ended = {a.five_tuple for a in actions if isinstance(a, AllocationEnded)}
         self.execute(actions)
         event(logging.INFO, "auth.revoked", username=username, allocations=len(ended))
@@ -875,28 +910,70 @@ class TurnService:
         the authenticator."""
         if username in self.revoked:
             self.revoked.discard(username)
-            self._write_revoked()
+            key = _minted_for(username)
+            if key is not None:
+                self._revoked_per_key[key] -= 1
+            self._compact_revocations()
 
-    def _save_revoked(self) -> None:
+    def _store_revocation(self, username: str, now: float) -> None:
+        """Append ``username`` to revoked.runtime; when a prune is due, prune and rewrite the
+        file with the live names instead (the only way lines leave it, with :meth:`unrevoke`)."""
+        if now - self._revocations_pruned >= REVOCATION_PRUNE_INTERVAL:
+            self._prune_revocations(now)
+            self._compact_revocations()
+        elif self._revocations_unsaved:
+            self._compact_revocations()
+        else:
+            self._write_state(self.runtime.append_revoked, username)
+
+    def _prune_revocations(self, now: float) -> None:
         """Drop revoked REST usernames that have expired anyway (the authenticator's
-        ``prune_revoked``), then keep the rest in the state directory."""
+        ``prune_revoked``)."""
         auth = self.core.auth
-        auth.authenticator = auth.authenticator.prune_revoked(time.time())
+        auth.authenticator = auth.authenticator.prune_revoked(now)
         kept = auth.authenticator.revoked
         self.revoked = {name for name in self.revoked if unquote(name) in kept}
-        self._write_revoked()
+        self._revocations_pruned = now
+        keys = (_minted_for(name) for name in self.revoked)
+        self._revoked_per_key = Counter(key for key in keys if key is not None)
 
-    def _write_revoked(self) -> None:
-        """Write :attr:`revoked` to the state directory; a failure is logged and counted."""
+    def revocations(self, key_id: str) -> int:
+        """How many live revocations hold usernames minted for ``key_id`` (EndpointHooks)."""
+        return self._revoked_per_key[key_id]
+
+    def _compact_revocations(self) -> None:
+        """Rewrite revoked.runtime with just :attr:`revoked`."""
+        self._revocations_unsaved = False
+        self._write_state(self.runtime.save_revoked, set(self.revoked))
+
+    def _write_state(self, write: Callable[[Any], None], argument: Any) -> None:
+        """Run ``write(argument)`` on the state writer thread (in the caller when no event loop
+        runs); a failure is logged and counted, and the revocation holds until restart."""
         try:
-            self.runtime.save_revoked(self.revoked)
-        except OSError as exc:
-            self.core.stats["state.write_failures"] += 1
-            event(
-                logging.ERROR,
-                "auth.revoked_not_saved",
-                f"revocations hold until restart only: {exc.strerror or exc}",
-            )
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._state_written(None, write, argument)
+            return
+        try:
+            loop.run_in_executor(self._state_writer, self._state_written, loop, write, argument)
+        except RuntimeError:  # the writer has shut down (stop): write here, it is the last
+            self._state_written(None, write, argument)
+
+    def _state_written(
+        self, loop: asyncio.AbstractEventLoop | None, write: Callable[[Any], None], argument: Any
+    ) -> None:
+        try:
+            write(argument)
+        except StateError as exc:
+            if loop is None:
+                self._state_not_saved(str(exc))
+            else:
+                loop.call_soon_threadsafe(self._state_not_saved, str(exc))
+
+    def _state_not_saved(self, message: str) -> None:
+        self._revocations_unsaved = True
+        self.core.stats["state.write_failures"] += 1
+        event(logging.ERROR, "auth.revoked_not_saved", f"revocations hold until restart: {message}")
 
     def ice_urls(self, config: Config | None = None) -> tuple[list[str], list[str]]:
         """stun:/turn:/turns: URLs of the listeners that serve, for minted credentials."""
@@ -1204,6 +1281,13 @@ def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
         sock.close()
         return None
     return sock
+
+
+def _minted_for(username: str) -> str | None:
+    """The endpoint key a REST username was minted for (auth.endpoint.credential_owner's rule,
+    without importing aiohttp); None for other usernames."""
+    rest = parse_rest_username(username)
+    return rest.ident.partition(":")[0] if rest is not None and rest.ident else None
 
 
 def resolve_secrets(config: Config) -> tuple[Config, list[str]]:

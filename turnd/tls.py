@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 import ssl
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PublicKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from turnd.state import StateFileError, write_atomic
 
 if TYPE_CHECKING:
     from turnd.config import Config
@@ -85,11 +85,12 @@ def ensure_self_signed(
         Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.mkdir(mode=0o700, exist_ok=True)
         directory.chmod(0o700)
-        _write_private(key_path, key_pem)
-        _write_private(cert_path, cert_pem)
-    except OSError as exc:
+        write_atomic(key_path, key_pem)
+        write_atomic(cert_path, cert_pem)
+    except (OSError, StateFileError) as exc:
+        why = exc.problem if isinstance(exc, StateFileError) else exc.strerror
         raise TlsError(
-            f"cannot write a self-signed certificate into {directory}: {exc.strerror} (make "
+            f"cannot write a self-signed certificate into {directory}: {why} (make "
             "server.state_dir writable, or set tls.cert_file and tls.key_file)"
         ) from None
     return cert_path, key_path, True
@@ -259,15 +260,3 @@ def _self_signed(
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` at once, mode 0600 (a reader never sees half a file)."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # Mode 0600.
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -21,6 +21,7 @@ from auth.endpoint import (
     MAX_BODY_BYTES,
     MAX_IDENTIFIER_CHARS,
     MAX_TTL_LIMIT,
+    REVOKE_EXPIRY_SLACK,
     EndpointSettings,
     credential_owner,
     make_app,
@@ -64,6 +65,9 @@ class RecordingHooks:
             raise RuntimeError("the core is gone")
         self.revoked.append(username)
         return 3
+
+    def revocations(self, key_id: str) -> int:
+        return sum(1 for name in self.revoked if name.split(":")[1] == key_id)
 
 
 @attrs.frozen
@@ -566,3 +570,38 @@ def test_credential_owner_splits_key_id_and_tag(
 ) -> None:
     """Accounting recovers (key id, tag) from the username; non-REST usernames give None."""
     assert credential_owner(username) == owner
+
+
+def test_revoke_of_a_name_expiring_beyond_max_ttl_is_refused() -> None:
+    """A key cannot revoke a far-future name (no credential it mints lives that long): 400, and
+    nothing joins the revocation list; one expiring at max_ttl from now is revoked."""
+    hooks = RecordingHooks()
+    far = f"{int(NOW) + MAX_TTL + REVOKE_EXPIRY_SLACK + 1}:k1:forever"
+    reply = send("POST", REVOKE.format("k1", far), TOKEN_1, hooks=hooks)
+    assert reply.status == 400
+    assert "api.max_ttl" in reply.json()["error"]
+    edge = f"{int(NOW) + MAX_TTL}:k1"
+    assert send("POST", REVOKE.format("k1", edge), TOKEN_1, hooks=hooks).status == 204
+    assert hooks.revoked == [edge]
+
+
+def test_a_key_holding_max_revocations_gets_429() -> None:
+    """Past max_revocations live revocations a key's revoke is 429 and the hook is not called;
+    another key is not affected."""
+    settings = attrs.evolve(SETTINGS, max_revocations=2)
+    hooks = RecordingHooks()
+    for tag in ("a", "b"):
+        name = f"{int(NOW) + 60}:k1:{tag}"
+        assert (
+            send("POST", REVOKE.format("k1", name), TOKEN_1, settings=settings, hooks=hooks).status
+            == 204
+        )
+    third = f"{int(NOW) + 60}:k1:c"
+    reply = send("POST", REVOKE.format("k1", third), TOKEN_1, settings=settings, hooks=hooks)
+    assert reply.status == 429 and "max_revocations_per_key" in reply.json()["error"]
+    other = f"{int(NOW) + 60}:k2:a"
+    assert (
+        send("POST", REVOKE.format("k2", other), TOKEN_2, settings=settings, hooks=hooks).status
+        == 204
+    )
+    assert third not in hooks.revoked and other in hooks.revoked
