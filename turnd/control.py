@@ -47,6 +47,7 @@ from typing import Any, NoReturn, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from auth.credentials import MintRefused
 from turnd.logs import LOGGER
 
 #: Requests are small JSON objects; anything bigger is a mistake or an attack.
@@ -322,6 +323,8 @@ class _Routes:
             _refuse(400, '"ttl" must be positive')
         try:
             minted = self.ops.mint(ttl, ident)
+        except MintRefused as exc:  # a ttl or id turnd would itself refuse at authentication
+            _refuse(400, str(exc))
         except ValueError as exc:
             _refuse(409, str(exc))
         return web.json_response(minted, status=201)
