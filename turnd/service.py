@@ -384,6 +384,14 @@ class TurnService:
         listen = self.config.server.listen
         if any(listener.transport is ListenerTransport.TLS for listener in listen):
             self._load_tls()
+            configured = self.config.tls.cert_file is not None or self.config.tls.key_file
+            if self.tls_context is None and configured:
+                # An operator's own certificate that cannot serve is a mistake to fix now, not
+                # a node that quietly runs without its TLS listeners.
+                raise StartupError(
+                    f"tls: {self.tls_error} (fix tls.cert_file and tls.key_file, or remove the "
+                    "tls listeners from server.listen)"
+                )
         for address in self.config.listen_addresses():
             for listener in listen:
                 if listener.transport is ListenerTransport.UDP:
