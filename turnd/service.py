@@ -59,6 +59,7 @@ from turnd.tcp_relays import TcpRelays
 
 if TYPE_CHECKING:
     from turnd.cluster import ClusterLink
+    from turnd.side_http import SideLimits
 
 # Linux socket options for the DF bit (RFC 8656 §18.9); not all are exported by ``socket``.
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
@@ -488,6 +489,7 @@ class TurnService:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        from turnd import side_http
         from turnd.metrics import registry_for
 
         registry = registry_for(self)
@@ -498,9 +500,11 @@ class TurnService:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
+        runner = side_http.runner(app, self.side_limits(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        site = side_http.TCPSite(
+            runner, endpoint.host, endpoint.port, name="metrics", limits=self.side_limits()
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -539,18 +543,20 @@ class TurnService:
         endpoint = self.config.api.listen
         if endpoint is None:
             return
-        from aiohttp import web
 
         from auth.endpoint import make_app
+        from turnd import side_http
 
         try:
             app = make_app(self._api_settings(self.config), self, time.time)
         except ValueError as exc:
             self._report("api", endpoint.host, endpoint.port, False, f"bad [api] settings: {exc}")
             return
-        runner = web.AppRunner(app)
+        runner = side_http.runner(app, self.side_limits())
         await runner.setup()
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        site = side_http.TCPSite(
+            runner, endpoint.host, endpoint.port, name="api", limits=self.side_limits()
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -564,6 +570,15 @@ class TurnService:
         port = sockets[0].getsockname()[1] if sockets else endpoint.port
         event(logging.INFO, "api.started", address=endpoint.host, port=port)
 
+    def side_limits(self) -> SideLimits:
+        """The bounds of each side HTTP server (``limits.side_*``), counted in the core's stats."""
+        from turnd.side_http import SideLimits
+
+        limits = self.config.limits
+        return SideLimits(
+            limits.side_max_connections, float(limits.side_header_timeout), self.core.stats
+        )
+
     async def _start_control(self) -> None:
         """The control API (turnctl) on the Unix socket and, with a token, on TCP."""
         from turnd.control import make_app, start_control
@@ -574,7 +589,7 @@ class TurnService:
         if control.socket:
             try:
                 self._control += await start_control(
-                    make_app(operations, None), control.socket, None
+                    make_app(operations, None), control.socket, None, self.side_limits()
                 )
                 event(logging.INFO, "control.started", socket=control.socket)
             except OSError as exc:
@@ -584,7 +599,7 @@ class TurnService:
             listen = (control.listen.host, control.listen.port)
             try:
                 self._control += await start_control(
-                    make_app(operations, control.token.reveal()), None, listen
+                    make_app(operations, control.token.reveal()), None, listen, self.side_limits()
                 )
             except OSError as exc:
                 reason = bind_failure_reason(exc, control.listen.port)
