@@ -83,11 +83,13 @@ class _ClientErrorFilter(logging.Filter):
     reason as a field, no traceback (it is the client's fault, not a bug of turnd's)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == LOGGER.name or record.name.startswith(LOGGER.name + ".")
+        if ours or not record.exc_info:
+            return True
         from aiohttp.http_exceptions import HttpProcessingError
 
-        error = record.exc_info[1] if record.exc_info else None
-        ours = record.name == LOGGER.name or record.name.startswith(LOGGER.name + ".")
-        if not ours and isinstance(error, HttpProcessingError | ConnectionError):
+        error = record.exc_info[1]
+        if isinstance(error, HttpProcessingError | ConnectionError):
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.event = "http.bad_request"
