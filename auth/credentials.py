@@ -47,6 +47,7 @@ __all__ = [
     "CredentialKind",
     "KeyLookup",
     "LookupFailure",
+    "MintRefused",
     "Password",
     "PrecomputedKey",
     "RestUsername",
@@ -214,23 +215,41 @@ def rest_password(secret: bytes | str, username: str) -> str:
     return base64.b64encode(mac).decode("ascii")
 
 
+class MintRefused(ValueError):
+    """A ttl or id that cannot make a credential the authenticator accepts (a client's error)."""
+
+
 def mint_rest_credentials(
     secret: bytes | str, now: float, ttl: int, ident: str = ""
 ) -> tuple[str, str]:
     """A REST (username, password) pair valid for ``ttl`` seconds from ``now``.
 
     The username is ``<expiry>:<ident>``, or the bare expiry when ``ident`` is empty. Raises
-    ValueError when ttl is not positive or the username would not be a valid STUN USERNAME
-    (OpaqueString-prepared, fewer than 509 bytes; RFC 8489 §14.3).
+    MintRefused (a ValueError) when ttl is not positive, the expiry has more than
+    MAX_EXPIRY_DIGITS digits, or the username would not be a valid STUN USERNAME that
+    ``Authenticator.lookup`` reads back unchanged (OpaqueString-prepared, no trailing NUL, fewer
+    than 509 bytes; RFC 8489 §14.3).
     """
     if ttl <= 0:
-        raise ValueError("ttl must be a positive number of seconds")
+        raise MintRefused("ttl must be a positive number of seconds")
     expiry = int(now) + int(ttl)
+    if len(str(expiry)) > MAX_EXPIRY_DIGITS:
+        raise MintRefused(
+            f"ttl {ttl} puts the expiry past {MAX_EXPIRY_DIGITS} digits, which turnd refuses "
+            "as a malformed REST username: use a shorter ttl"
+        )
     username = f"{expiry}:{ident}" if ident else str(expiry)
-    if opaque_string(username) != username:
-        raise ValueError("the id is not in OpaqueString form (NFC, ASCII spaces)")
+    try:
+        prepared = opaque_string(username)
+    except ValueError as exc:
+        raise MintRefused(f"the id is not a valid STUN username ({exc})") from None
+    if prepared != username or unquote(username) != username:
+        raise MintRefused("the id is not in OpaqueString form (NFC, ASCII spaces only)")
     if len(username.encode("utf-8")) > MAX_USERNAME_BYTES:
-        raise ValueError(f"the username would exceed {MAX_USERNAME_BYTES} bytes")
+        raise MintRefused(f"the username would exceed {MAX_USERNAME_BYTES} bytes")
+    # The authenticator's own reading of the name, so that what is minted is what it accepts.
+    if parse_rest_username(username) != RestUsername(expiry, ident):
+        raise MintRefused("the id does not survive the REST username format")
     return username, rest_password(secret, username)
 
 

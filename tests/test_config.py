@@ -92,6 +92,8 @@ def test_defaults_are_the_documented_ones() -> None:
         "max_connections": 10_000,
         "max_connections_per_ip": 64,
         "tls_handshake_timeout": 10,
+        "side_max_connections": 64,
+        "side_header_timeout": 10,
         "idle_timeout": 60,
         "max_message_size": 8192,
     }

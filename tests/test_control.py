@@ -20,6 +20,7 @@ import attrs
 import pytest
 from aiohttp import ClientSession, UnixConnector, web
 
+from auth.credentials import mint_rest_credentials
 from turnd.control import ControlOps, make_app, start_control, stop_control
 from turnd.operations import parse_address
 
@@ -249,6 +250,7 @@ class FakeOps:
         self.calls.append(("mint", ttl, ident))
         if self.mint_error is not None:
             raise ValueError(self.mint_error)
+        mint_rest_credentials(b"fake", 1_700_000_000, ttl, ident)  # the real username rules
         return {
             "iceServers": [
                 {"urls": ["stun:192.0.2.1:3478"]},
@@ -537,6 +539,23 @@ def test_credentials_are_minted_with_201(server: ControlServer, door: str) -> No
     assert reply.body["iceServers"][1]["username"] == "1700000600:app-7"
     call(server, "POST", "/v1/credentials", {"ttl": 60}, door=door)
     assert server.ops.calls[-2:] == [("mint", 600, "app-7"), ("mint", 60, "")]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"ttl": 10**13}, "digits"),
+        ({"ttl": 60, "id": "a\nb"}, "not a valid STUN username"),
+        ({"ttl": 60, "id": "x" * 600}, "exceed 508 bytes"),
+    ],
+)
+def test_credentials_turnd_would_refuse_are_not_minted_400(
+    server: ControlServer, door: str, body: dict[str, Any], error: str
+) -> None:
+    """A ttl or id whose username the authenticator would refuse is a 400 naming why."""
+    reply = call(server, "POST", "/v1/credentials", body, door=door)
+    assert reply.status == 400
+    assert error in reply.body["error"]
 
 
 @pytest.mark.parametrize(

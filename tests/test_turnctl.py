@@ -682,6 +682,18 @@ def test_generate_with_a_state_dir_mints_from_the_file(
     assert not [call for call in server.ops.calls if call[0] == "mint"]
 
 
+def test_generate_from_the_file_refuses_an_id_turnd_would_reject(
+    server: ControlServer, tmp_path: Path
+) -> None:
+    """An id with a control character mints nothing from the secret file: exit 2, say why."""
+    (tmp_path / "rest-secret").write_text(SECRET + "\n")
+    args = ["--host", "192.0.2.1", "--state-dir", str(tmp_path), "--id", "a\tb"]
+    result = run(server, "credentials", "generate", *args)
+    assert result.exit_code == 2
+    assert "cannot mint: the id is not a valid STUN username" in result.stderr
+    assert result.stdout == ""
+
+
 def test_generate_falls_back_to_the_default_secret_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

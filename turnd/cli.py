@@ -193,10 +193,21 @@ def _status_line(service: TurnService) -> str:
 @app.command("check-config")
 def check_config(file: Annotated[str, typer.Argument(help="the TOML file to check")]) -> None:
     """Validate FILE (and TURND_* variables); name the first bad field."""
+    from turnd.tls import TlsError, check_configured
+
     try:
-        load_config(file, os.environ)
+        config = load_config(file, os.environ)
     except ConfigError as exc:
         typer.echo(f"{file}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        check_configured(config)
+    except TlsError as exc:
+        typer.echo(
+            f"{file}: tls: {exc} (fix tls.cert_file and tls.key_file, or remove the tls listeners "
+            "from server.listen)",
+            err=True,
+        )
         raise typer.Exit(1) from exc
     typer.echo(f"{file}: ok")
 

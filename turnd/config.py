@@ -404,6 +404,17 @@ class LimitsConfig:
     """Seconds a client has to complete the TLS handshake. Default 10: ample over a slow mobile
     link, short enough that stalled handshakes cannot pile up."""
 
+    side_max_connections: int = attrs.field(default=64, metadata=_kind(Int(1)))
+    """Open connections each side HTTP server (metrics, credential API, control over TCP and
+    over its socket) accepts; past that, new ones are closed at accept and counted. Default 64:
+    ample for a scraper and a few operators, and together far fewer file descriptors than the
+    relays need."""
+
+    side_header_timeout: float = attrs.field(default=10.0, metadata=_kind(Seconds()))
+    """Seconds a side HTTP connection may go without a complete request head (on connecting,
+    and idle between requests) before the server closes it. Default 10: a scraper or turnctl
+    sends its request at once; a slow-header client cannot hold a connection longer."""
+
     idle_timeout: float = attrs.field(default=60.0, metadata=_kind(Seconds()))
     """Seconds a TCP/TLS connection may stay open without an allocation and without sending
     anything; one holding an allocation lives as long as the allocation. Default 60: a client

@@ -47,7 +47,10 @@ from typing import Any, NoReturn, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from auth.credentials import MintRefused
+from turnd import side_http
 from turnd.logs import LOGGER
+from turnd.side_http import SideLimits
 
 #: Requests are small JSON objects; anything bigger is a mistake or an attack.
 MAX_BODY = 64 * 1024
@@ -322,6 +325,8 @@ class _Routes:
             _refuse(400, '"ttl" must be positive')
         try:
             minted = self.ops.mint(ttl, ident)
+        except MintRefused as exc:  # a ttl or id turnd would itself refuse at authentication
+            _refuse(400, str(exc))
         except ValueError as exc:
             _refuse(409, str(exc))
         return web.json_response(minted, status=201)
@@ -444,14 +449,18 @@ def _unlinker(path: Path) -> Callable[[web.Application], Awaitable[None]]:
 
 
 async def start_control(
-    app: web.Application, socket_path: str | None, listen: tuple[str, int] | None
+    app: web.Application,
+    socket_path: str | None,
+    listen: tuple[str, int] | None,
+    limits: SideLimits | None = None,
 ) -> list[web.AppRunner]:
     """Serve ``app`` on the Unix socket ``socket_path`` and/or TCP ``listen``.
 
     One call per application. Returns the runners to hand to :func:`stop_control` (none when
     both are off: None or ""); the bound addresses are in ``runner.addresses``. Raises OSError
     when a door cannot be opened (nothing is left open then) and ValueError for TCP with an
-    application that takes no token.
+    application that takes no token. Each door holds at most ``limits.max_connections``
+    connections, each closed without a request head after ``limits.header_timeout``.
     """
     if not socket_path and listen is None:
         return []
@@ -462,13 +471,15 @@ async def start_control(
         path = Path(socket_path)
         sock = _bind_unix(path)
         app.on_cleanup.append(_unlinker(path))
-    runner = web.AppRunner(app, access_log=None)
+    limits = limits or SideLimits()
+    runner = side_http.runner(app, limits, access_log=None)
     try:
         await runner.setup()
         if sock is not None:
-            await web.SockSite(runner, sock).start()
+            await side_http.SockSite(runner, sock, name="control_socket", limits=limits).start()
         if listen is not None:
-            await web.TCPSite(runner, listen[0], listen[1], reuse_address=True).start()
+            site = side_http.TCPSite(runner, *listen, name="control_tcp", limits=limits)
+            await site.start()
     except BaseException:
         await runner.cleanup()
         if sock is not None:

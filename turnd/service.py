@@ -59,6 +59,7 @@ from turnd.tcp_relays import TcpRelays
 
 if TYPE_CHECKING:
     from turnd.cluster import ClusterLink
+    from turnd.side_http import SideLimits
 
 # Linux socket options for the DF bit (RFC 8656 §18.9); not all are exported by ``socket``.
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
@@ -502,6 +503,14 @@ class TurnService:
         listen = self.config.server.listen
         if any(listener.transport is ListenerTransport.TLS for listener in listen):
             self._load_tls()
+            configured = self.config.tls.cert_file is not None or self.config.tls.key_file
+            if self.tls_context is None and configured:
+                # An operator's own certificate that cannot serve is a mistake to fix now, not
+                # a node that quietly runs without its TLS listeners.
+                raise StartupError(
+                    f"tls: {self.tls_error} (fix tls.cert_file and tls.key_file, or remove the "
+                    "tls listeners from server.listen)"
+                )
         for address in self.config.listen_addresses():
             for listener in listen:
                 if listener.transport is ListenerTransport.UDP:
@@ -605,6 +614,7 @@ class TurnService:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        from turnd import side_http
         from turnd.metrics import registry_for
 
         registry = registry_for(self)
@@ -615,9 +625,11 @@ class TurnService:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
+        runner = side_http.runner(app, self.side_limits(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        site = side_http.TCPSite(
+            runner, endpoint.host, endpoint.port, name="metrics", limits=self.side_limits()
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -657,18 +669,20 @@ class TurnService:
         endpoint = self.config.api.listen
         if endpoint is None:
             return
-        from aiohttp import web
 
         from auth.endpoint import make_app
+        from turnd import side_http
 
         try:
             app = make_app(self._api_settings(self.config), self, time.time)
         except ValueError as exc:
             self._report("api", endpoint.host, endpoint.port, False, f"bad [api] settings: {exc}")
             return
-        runner = web.AppRunner(app)
+        runner = side_http.runner(app, self.side_limits())
         await runner.setup()
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+        site = side_http.TCPSite(
+            runner, endpoint.host, endpoint.port, name="api", limits=self.side_limits()
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -682,6 +696,15 @@ class TurnService:
         port = sockets[0].getsockname()[1] if sockets else endpoint.port
         event(logging.INFO, "api.started", address=endpoint.host, port=port)
 
+    def side_limits(self) -> SideLimits:
+        """The bounds of each side HTTP server (``limits.side_*``), counted in the core's stats."""
+        from turnd.side_http import SideLimits
+
+        limits = self.config.limits
+        return SideLimits(
+            limits.side_max_connections, float(limits.side_header_timeout), self.core.stats
+        )
+
     async def _start_control(self) -> None:
         """The control API (turnctl) on the Unix socket and, with a token, on TCP."""
         from turnd.control import make_app, start_control
@@ -692,7 +715,7 @@ class TurnService:
         if control.socket:
             try:
                 self._control += await start_control(
-                    make_app(operations, None), control.socket, None
+                    make_app(operations, None), control.socket, None, self.side_limits()
                 )
                 event(logging.INFO, "control.started", socket=control.socket)
             except OSError as exc:
@@ -702,7 +725,7 @@ class TurnService:
             listen = (control.listen.host, control.listen.port)
             try:
                 self._control += await start_control(
-                    make_app(operations, control.token.reveal()), None, listen
+                    make_app(operations, control.token.reveal()), None, listen, self.side_limits()
                 )
             except OSError as exc:
                 reason = bind_failure_reason(exc, control.listen.port)

@@ -158,6 +158,20 @@ def context_from_config(config: Config) -> tuple[ssl.SSLContext, list[str]]:
     return server_context(cert, key, config.tls.min_version), notes
 
 
+def check_configured(config: Config) -> None:
+    """Load the configured certificate and key exactly as start-up does; ``TlsError`` if they
+    cannot serve. Nothing to check without a TLS listener, or with no files configured (start-up
+    then makes a self-signed pair, and check-config writes nothing)."""
+    from turnd.config import Transport
+
+    if not any(item.transport is Transport.TLS for item in config.server.listen):
+        return
+    if config.tls.cert_file is None and config.tls.key_file is None:
+        return
+    cert, key, _ = certificate_files(config)
+    server_context(cert, key, config.tls.min_version)
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()

@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import attrs
 import typer
 
-from auth.credentials import mint_rest_credentials
+from auth.credentials import MintRefused, mint_rest_credentials
 from turnd.state import REST_SECRET_FILE
 
 app = typer.Typer(
@@ -347,7 +347,10 @@ def _mint_from_file(
         _fail(f"cannot read the REST secret {path}: {exc.strerror}")
     if not secret:
         _fail(f"{path} is empty")
-    username, password = mint_rest_credentials(secret, time.time(), ttl, ident)
+    try:
+        username, password = mint_rest_credentials(secret, time.time(), ttl, ident)
+    except MintRefused as exc:
+        _fail(f"cannot mint: {exc}", 2)
     return ice_servers(host, port, username, password)
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from typer.testing import CliRunner
 
 from auth.credentials import parse_rest_username, rest_password
 from tests.daemon import write_config
 from turnd import __version__, cli, turnctl
+from turnd.config import load_config
+from turnd.service import StartupError, TurnService, resolve_secrets
 
 SECRET = "a-rest-secret-for-turnctl"
 
@@ -124,3 +135,72 @@ def test_version_prints_the_package_version(app: object) -> None:
     """``version`` prints the installed version."""
     result = CliRunner().invoke(app, ["version"])  # type: ignore[arg-type]
     assert result.exit_code == 0 and result.stdout.strip() == __version__
+
+
+# --- check-config loads the TLS certificate as start-up does (issue 20, item 16) -----------------
+
+
+def _tls_files(directory: Path, spoil: str) -> tuple[Path, Path]:
+    """A certificate and key pair under ``directory``, spoilt as ``spoil`` says."""
+    from tests.test_tls import write_pair
+
+    cert, key = write_pair(directory / "pair")
+    if spoil == "missing certificate":
+        cert.unlink()
+    elif spoil == "mismatched key":
+        other = ec.generate_private_key(ec.SECP256R1())
+        key.write_bytes(other.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    elif spoil == "encrypted key":
+        loaded = load_pem_private_key(key.read_bytes(), password=None)
+        encryption = BestAvailableEncryption(b"a passphrase")
+        key.write_bytes(loaded.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption))
+    return cert, key
+
+
+def _tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
+    extra = f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    return write_config(tmp_path, extra, listen='["udp:0", "tls:0"]')
+
+
+@pytest.mark.parametrize(
+    ("spoil", "problem"),
+    [
+        ("missing certificate", "cannot read the TLS certificate file"),
+        ("mismatched key", "is not the private key of"),
+        ("encrypted key", "the private key is encrypted"),
+    ],
+)
+def test_check_config_refuses_a_tls_pair_start_up_could_not_load(
+    tmp_path: Path, spoil: str, problem: str
+) -> None:
+    """A configured certificate that cannot serve is exit 1, saying why and what to fix."""
+    path = _tls_config(tmp_path, *_tls_files(tmp_path, spoil))
+    result = CliRunner().invoke(cli.app, ["check-config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert problem in result.stderr
+    assert "fix tls.cert_file and tls.key_file" in result.stderr
+    assert "ok" not in result.stdout
+
+
+def test_check_config_accepts_a_good_tls_pair(tmp_path: Path) -> None:
+    """The same pair, unspoilt, is ok: the check is not a blanket refusal."""
+    path = _tls_config(tmp_path, *_tls_files(tmp_path, "none"))
+    result = CliRunner().invoke(cli.app, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{path}: ok"
+
+
+def test_start_up_with_a_broken_configured_tls_pair_fails(tmp_path: Path) -> None:
+    """TurnService.start raises StartupError naming the reason instead of serving without TLS."""
+    path = _tls_config(tmp_path, *_tls_files(tmp_path, "mismatched key"))
+    config, _ = resolve_secrets(load_config(str(path), {}))
+
+    async def start() -> None:
+        service = TurnService(config, relay_ipv4="127.0.0.1")
+        try:
+            await service.start()
+        finally:
+            await service.stop()
+
+    with pytest.raises(StartupError, match=r"tls: .* is not the private key of"):
+        asyncio.run(start())
