@@ -34,6 +34,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import attrs
+
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager
 from stun import attributes as at
@@ -72,7 +74,7 @@ from turnd.core.allocation import Allocation, ChannelBinding, Relay
 from turnd.core.authn import RequestAuthenticator
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.ports import PortPool
-from turnd.core.ratelimit import ByteCredit, FailureThrottle, SourceLimiter
+from turnd.core.ratelimit import AMPLIFICATION_FACTOR, ByteCredit, FailureThrottle, SourceLimiter
 from turnd.core.request import Request, StunError
 from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
@@ -187,7 +189,7 @@ class TurnServer:
                 if not self._may_answer_unauthenticated(five_tuple, now):
                     return []
                 self.stats["request.malformed"] += 1
-                answer = self._error_bytes(header, 400, exc.reason)
+                answer = self._error_bytes(header, 400, exc.reason, len(data))
                 return self._paid(five_tuple, len(data), self._reply(five_tuple, answer), now)
             return self._drop("malformed_stun")
         if message.cls is MessageClass.REQUEST:
@@ -414,7 +416,7 @@ class TurnServer:
     def _handle_request(
         self, five_tuple: FiveTuple, message: Message, size: int, now: float
     ) -> list[Action]:
-        request = Request(five_tuple, message, now, message.has(at.Fingerprint))
+        request = Request(five_tuple, message, now, message.has(at.Fingerprint), size=size)
         actions = self._answer_request(request)
         if request.credential is not None:
             self.credit.validated(five_tuple.client.host)
@@ -482,6 +484,8 @@ class TurnServer:
         response = Message(
             message.method, MessageClass.ERROR, message.transaction_id, tuple(attrs_)
         )
+        if cred is None and request.size and attrs_[0].reason:
+            response = _trim_reason(response, request.size, request.fingerprint)
         return encode(
             response,
             key=cred.key if cred else None,
@@ -489,15 +493,16 @@ class TurnServer:
             fingerprint=request.fingerprint,
         )
 
-    def _error_bytes(self, header: Header, code: int, reason: str) -> bytes:
-        """An error response to a request too malformed to decode (no integrity possible)."""
+    def _error_bytes(self, header: Header, code: int, reason: str, size: int) -> bytes:
+        """An error response to a ``size``-byte request too malformed to decode (no integrity
+        possible)."""
         reply = Message(
             header.method,
             MessageClass.ERROR,
             header.transaction_id,
             (at.ErrorCode(code, f"{REASON_PHRASES[code]}: {reason}"[:MALFORMED_REASON_CHARS]),),
         )
-        return encode(reply)
+        return encode(_trim_reason(reply, size, fingerprint=False))
 
     # --- Binding (RFC 8489 §6.3.1) -----------------------------------------------------------
 
@@ -838,6 +843,25 @@ class TurnServer:
         """Count a dropped ChannelData; None, for channel_data_route to return."""
         self.stats["drop.channel_data_" + reason] += 1
         return None
+
+
+def _trim_reason(response: Message, size: int, fingerprint: bool) -> Message:
+    """``response`` with its ERROR-CODE reason phrase (the first attribute; RFC 8489 §14.8: for
+    a human, may be empty) cut so that it stays within AMPLIFICATION_FACTOR x ``size`` bytes."""
+    error = response.attributes[0]
+    if not isinstance(error, at.ErrorCode):
+        return response
+    bare = attrs.evolve(
+        response, attributes=(at.ErrorCode(error.code, ""), *response.attributes[1:])
+    )
+    room = AMPLIFICATION_FACTOR * size - len(encode(bare, fingerprint=fingerprint))
+    room -= room % 4  # the reason is padded to 4 bytes
+    reason = error.reason.encode()[: max(0, room)].decode(errors="ignore")
+    if reason == error.reason:
+        return response
+    return attrs.evolve(
+        response, attributes=(at.ErrorCode(error.code, reason), *response.attributes[1:])
+    )
 
 
 #: The one dispatch table: (method, class) -> handler.
