@@ -140,3 +140,26 @@ def test_byte_credit_refills_evicts_and_caps() -> None:
     credit.pay("b", 20, 0, 0.0)
     credit.pay("c", 20, 0, 0.0)
     assert len(credit) == 2
+
+
+def test_tcp_sources_are_not_charged() -> None:
+    """A TCP handshake proved the address: a stream client's Bindings never run out of credit."""
+    world = World(core_settings(**NO_RATE_LIMIT))
+    stream = FiveTuple(Transport.TCP, Address("203.0.113.9", 4000), SERVER)
+    binding = encode(Message(Method.BINDING, MessageClass.REQUEST, bytes(12)))
+    assert all(replies(world.client_packet(stream, binding)) for _ in range(1000))
+    hot = [world.server.binding_route(stream, binding, world.now) for _ in range(1000)]
+    assert all(isinstance(answer, bytes) for answer in hot)
+    assert world.server.stats["drop.unauthenticated_credit"] == 0
+    assert len(world.server.credit) == 0
+
+
+def test_the_binding_hot_path_is_charged_like_the_rest() -> None:
+    """binding_route (the adapter's fast path) pays from the same credit: a flood of bare
+    Bindings is answered up to received + credit, then dropped and counted."""
+    world = World(core_settings(**NO_RATE_LIMIT))
+    binding = encode(Message(Method.BINDING, MessageClass.REQUEST, bytes(12)))
+    hot = [world.server.binding_route(VICTIM, binding, world.now) for _ in range(1000)]
+    answered = sum(len(answer) for answer in hot if isinstance(answer, bytes))
+    assert answered <= 1000 * len(binding) + world.settings.unauthenticated_credit
+    assert hot[-1] is True and world.server.stats["drop.unauthenticated_credit"] > 0

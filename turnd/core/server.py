@@ -406,7 +406,11 @@ class TurnServer:
         self, five_tuple: FiveTuple, received: int, actions: list[Action], now: float
     ) -> list[Action]:
         """``actions`` answer an unauthenticated request of ``received`` bytes: sent only if the
-        source's byte credit pays for them (turnd.core.ratelimit.ByteCredit), else dropped."""
+        source's byte credit pays for them (turnd.core.ratelimit.ByteCredit), else dropped.
+        TCP and TLS are exempt: their handshake proved the source address (RFC 9000 §8.1), so
+        nothing is reflected to a forged one."""
+        if five_tuple.transport.is_stream:
+            return actions
         answered = sum(len(a.data) for a in actions if type(a) is SendToClient)
         if self.credit.pay(five_tuple.client.host, received, answered, now):
             return actions
@@ -518,7 +522,10 @@ class TurnServer:
         if not self._may_answer_unauthenticated(five_tuple, now):
             return True
         answer = build_binding_success(parsed[0], five_tuple.client, parsed[1])
-        if not self.credit.pay(five_tuple.client.host, len(data), len(answer), now):
+        paid = five_tuple.transport.is_stream or self.credit.pay(
+            five_tuple.client.host, len(data), len(answer), now
+        )
+        if not paid:
             self.stats["drop.unauthenticated_credit"] += 1
             return True
         self.stats["stun.binding_requests"] += 1
