@@ -70,3 +70,21 @@ def test_failure_throttle_tables_are_bounded_and_refill() -> None:
     assert len(throttle) <= 4
     with pytest.raises(ValueError):
         FailureThrottle(rate=0, burst=1, user_rate=1, user_burst=1)
+
+
+def test_a_guesser_behind_the_same_nat_cannot_starve_an_allocation() -> None:
+    """The source IP is throttled, but the client holding an allocation on its own 5-tuple
+    still refreshes it; a new 5-tuple from that IP is throttled."""
+    world = World()
+    owner = world.client(address=Address(GUESSER.host, 50000))
+    assert owner.allocate().get(at.XorRelayedAddress) is not None
+    guesser = world.client(password="wrong", address=GUESSER)
+    guesser.fetch_nonce()
+    guess = guesser.build(Method.ALLOCATE, [at.RequestedTransport(17)])
+    for _ in range(int(world.settings.auth_failure_burst) + 1):
+        guesser.raw(guess)
+    assert world.server.stats["auth_failure.throttled"] == 1
+    assert error_code(owner.refresh(600)) is None
+    newcomer = world.client(address=Address(GUESSER.host, 50001))
+    newcomer.fetch_nonce()
+    assert newcomer.raw(newcomer.build(Method.ALLOCATE, [at.RequestedTransport(17)])) == []

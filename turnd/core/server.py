@@ -417,6 +417,16 @@ class TurnServer:
         self.stats["drop.unauthenticated_credit"] += 1
         return []
 
+    def _allocation_owner(self, request: Request) -> bool:
+        """Whether the request names the user whose allocation its 5-tuple holds: a guesser
+        sharing a client's NAT address cannot starve that client's Refresh, CreatePermission
+        and ChannelBind (guessing the password of one's own allocation gains nothing)."""
+        alloc = self.allocations.get(request.five_tuple)
+        if alloc is None:
+            return False
+        username = request.message.get(at.Username)
+        return username is not None and username.value == alloc.username
+
     def _handle_request(
         self, five_tuple: FiveTuple, message: Message, size: int, now: float
     ) -> list[Action]:
@@ -434,7 +444,7 @@ class TurnServer:
         unsigned = message.mi_offset is None and message.mi256_offset is None
         if unsigned and not self._may_answer_unauthenticated(five_tuple, now):
             return []  # no credential can come of it: the answer would be unauthenticated
-        if not unsigned and self.auth.throttled(request):
+        if not unsigned and not self._allocation_owner(request) and self.auth.throttled(request):
             return []  # too many failed authentications from this source: guessing is slowed
         try:
             if handler is None:
