@@ -5,9 +5,13 @@ malformed request) costs the server CPU and, if the source address is forged, se
 victim. One token bucket per source IP bounds both: ``rate`` answers a second with bursts of
 ``burst``; past that the request is dropped and counted, never answered.
 
-This is the only state turnd keeps about a source before it authenticates. It is bounded: at most
-``max_sources`` buckets, the oldest forgotten first (a forgotten source starts with a full bucket,
-which errs on the side of answering).
+A second table, :class:`ByteCredit`, bounds the ratio: per source, bytes answered never exceed
+bytes received plus a small credit (RFC 9000 §8's anti-amplification limit). A third,
+:class:`FailureThrottle`, slows online password guessing per source and per username.
+
+These are the only state turnd keeps about a source before it authenticates. Each is bounded: at
+most ``max_sources`` entries, the oldest forgotten first (a forgotten source starts full, which
+errs on the side of answering).
 """
 
 from __future__ import annotations
