@@ -4,6 +4,7 @@ answer over 3x its request is paid from that credit alone."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,6 +141,8 @@ def test_byte_credit_refills_evicts_and_caps() -> None:
     credit.pay("b", 20, 0, 0.0)
     credit.pay("c", 20, 0, 0.0)
     assert len(credit) == 2
+    with pytest.raises(ValueError):
+        ByteCredit(-1)
 
 
 def test_tcp_sources_are_not_charged() -> None:
