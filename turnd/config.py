@@ -391,6 +391,26 @@ class LimitsConfig:
     unauthenticated_burst: int = attrs.field(default=1000, metadata=_kind(Int(1)))
     """How many such answers one source may get at once before the rate applies. Default 1000."""
 
+    unauthenticated_credit: int = attrs.field(default=4096, metadata=_kind(Int(0)))
+    """Bytes one source IP may be answered beyond the bytes it sent, before it authenticates.
+    Default 4096: a browser's first 401 fits; a forged source's victim gets at most 1x what the
+    attacker spends plus this (refilled in 60 s, and at once when the source authenticates).
+    Past it answers are dropped and counted (drops{reason="unauthenticated_credit"})."""
+
+    auth_failure_burst: int = attrs.field(default=20, metadata=_kind(Int(1)))
+    """Failed authentications (wrong password, unknown user) one source IP may make at once.
+    Default 20; past it that source's signed requests, the right password included, are dropped
+    and counted (auth_failure{reason="throttled"}) until it earns a failure back."""
+
+    auth_failure_interval: float = attrs.field(default=5.0, metadata=_kind(Seconds()))
+    """Seconds in which a source earns back one failed authentication. Default 5 (so 20 guesses
+    a burst, then one per 5 s): online password guessing at 0.2/s instead of 25,000/s."""
+
+    auth_failure_user_burst: int = attrs.field(default=100, metadata=_kind(Int(1)))
+    """Failed authentications one username may take from all sources together (guessing spread
+    over many addresses); past it each failing source is throttled at its next failure, while
+    sources that do not fail are never throttled. Default 100, earned back at one a second."""
+
     max_connections: int = attrs.field(default=10_000, metadata=_kind(Int(1)))
     """TCP and TLS client connections on this node, all listeners together. Default 10000: each
     holds a file descriptor and buffers; past that, new connections are closed at once."""

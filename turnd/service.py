@@ -349,6 +349,10 @@ def build_core(
         new_peer_burst=float(limits.new_peer_burst),
         unauthenticated_rate=float(limits.unauthenticated_rate),
         unauthenticated_burst=float(limits.unauthenticated_burst),
+        unauthenticated_credit=limits.unauthenticated_credit,
+        auth_failure_burst=float(limits.auth_failure_burst),
+        auth_failure_rate=1.0 / limits.auth_failure_interval,
+        auth_failure_user_burst=float(limits.auth_failure_user_burst),
         allow_anonymous_binding=config.auth.allow_anonymous_binding,
         tcp_relays=not config.cluster.enabled,
         reservation_prefix=config.cluster.node_id.to_bytes(2, "big")

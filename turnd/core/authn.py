@@ -27,6 +27,7 @@ from stun import attributes as at
 from stun.keys import PasswordAlgorithm
 from stun.message import Message, check_integrity
 from turnd.core.actions import FiveTuple
+from turnd.core.ratelimit import FailureThrottle
 from turnd.core.request import Credential, Request, StunError
 
 #: Password algorithms offered in PASSWORD-ALGORITHMS, in preference order (RFC 8489 §14.11).
@@ -48,11 +49,16 @@ class RequestAuthenticator:
     """Checks requests against an :class:`Authenticator` and a :class:`NonceManager`."""
 
     def __init__(
-        self, authenticator: Authenticator, nonces: NonceManager, stats: Counter[str]
+        self,
+        authenticator: Authenticator,
+        nonces: NonceManager,
+        stats: Counter[str],
+        throttle: FailureThrottle,
     ) -> None:
         self.authenticator = authenticator
         self.nonces = nonces
         self.stats = stats
+        self.throttle = throttle
 
     def challenge(self, realm: str, five_tuple: FiveTuple, now: float) -> list[object]:
         """REALM, a fresh NONCE and (with the feature) PASSWORD-ALGORITHMS for a 401/438."""
@@ -62,9 +68,18 @@ class RequestAuthenticator:
             attributes.append(at.PasswordAlgorithms(OFFERED_ENTRIES))
         return attributes
 
-    def _failure(self, reason: str) -> StunError:
+    def _failure(self, reason: str, request: Request, username: str | None) -> StunError:
         self.stats["auth_failure." + reason.replace("-", "_")] += 1
+        self.throttle.failed(request.five_tuple.client.host, username, request.now)
         return StunError(401)
+
+    def throttled(self, request: Request) -> bool:
+        """Whether the request's source used up its failed authentications (then it is dropped,
+        counted as ``auth_failure.throttled``)."""
+        if self.throttle.blocked(request.five_tuple.client.host, request.now):
+            self.stats["auth_failure.throttled"] += 1
+            return True
+        return False
 
     def authenticate(self, request: Request) -> Credential:
         """The credential ``request`` proves, or a :class:`StunError` (401, 400 or 438)."""
@@ -89,14 +104,14 @@ class RequestAuthenticator:
         else:
             found = self.authenticator.userhash_lookup(identity.value, realm)
             if found is None:
-                raise self._failure("unknown_userhash")
+                raise self._failure("unknown_userhash", request, None)
             username = found
         lookup = self.authenticator.lookup(username, realm, algorithm, request.now)
         if not lookup.keys:
-            raise self._failure(str(lookup.reason or "unknown_user"))
+            raise self._failure(str(lookup.reason or "unknown_user"), request, username)
         key = next((k for k in lookup.keys if check_integrity(message, k)), None)
         if key is None:
-            raise self._failure("bad_integrity")
+            raise self._failure("bad_integrity", request, username)
         if check is not NonceCheck.VALID:
             # Checked after integrity, as §9.2.4 orders it: a client whose MAC is right but whose
             # nonce expired (or was issued for another address) retries with the fresh one.

@@ -41,3 +41,6 @@ class Request:
     now: float
     fingerprint: bool
     credential: Credential | None = None
+    #: Bytes of the request on the wire: an unauthenticated error's reason phrase is cut to keep
+    #: the answer within AMPLIFICATION_FACTOR times it (turnd.core.ratelimit).
+    size: int = 0

@@ -34,6 +34,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import attrs
+
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager
 from stun import attributes as at
@@ -72,7 +74,7 @@ from turnd.core.allocation import Allocation, ChannelBinding, Relay
 from turnd.core.authn import RequestAuthenticator
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.ports import PortPool
-from turnd.core.ratelimit import SourceLimiter
+from turnd.core.ratelimit import AMPLIFICATION_FACTOR, ByteCredit, FailureThrottle, SourceLimiter
 from turnd.core.request import Request, StunError
 from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
@@ -81,9 +83,9 @@ Handler = Callable[["TurnServer", Request], list[Action]]
 
 
 #: The most an unauthenticated answer exceeds its request by, besides the padded REALM: a 401 to
-#: a bare 20-byte request adds ERROR-CODE (24), REALM's header (4), NONCE (48) and
+#: a bare 20-byte request adds ERROR-CODE (8: an empty reason), REALM's header (4), NONCE (48) and
 #: PASSWORD-ALGORITHMS (12). Binding answers, 400s and 420s stay well under it.
-UNAUTHENTICATED_OVERHEAD = 88
+UNAUTHENTICATED_OVERHEAD = 72
 
 
 def amplification_bound(realm: str) -> int:
@@ -115,8 +117,15 @@ class TurnServer:
         self.policy = policy
         self._rng = rng
         self.stats: Counter[str] = Counter()
-        self.auth = RequestAuthenticator(authenticator, nonces, self.stats)
+        throttle = FailureThrottle(
+            settings.auth_failure_rate,
+            settings.auth_failure_burst,
+            settings.auth_failure_user_rate,
+            settings.auth_failure_user_burst,
+        )
+        self.auth = RequestAuthenticator(authenticator, nonces, self.stats, throttle)
         self.limiter = SourceLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
+        self.credit = ByteCredit(settings.unauthenticated_credit)
         #: Per-allocation traffic rates; 0 in the settings means no limit.
         self.packet_rate = settings.allocation_packet_rate or math.inf
         self.byte_rate = settings.allocation_byte_rate or math.inf
@@ -180,10 +189,11 @@ class TurnServer:
                 if not self._may_answer_unauthenticated(five_tuple, now):
                     return []
                 self.stats["request.malformed"] += 1
-                return self._reply(five_tuple, self._error_bytes(header, 400, exc.reason))
+                answer = self._error_bytes(header, 400, exc.reason, len(data))
+                return self._paid(five_tuple, len(data), self._reply(five_tuple, answer), now)
             return self._drop("malformed_stun")
         if message.cls is MessageClass.REQUEST:
-            return self._handle_request(five_tuple, message, now)
+            return self._handle_request(five_tuple, message, len(data), now)
         if message.cls is MessageClass.INDICATION:
             if message.method == Method.SEND:
                 return self._send_indication(five_tuple, message, now)
@@ -392,12 +402,50 @@ class TurnServer:
         self.stats["drop.unauthenticated_rate"] += 1
         return False
 
-    def _handle_request(self, five_tuple: FiveTuple, message: Message, now: float) -> list[Action]:
-        request = Request(five_tuple, message, now, message.has(at.Fingerprint))
+    def _paid(
+        self, five_tuple: FiveTuple, received: int, actions: list[Action], now: float
+    ) -> list[Action]:
+        """``actions`` answer an unauthenticated request of ``received`` bytes: sent only if the
+        source's byte credit pays for them (turnd.core.ratelimit.ByteCredit), else dropped.
+        TCP and TLS are exempt: their handshake proved the source address (RFC 9000 §8.1), so
+        nothing is reflected to a forged one."""
+        if five_tuple.transport.is_stream:
+            return actions
+        answered = sum(len(a.data) for a in actions if type(a) is SendToClient)
+        if self.credit.pay(five_tuple.client.host, received, answered, now):
+            return actions
+        self.stats["drop.unauthenticated_credit"] += 1
+        return []
+
+    def _allocation_owner(self, request: Request) -> bool:
+        """Whether the request names the user whose allocation its 5-tuple holds: a guesser
+        sharing a client's NAT address cannot starve that client's Refresh, CreatePermission
+        and ChannelBind (guessing the password of one's own allocation gains nothing)."""
+        alloc = self.allocations.get(request.five_tuple)
+        if alloc is None:
+            return False
+        username = request.message.get(at.Username)
+        return username is not None and username.value == alloc.username
+
+    def _handle_request(
+        self, five_tuple: FiveTuple, message: Message, size: int, now: float
+    ) -> list[Action]:
+        request = Request(five_tuple, message, now, message.has(at.Fingerprint), size=size)
+        actions = self._answer_request(request)
+        if request.credential is not None:
+            self.credit.validated(five_tuple.client.host)
+            return actions
+        return self._paid(five_tuple, size, actions, now)
+
+    def _answer_request(self, request: Request) -> list[Action]:
+        """Authenticate and dispatch ``request``; its answer (or nothing: dropped, counted)."""
+        message, five_tuple, now = request.message, request.five_tuple, request.now
         handler = _DISPATCH.get((message.method, message.cls))
         unsigned = message.mi_offset is None and message.mi256_offset is None
         if unsigned and not self._may_answer_unauthenticated(five_tuple, now):
             return []  # no credential can come of it: the answer would be unauthenticated
+        if not unsigned and not self._allocation_owner(request) and self.auth.throttled(request):
+            return []  # too many failed authentications from this source: guessing is slowed
         try:
             if handler is None:
                 self.stats["request.unknown_method"] += 1
@@ -441,12 +489,17 @@ class TurnServer:
         cred = request.credential
         if err.code in (401, 438):
             cred = None  # §9.2.4: challenges carry no MESSAGE-INTEGRITY
+            # §14.8: the reason phrase is for a human and may be empty; a challenge goes to
+            # sources not yet authenticated, so every byte of it is amplification.
+            attrs_[0] = at.ErrorCode(err.code, "")
             attrs_ += self.auth.challenge(self.settings.realm, request.five_tuple, request.now)
         elif cred is not None and self.settings.software:
             attrs_.append(at.Software(self.settings.software))
         response = Message(
             message.method, MessageClass.ERROR, message.transaction_id, tuple(attrs_)
         )
+        if cred is None and request.size and attrs_[0].reason:
+            response = _trim_reason(response, request.size, request.fingerprint)
         return encode(
             response,
             key=cred.key if cred else None,
@@ -454,15 +507,16 @@ class TurnServer:
             fingerprint=request.fingerprint,
         )
 
-    def _error_bytes(self, header: Header, code: int, reason: str) -> bytes:
-        """An error response to a request too malformed to decode (no integrity possible)."""
+    def _error_bytes(self, header: Header, code: int, reason: str, size: int) -> bytes:
+        """An error response to a ``size``-byte request too malformed to decode (no integrity
+        possible)."""
         reply = Message(
             header.method,
             MessageClass.ERROR,
             header.transaction_id,
             (at.ErrorCode(code, f"{REASON_PHRASES[code]}: {reason}"[:MALFORMED_REASON_CHARS]),),
         )
-        return encode(reply)
+        return encode(_trim_reason(reply, size, fingerprint=False))
 
     # --- Binding (RFC 8489 §6.3.1) -----------------------------------------------------------
 
@@ -477,8 +531,15 @@ class TurnServer:
             return False
         if not self._may_answer_unauthenticated(five_tuple, now):
             return True
+        answer = build_binding_success(parsed[0], five_tuple.client, parsed[1])
+        paid = five_tuple.transport.is_stream or self.credit.pay(
+            five_tuple.client.host, len(data), len(answer), now
+        )
+        if not paid:
+            self.stats["drop.unauthenticated_credit"] += 1
+            return True
         self.stats["stun.binding_requests"] += 1
-        return build_binding_success(parsed[0], five_tuple.client, parsed[1])
+        return answer
 
     def _binding(self, request: Request) -> list[Action]:
         self.stats["stun.binding_requests"] += 1
@@ -817,6 +878,24 @@ class TurnServer:
         """Count a dropped ChannelData; None, for channel_data_route to return."""
         self.stats["drop.channel_data_" + reason] += 1
         return None
+
+
+def _trim_reason(response: Message, size: int, fingerprint: bool) -> Message:
+    """``response`` with its ERROR-CODE reason phrase (the first attribute; RFC 8489 §14.8: for
+    a human, may be empty) cut so that it stays within AMPLIFICATION_FACTOR x ``size`` bytes."""
+    error = response.attributes[0]
+    assert isinstance(error, at.ErrorCode)  # both callers put it first: not remote input
+    bare = attrs.evolve(
+        response, attributes=(at.ErrorCode(error.code, ""), *response.attributes[1:])
+    )
+    room = AMPLIFICATION_FACTOR * size - len(encode(bare, fingerprint=fingerprint))
+    room -= room % 4  # the reason is padded to 4 bytes
+    reason = error.reason.encode()[: max(0, room)].decode(errors="ignore")
+    if reason == error.reason:
+        return response
+    return attrs.evolve(
+        response, attributes=(at.ErrorCode(error.code, reason), *response.attributes[1:])
+    )
 
 
 #: The one dispatch table: (method, class) -> handler.

@@ -70,3 +70,16 @@ class CoreSettings:
     unauthenticated_rate: float = 500.0
     #: Bucket size of the limit above: the burst one source may get answered at once.
     unauthenticated_burst: float = 1000.0
+    #: Bytes one source IP may be answered beyond what it sent before authenticating
+    #: (turnd.core.ratelimit.ByteCredit): a forged source's victim gets at most 1x plus this.
+    unauthenticated_credit: int = 4096
+    #: Failed authentications one source IP may make at once (online password guessing); past
+    #: them its signed requests are dropped until the bucket refills at the rate below.
+    auth_failure_burst: float = 20.0
+    #: Failed authentications a second one source IP regains (one per 5 s).
+    auth_failure_rate: float = 0.2
+    #: Failed authentications one username may take at once from all sources together; past them
+    #: each failing source is throttled at its first further failure.
+    auth_failure_user_burst: float = 100.0
+    #: Failed authentications a second one username regains.
+    auth_failure_user_rate: float = 1.0
