@@ -1,0 +1,350 @@
+"""Every public TURN advisory of 2023-2026 as a regression test (issue 20).
+
+Each test names the advisory it replays in its docstring. Core advisories run on the in-memory
+harness (tests/core/harness.py); those about what reaches logs, files, metrics or a socket run
+against the real pieces (the log formatters, a turnd process on loopback, turnctl).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stun import attributes as at
+from stun.addresses import Address, AddressFamily
+from stun.message import HEADER_SIZE, Integrity, Message, MessageClass, Method, encode, fingerprint
+from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code
+from turnd.core.actions import Transport
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The packages that ship (bench/ and tests/ may use ``random`` for workloads).
+LIBRARY_PACKAGES = ("turnd", "auth", "stun", "forwarding")
+
+# --- CVE-2025-69217: predictable randomness ---------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_cve_2025_69217_no_library_module_imports_random() -> None:
+    """CVE-2025-69217: no shipped module imports ``random`` (nonces, ports, ids, tokens)."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in LIBRARY_PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if "random" in _imports(path)
+    ]
+    assert offenders == []
+
+
+def test_cve_2025_69217_service_injects_os_urandom_into_the_core() -> None:
+    """CVE-2025-69217: the service builds its core with os.urandom, the core's only randomness."""
+    from turnd import service
+
+    source = inspect.getsource(service.TurnService.__init__)
+    assert "build_core(config, self.relay_ipv4, os.urandom)" in source
+    parameters = inspect.signature(service.build_core).parameters
+    assert list(parameters)[-1] == "rng"  # no default that could fall back to something else
+    assert parameters["rng"].default is inspect.Parameter.empty
+
+
+def test_cve_2025_69217_ports_txids_and_tokens_all_come_from_the_injected_rng() -> None:
+    """CVE-2025-69217: relay ports, server transaction ids and reservation tokens are drawn
+    from the rng the core is given, so os.urandom in the daemon decides every one of them."""
+    calls: list[int] = []
+
+    def rng(n: int) -> bytes:
+        calls.append(n)
+        return os.urandom(n)
+
+    world = World()
+    world.server = type(world.server)(
+        world.settings, world.server.auth.authenticator, world.server.auth.nonces,
+        world.server.policy, rng,
+    )  # fmt: skip
+    assert calls == [4]  # the transaction-id prefix
+    alice = world.client()
+    reply = alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
+    assert error_code(reply) is None
+    token = reply.get(at.ReservationToken)
+    assert token is not None
+    assert len(calls) >= 3  # at least one port pick and the token (8 bytes, no prefix)
+    assert 8 in calls[1:]
+
+
+def test_cve_2025_69217_nonces_are_keyed_by_a_secret_from_the_secrets_module() -> None:
+    """CVE-2025-69217: the nonce key (and every generated secret) comes from ``secrets``."""
+    from turnd import runtime, state
+
+    for module in (state, runtime):
+        assert "secrets.token_urlsafe" in inspect.getsource(module)
+    assert "random" not in _imports(Path(state.__file__)) | _imports(Path(runtime.__file__))
+
+
+# --- coturn ab762f33: attributes after MESSAGE-INTEGRITY ---------------------------------------
+
+
+def _append_after_integrity(signed: bytes, extra: Any, txid: bytes) -> bytes:
+    """``signed`` (integrity, no FINGERPRINT) with ``extra`` appended, then a fresh FINGERPRINT:
+    the message still verifies, and ``extra`` sits after the integrity attribute."""
+    value = extra.pack(b"\x21\x12\xa4\x42" + txid)
+    buf = bytearray(signed)
+    buf += struct.pack("!HH", extra.TYPE, len(value)) + value + b"\x00" * (-len(value) % 4)
+    struct.pack_into("!H", buf, 2, len(buf) - HEADER_SIZE + 8)
+    buf += struct.pack("!HHI", 0x8028, 4, fingerprint(bytes(buf)))
+    return bytes(buf)
+
+
+def _signed_with_extra(client: Client, method: Method, attributes: list[Any], extra: Any) -> bytes:
+    txid = client.new_txid()
+    message = Message(
+        method,
+        MessageClass.REQUEST,
+        txid,
+        (*attributes, *client.credential_attributes()),
+    )
+    integrity = Integrity.SHA256 if client.sha256 else Integrity.SHA1
+    signed = encode(message, key=client.key(), integrity=integrity, fingerprint=False)
+    return _append_after_integrity(signed, extra, txid)
+
+
+@pytest.mark.parametrize("sha256", [False, True], ids=["mi-sha1", "mi-sha256"])
+def test_coturn_ab762f33_lifetime_after_integrity_is_not_acted_on(sha256: bool) -> None:
+    """coturn ab762f33: a LIFETIME 0 appended after a valid MESSAGE-INTEGRITY(-SHA256), with
+    FINGERPRINT recomputed, does not delete the allocation: the Refresh keeps the default."""
+    world = World()
+    alice = world.client(sha256=sha256)
+    assert error_code(alice.allocate()) is None
+    data = _signed_with_extra(alice, Method.REFRESH, [], at.Lifetime(0))
+    [reply] = alice.raw(data)
+    assert error_code(reply) is None, reply
+    lifetime = reply.get(at.Lifetime)
+    assert lifetime is not None and lifetime.seconds == world.settings.allocation_lifetime
+    assert alice.five_tuple in world.server.allocations
+    assert error_code(alice.refresh()) is None  # still there
+
+
+@pytest.mark.parametrize("sha256", [False, True], ids=["mi-sha1", "mi-sha256"])
+def test_coturn_ab762f33_peer_address_after_integrity_gets_no_permission(sha256: bool) -> None:
+    """coturn ab762f33: an XOR-PEER-ADDRESS appended after the integrity of a CreatePermission
+    gets no permission; only the signed peer does."""
+    world = World()
+    alice = world.client(sha256=sha256)
+    assert error_code(alice.allocate()) is None
+    data = _signed_with_extra(
+        alice, Method.CREATE_PERMISSION, [at.XorPeerAddress(PEER)], at.XorPeerAddress(PEER2)
+    )
+    [reply] = alice.raw(data)
+    assert error_code(reply) is None, reply
+    alloc = world.server.allocations[alice.five_tuple]
+    assert set(alloc.permissions) == {PEER.host}
+    assert alice.send(PEER2, b"x") == []
+
+
+def test_coturn_ab762f33_lone_appended_peer_address_is_a_400() -> None:
+    """coturn ab762f33: a CreatePermission whose only XOR-PEER-ADDRESS follows the integrity is
+    answered as if it had none (400) and installs nothing."""
+    world = World()
+    alice = world.client()
+    assert error_code(alice.allocate()) is None
+    data = _signed_with_extra(alice, Method.CREATE_PERMISSION, [], at.XorPeerAddress(PEER))
+    [reply] = alice.raw(data)
+    assert error_code(reply) == 400
+    assert world.server.allocations[alice.five_tuple].permissions == {}
+
+
+# --- GHSA-847g-qmc6-6m4r: EVEN-PORT port leaks -------------------------------------------------
+
+EVEN_PORT_ROUNDS = 10_000
+
+
+def test_ghsa_847g_qmc6_6m4r_even_port_then_refresh_0_leaks_no_port() -> None:
+    """GHSA-847g-qmc6-6m4r: 10,000 rounds of Allocate EVEN-PORT R=0 then Refresh 0 leave the
+    free-port count where it was."""
+    world = World()
+    alice = world.client()
+    assert world.taken_ports() == set()
+    for _ in range(EVEN_PORT_ROUNDS):
+        reply = alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=False))
+        assert error_code(reply) is None, reply
+        assert alice.relayed.port % 2 == 0
+        assert error_code(alice.refresh(0)) is None
+        assert world.taken_ports() == set()
+    assert world.client_state()["reservations"] == {}
+    assert world.client_state()["per_user"] == {}
+
+
+def test_ghsa_847g_qmc6_6m4r_unredeemed_reservation_tokens_expire() -> None:
+    """GHSA-847g-qmc6-6m4r: a reservation (EVEN-PORT R=1) never redeemed gives its port back
+    when its lifetime passes, and the token no longer works."""
+    world = World()
+    alice = world.client()
+    reply = alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
+    token = reply.get(at.ReservationToken)
+    assert token is not None
+    reserved = alice.relayed.port + 1
+    assert error_code(alice.refresh(0)) is None
+    assert world.taken_ports() == {reserved}
+    world.advance(world.settings.reservation_lifetime + 1)
+    assert world.taken_ports() == set()
+    assert world.client_state()["reservations"] == {}
+    bob = world.client("bob", "bob-pw", address=Address("203.0.113.9", 5000))
+    assert error_code(bob.allocate(at.RequestedTransport(17), token)) == 508
+    assert world.taken_ports() == set()
+
+
+# --- GHSA-f6hc-79w3-p8pq: quotas over every teardown path --------------------------------------
+
+
+def _counters(world: World) -> dict[str, Any]:
+    state = world.client_state()
+    return {
+        "per_user": state["per_user"],
+        "per_ip": state["per_ip"],
+        "node": len(state["allocations"]) + len(state["pending_tuples"]),
+        "ports": state["taken_ports"],
+    }
+
+
+def _assert_never_negative(world: World) -> None:
+    server = world.server
+    assert all(v > 0 for v in server._per_user.values()), server._per_user
+    assert all(v > 0 for v in server._per_ip.values()), server._per_ip
+
+
+EMPTY = {"per_user": {}, "per_ip": {}, "node": 0, "ports": {AddressFamily.IPV4: set()}}
+
+
+def _tcp_client(world: World, port: int = 50000) -> Client:
+    return world.client(transport=Transport.TCP, address=Address("203.0.113.5", port))
+
+
+Teardown = Callable[[World, Client], None]
+
+
+def _tcp_close(world: World, client: Client) -> None:
+    world.settle(world.server.connection_closed(client.five_tuple, world.now))
+
+
+def _timeout(world: World, client: Client) -> None:
+    world.settle(world.advance(world.settings.allocation_lifetime + 1))
+
+
+def _refresh_0(world: World, client: Client) -> None:
+    assert error_code(client.refresh(0)) in (None, 401, 437)  # 401: revoked first
+
+
+def _kill(world: World, client: Client) -> None:
+    world.settle(world.server.kill(client.five_tuple, world.now))
+
+
+def _revoke(world: World, client: Client) -> None:
+    world.settle(world.server.revoke(client.username, world.now))
+
+
+def _drain(world: World, client: Client) -> None:
+    """Drain (the control plane's POST /drain), then the drained allocation times out."""
+    world.server.draining = True
+    assert error_code(world.client("bob", "bob-pw", address=Address("203.0.113.7", 1)).allocate())
+    _timeout(world, client)
+
+
+TEARDOWNS: dict[str, Teardown] = {
+    "tcp_close": _tcp_close,
+    "timeout": _timeout,
+    "refresh_0": _refresh_0,
+    "kill": _kill,
+    "revoke": _revoke,
+    "drain": _drain,
+}
+
+
+@pytest.mark.parametrize("first", list(TEARDOWNS))
+@pytest.mark.parametrize("second", [None, *TEARDOWNS])
+def test_ghsa_f6hc_79w3_p8pq_teardown_releases_exactly_what_was_taken(
+    first: str, second: str | None
+) -> None:
+    """GHSA-f6hc-79w3-p8pq: every teardown path, and every pair of them on one allocation (kill
+    then timeout, revoke then TCP close, ...), returns the per-user, per-IP and node counters and
+    the relay ports exactly to zero and never below, while another user's allocation keeps its
+    counts."""
+    world = World()
+    bob = world.client("bob", "bob-pw", address=Address("203.0.113.6", 4000))
+    assert error_code(bob.allocate()) is None
+    baseline = _counters(world)
+    alice = _tcp_client(world)
+    assert error_code(alice.allocate()) is None
+    assert _counters(world)["node"] == 2
+    for name in (first, second):
+        if name is None:
+            continue
+        if name in ("timeout", "drain"):
+            assert error_code(bob.refresh(3600)) is None  # keep bob alive across the timeout
+        TEARDOWNS[name](world, alice)
+        _assert_never_negative(world)
+        assert alice.five_tuple not in world.server.allocations
+    world.server.draining = False
+    assert _counters(world) == baseline
+    assert error_code(bob.refresh(0)) is None
+    assert _counters(world) == EMPTY
+
+
+def test_ghsa_f6hc_79w3_p8pq_tcp_close_while_relay_is_opening_releases_once() -> None:
+    """GHSA-f6hc-79w3-p8pq: a TCP connection that closes while its relay is still being opened,
+    then times out and is killed, releases its quota and port once."""
+    world = World(bind_ok=True)
+    alice = _tcp_client(world)
+    alice.fetch_nonce()
+    data = alice.build(Method.ALLOCATE, [at.RequestedTransport(17)])
+    opened = world.server.handle_client(alice.five_tuple, data, world.now)
+    assert world.server._per_user == {"alice": 1}
+    world.settle(world.server.connection_closed(alice.five_tuple, world.now))
+    world.settle(opened)  # the adapter's bind answer arrives after the close
+    for teardown in (_kill, _timeout, _tcp_close):
+        teardown(world, alice)
+        _assert_never_negative(world)
+    assert _counters(world) == EMPTY
+
+
+def test_ghsa_f6hc_79w3_p8pq_failed_bind_releases_what_it_took() -> None:
+    """GHSA-f6hc-79w3-p8pq: an Allocate whose relay cannot be bound takes nothing for good."""
+    world = World(bind_ok=False)
+    alice = world.client()
+    assert error_code(alice.allocate()) == 508
+    _kill(world, alice)
+    _timeout(world, alice)
+    _assert_never_negative(world)
+    assert _counters(world) == EMPTY
+
+
+def test_ghsa_f6hc_79w3_p8pq_refused_allocates_take_nothing() -> None:
+    """GHSA-f6hc-79w3-p8pq: Allocates refused at the quota (486) or while draining (508) take
+    no quota, so the teardown of the allocations that exist releases exactly those."""
+    world = World(core_settings(max_allocations_per_user=1))
+    alice = world.client()
+    assert error_code(alice.allocate()) is None
+    second = world.client(address=Address("203.0.113.5", 50001))
+    assert error_code(second.allocate()) == 486
+    world.server.draining = True
+    third = world.client("bob", "bob-pw", address=Address("203.0.113.5", 50002))
+    assert error_code(third.allocate()) == 508
+    assert _counters(world)["per_user"] == {"alice": 1}
+    assert _counters(world)["per_ip"] == {"203.0.113.5": 1}
+    _kill(world, alice)
+    _kill(world, alice)
+    assert _counters(world) == EMPTY
