@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
+import logging
 import os
 import struct
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from auth.credentials import rest_password
 from stun import attributes as at
 from stun.addresses import Address, AddressFamily
 from stun.message import HEADER_SIZE, Integrity, Message, MessageClass, Method, encode, fingerprint
 from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code
+from tests.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd
+from tests.service.client import TurnClient, wait_until
 from turnd.core.actions import Transport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,3 +356,160 @@ def test_ghsa_f6hc_79w3_p8pq_refused_allocates_take_nothing() -> None:
     _kill(world, alice)
     _kill(world, alice)
     assert _counters(world) == EMPTY
+
+
+# --- GHSA-4g7c-p5wg-j4hp: format strings and control characters in names -----------------------
+
+#: A username body that is a format string for printf and for str.format, with CRLF, a forged
+#: log line, a tab and a NUL: every sink must carry it verbatim or escaped, never interpret it.
+HOSTILE = "%s%x%n{0.__class__}\r\nforged=1 level=error\t\x00end"
+#: Its parts that are printable (each must appear verbatim wherever the name is written).
+HOSTILE_PRINTABLE = ("%s%x%n{0.__class__}", "forged=1 level=error", "end")
+
+
+def _logged(capsys: pytest.CaptureFixture[str], fmt: str, name: str) -> str:
+    """What turnd's ``fmt`` log formatter writes for events carrying ``name`` in every slot."""
+    from turnd import logs
+
+    saved = list(logs.LOGGER.handlers), logs.LOGGER.level, logs.LOGGER.propagate
+    capsys.readouterr()
+    try:
+        logs.setup("info", fmt)
+        logs.event(logging.INFO, "auth.revoked", username=name, realm=name, allocations=0)
+        logs.event(logging.WARNING, "allocation.ended", name, username=name)
+    finally:
+        logs.LOGGER.handlers[:], logs.LOGGER.level, logs.LOGGER.propagate = saved
+    return capsys.readouterr().err
+
+
+def test_ghsa_4g7c_p5wg_j4hp_json_logs_carry_hostile_names_verbatim(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GHSA-4g7c-p5wg-j4hp: in JSON logs a username or realm that is a format string with CRLF
+    and NUL is one line per event and decodes back to exactly what was sent."""
+    lines = _logged(capsys, "json", HOSTILE).splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["username"] == first["realm"] == HOSTILE
+    assert second["msg"] == second["username"] == HOSTILE
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        HOSTILE,
+        pytest.param(
+            "%s%x%n{0.__class__}\r\nforged=1\tlevel=error\x00end",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="text logs quote only values with a space: issue 20 item 14 (logs.py)",
+            ),
+        ),
+    ],
+    ids=["with-space", "without-space"],
+)
+def test_ghsa_4g7c_p5wg_j4hp_text_logs_forge_no_line(
+    capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """GHSA-4g7c-p5wg-j4hp: in text logs a hostile name forges no line and no field: one line per
+    event, the printable parts verbatim, control characters escaped, nothing formatted."""
+    lines = _logged(capsys, "text", name).splitlines()
+    assert len(lines) == 2, lines
+    assert not any(line.startswith("forged") for line in lines)
+    for line in lines:
+        assert all(c.isprintable() for c in line), repr(line)
+        assert "%s%x%n{0.__class__}" in line and "end" in line
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A turnd with UDP, TCP and TLS listeners and a usage file (usage.jsonl beside its log)."""
+    directory = tmp_path_factory.mktemp("advisories")
+    extra = f'[usage]\nfile = "{directory / "usage.jsonl"}"\n'
+    running = start_turnd(directory, extra, listen='["udp:0", "tcp:0", "tls:0"]')
+    yield running
+    assert running.stop() == 0
+    assert "Traceback" not in running.log_path.read_text()
+
+
+def turnctl(daemon: Daemon, *args: str, json_output: bool = True) -> Any:
+    """Run turnctl against the daemon: the parsed --json output, or the human text."""
+    from typer.testing import CliRunner
+
+    from turnd.turnctl import app
+
+    flags = ["--json"] if json_output else []
+    result = CliRunner().invoke(app, ["--socket", daemon.control_socket, *flags, *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if json_output else result.stdout
+
+
+def _hostile_rest_client(daemon: Daemon) -> TurnClient:
+    username = f"{int(time.time()) + 600}:{HOSTILE}"
+    return TurnClient(("127.0.0.1", daemon.port), username, rest_password(REST_SECRET, username))
+
+
+def _assert_no_forged_line(text: str) -> None:
+    for line in text.splitlines():
+        assert not line.lstrip().startswith("forged"), repr(text)
+        assert "\x00" not in line
+
+
+def test_ghsa_4g7c_p5wg_j4hp_hostile_rest_username_through_every_sink(daemon: Daemon) -> None:
+    """GHSA-4g7c-p5wg-j4hp: a REST username that is a format string with CRLF, a tab and NUL
+    allocates, is listed by turnctl (JSON verbatim, text on one escaped row), never becomes a
+    metrics label, ends into one usage record and one JSON log line that carry it verbatim, and
+    is revoked by name."""
+    with _hostile_rest_client(daemon) as client:
+        assert error_code(client.allocate()) is None
+        name = client.username
+        listed = turnctl(daemon, "allocations", "list", "--user", name)
+        [mine] = listed
+        assert mine["username"] == name
+        human = turnctl(daemon, "allocations", "list", json_output=False)
+        _assert_no_forged_line(human)
+        [row] = [line for line in human.splitlines() if HOSTILE_PRINTABLE[0] in line]
+        assert all(part in row for part in HOSTILE_PRINTABLE)
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        assert not any(part in metrics for part in HOSTILE_PRINTABLE[:2])
+        list(text_string_to_metric_families(metrics))  # still parses
+        assert turnctl(daemon, "revoke", name)["ended"] == 1
+        revoked = turnctl(daemon, "revoke", name, json_output=False)
+        _assert_no_forged_line(revoked)
+        assert error_code(client.refresh()) in (401, 437)
+    assert wait_until(lambda: any(_usage(daemon, name)))
+    [record] = _usage(daemon, name)
+    assert record["reason"] == "revoked"
+    events = [e for e in daemon.log_events() if e.get("username") == name]
+    assert {e["event"] for e in events} >= {"allocation.ended", "auth.revoked"}
+    for line in daemon.log_path.read_text().splitlines():
+        assert line.startswith("{"), repr(line)  # nothing forged a non-JSON line
+
+
+def _usage(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    path = daemon.config_path.parent / "usage.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [r for r in records if r["username"] == name]
+
+
+def test_ghsa_4g7c_p5wg_j4hp_hostile_realm_is_refused_harmlessly(daemon: Daemon) -> None:
+    """GHSA-4g7c-p5wg-j4hp: a request whose REALM is a format string with CRLF and NUL gets a
+    plain refusal naming the server's own realm, and the log stays one JSON object a line."""
+    with TurnClient(("127.0.0.1", daemon.port), USER, PASSWORD) as client:
+        client.learn(client.allocate())
+        key = client.key()  # signed with the right key: only the REALM is hostile
+        client.key = lambda: key  # type: ignore[method-assign]
+        client.realm = HOSTILE
+        reply = client.allocate()
+        assert error_code(reply) in (400, 401)
+        realm = reply.get(at.Realm)
+        assert realm is None or realm.value == REALM
+        assert error_code(client.binding()) is None  # the daemon still serves
+    for line in daemon.log_path.read_text().splitlines():
+        assert line.startswith("{"), repr(line)
