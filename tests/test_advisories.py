@@ -12,12 +12,15 @@ import inspect
 import json
 import logging
 import os
+import socket
+import ssl
 import struct
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -513,3 +516,155 @@ def test_ghsa_4g7c_p5wg_j4hp_hostile_realm_is_refused_harmlessly(daemon: Daemon)
         assert error_code(client.binding()) is None  # the daemon still serves
     for line in daemon.log_path.read_text().splitlines():
         assert line.startswith("{"), repr(line)
+
+
+# --- GHSA-m23x-5qf5-988g: HTTP on TURN stream ports ----------------------------------------------
+
+#: A marker that a reply echoing any of the request would contain.
+ECHO_MARKER = b"Echo-Me-7f3a<script>"
+#: Each an HTTP request as a browser or a scanner sends it to the TURN port, padded past any
+#: length its first bytes announce as a frame (so the server has whole "frames" to answer).
+HTTP_REQUESTS = [
+    f"{method} /{ECHO_MARKER.decode()}?%s%x%n HTTP/1.1\r\nHost: {ECHO_MARKER.decode()}\r\n"
+    f"X-Marker: {ECHO_MARKER.decode()}\r\nContent-Length: 65536\r\n\r\n".encode()
+    + ECHO_MARKER * 5000
+    for method in ("GET", "POST", "HEAD", "OPTIONS", "CONNECT", "PRI", "TRACE")
+]
+#: How long to wait for a reply that should never come (a bound on the wait, not a threshold).
+QUIET_WAIT = 1.0
+
+
+def _reply_to(conn: socket.socket, request: bytes) -> bytes:
+    """Everything the server sends back until it closes or stays quiet for QUIET_WAIT."""
+    conn.settimeout(QUIET_WAIT)
+    received = b""
+    try:
+        conn.sendall(request)
+        while chunk := conn.recv(65536):
+            received += chunk
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    return received
+
+
+def _tls_client() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@pytest.mark.parametrize("request_bytes", HTTP_REQUESTS, ids=lambda r: r.split(b" ")[0].decode())
+def test_ghsa_m23x_5qf5_988g_http_on_the_tcp_port_gets_no_echo(
+    daemon: Daemon, request_bytes: bytes
+) -> None:
+    """GHSA-m23x-5qf5-988g: HTTP sent to the TURN TCP port gets no reply carrying any of its
+    bytes (no HTTP answer at all), and the daemon keeps serving."""
+    with socket.create_connection(("127.0.0.1", daemon.ports["tcp"][0])) as conn:
+        reply = _reply_to(conn, request_bytes)
+    assert ECHO_MARKER not in reply and b"HTTP/" not in reply and b"%s%x%n" not in reply
+    assert reply == b""
+    with TurnClient(("127.0.0.1", daemon.port)) as client:
+        assert error_code(client.binding()) is None
+
+
+@pytest.mark.parametrize("request_bytes", HTTP_REQUESTS, ids=lambda r: r.split(b" ")[0].decode())
+def test_ghsa_m23x_5qf5_988g_http_inside_tls_gets_no_echo(
+    daemon: Daemon, request_bytes: bytes
+) -> None:
+    """GHSA-m23x-5qf5-988g: HTTP sent inside TLS to the TURN TLS port gets no reply carrying
+    any of its bytes."""
+    raw = socket.create_connection(("127.0.0.1", daemon.ports["tls"][0]))
+    with _tls_client().wrap_socket(raw) as conn:
+        reply = _reply_to(conn, request_bytes)
+    assert ECHO_MARKER not in reply and b"HTTP/" not in reply
+    assert reply == b""
+
+
+def test_ghsa_m23x_5qf5_988g_plain_http_on_the_tls_port_gets_no_echo(daemon: Daemon) -> None:
+    """GHSA-m23x-5qf5-988g: plaintext HTTP on the TLS port gets at most a TLS alert, never its
+    own bytes back."""
+    with socket.create_connection(("127.0.0.1", daemon.ports["tls"][0])) as conn:
+        reply = _reply_to(conn, HTTP_REQUESTS[0])
+    assert ECHO_MARKER not in reply and b"HTTP/" not in reply
+    assert len(reply) <= TLS_ALERT_MAX
+
+
+#: A TLS alert record is 7 bytes; allow a few records of them.
+TLS_ALERT_MAX = 64
+
+
+# --- coturn e72930f5: no filesystem path from a request ---------------------------------------
+
+
+def _control(daemon: Daemon, method: str, path: str, body: dict[str, Any] | None) -> int:
+    from turnd.turnctl import _UnixConnection
+
+    conn = _UnixConnection(daemon.control_socket, 10.0)
+    try:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload else {}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_coturn_e72930f5_control_api_methods_take_no_path() -> None:
+    """coturn e72930f5: no control-API operation has a parameter that could name a file, and the
+    request handlers open nothing."""
+    from turnd import control
+
+    for name, method in inspect.getmembers(control.ControlOps, inspect.isfunction):
+        for parameter in inspect.signature(method).parameters:
+            assert not any(word in parameter for word in ("path", "file", "dir")), (name, parameter)
+    source = inspect.getsource(control._Routes)
+    assert "open(" not in source and "Path(" not in source
+
+
+def test_coturn_e72930f5_path_like_request_values_touch_no_file(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """coturn e72930f5: names and body fields that are paths (absolute, ``..``, to a config)
+    create, read or load no file outside the state directory's own names; reload keeps reading
+    the daemon's own configuration."""
+    target = tmp_path / "pwned"
+    evil_config = tmp_path / "evil.toml"
+    evil_config.write_text('[server]\nrealm = "evil"\n')
+    state_dir = daemon.config_path.parent / "state"
+    before = {p.name for p in state_dir.iterdir()}
+    hostile = [str(target), f"../../../../{target}", "../" * 12 + "etc/passwd"]
+    body = {
+        "password": "pw-12345",
+        "ttl": 60,
+        "on": False,
+        **{key: str(target) for key in ("path", "file", "config", "state_dir", "users_file")},
+    }
+    for value in hostile:
+        segment = quote(value, safe="")
+        for method, path in (
+            ("PUT", f"/v1/users/{segment}"),
+            ("DELETE", f"/v1/users/{segment}"),
+            ("PUT", f"/v1/keys/{segment}"),
+            ("DELETE", f"/v1/keys/{segment}"),
+            ("DELETE", f"/v1/secrets/{segment}"),
+            ("GET", f"/v1/allocations/{segment}"),
+            ("DELETE", f"/v1/allocations/{segment}"),
+            ("POST", f"/v1/revoke/{segment}"),
+        ):
+            assert _control(daemon, method, path, body) < 500
+    for path in ("/v1/reload", "/v1/drain", "/v1/credentials", "/v1/secrets"):
+        assert _control(daemon, "POST", path, {**body, "config": str(evil_config)}) < 500
+    assert not target.exists()
+    assert sorted(tmp_path.iterdir()) == [evil_config]
+    assert {p.name for p in state_dir.iterdir()} <= before | STATE_FILES
+    with TurnClient(("127.0.0.1", daemon.port), USER, PASSWORD) as client:
+        reply = client.transact(Method.ALLOCATE, [at.RequestedTransport(17)])
+        realm = reply.get(at.Realm)
+        assert realm is not None and realm.value == REALM  # reload ignored the body's config
+
+
+#: The files turnd keeps in its state directory (turnd.runtime, turnd.state).
+STATE_FILES = {"users.runtime", "secrets.runtime", "api-keys.runtime", "revoked.runtime"}
