@@ -29,10 +29,11 @@ from auth.credentials import rest_password
 from stun import attributes as at
 from stun.addresses import Address, AddressFamily
 from stun.message import HEADER_SIZE, Integrity, Message, MessageClass, Method, encode, fingerprint
-from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code
+from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code, replies
 from tests.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd
 from tests.service.client import TurnClient, wait_until
 from turnd.core.actions import Transport
+from turnd.core.server import TurnServer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The packages that ship (bench/ and tests/ may use ``random`` for workloads).
@@ -75,27 +76,37 @@ def test_cve_2025_69217_service_injects_os_urandom_into_the_core() -> None:
 
 
 def test_cve_2025_69217_ports_txids_and_tokens_all_come_from_the_injected_rng() -> None:
-    """CVE-2025-69217: relay ports, server transaction ids and reservation tokens are drawn
-    from the rng the core is given, so os.urandom in the daemon decides every one of them."""
-    calls: list[int] = []
+    """CVE-2025-69217: relay ports, reservation tokens and the transaction id of every
+    server-originated indication are bytes the injected rng (os.urandom in the daemon) gave:
+    no id is a counter or derived from another (RFC 8489 §6)."""
+    drawn: list[bytes] = []
 
     def rng(n: int) -> bytes:
-        calls.append(n)
-        return os.urandom(n)
+        drawn.append(os.urandom(n))
+        return drawn[-1]
 
     world = World()
-    world.server = type(world.server)(
+    world.server = TurnServer(
         world.settings, world.server.auth.authenticator, world.server.auth.nonces,
         world.server.policy, rng,
     )  # fmt: skip
-    assert calls == [4]  # the transaction-id prefix
     alice = world.client()
     reply = alice.allocate(at.RequestedTransport(17), at.EvenPort(reserve=True))
-    assert error_code(reply) is None
     token = reply.get(at.ReservationToken)
-    assert token is not None
-    assert len(calls) >= 3  # at least one port pick and the token (8 bytes, no prefix)
-    assert 8 in calls[1:]
+    assert token is not None and token.token in drawn
+    picks = [int.from_bytes(b, "big") for b in drawn if len(b) == 4]
+    pool = world.server._pools[AddressFamily.IPV4]
+    probed = {pool._port(p % pool.size) for p in picks}
+    assert probed & {alice.relayed.port, alice.relayed.port + 1}  # an even pair starts at the even
+    assert error_code(alice.create_permission(PEER)) is None
+    txids = []
+    for _ in range(3):
+        [frame] = replies(world.peer_packet(alice.relayed, PEER, b"x"), alice.five_tuple)
+        txids.append(frame[8:20])
+    pool_bytes = b"".join(drawn)
+    assert all(txid in pool_bytes for txid in txids)
+    assert len(set(txids)) == 3
+    assert len({int.from_bytes(t, "big") - int.from_bytes(txids[0], "big") for t in txids}) == 3
 
 
 def test_cve_2025_69217_nonces_are_keyed_by_a_secret_from_the_secrets_module() -> None:
