@@ -30,7 +30,7 @@ from stun import attributes as at
 from stun.addresses import Address, AddressFamily
 from stun.message import HEADER_SIZE, Integrity, Message, MessageClass, Method, encode, fingerprint
 from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code, replies
-from tests.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd
+from tests.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd, write_config
 from tests.service.client import TurnClient, wait_until
 from turnd.core.actions import Transport
 from turnd.core.server import TurnServer
@@ -64,15 +64,17 @@ def test_cve_2025_69217_no_library_module_imports_random() -> None:
     assert offenders == []
 
 
-def test_cve_2025_69217_service_injects_os_urandom_into_the_core() -> None:
-    """CVE-2025-69217: the service builds its core with os.urandom, the core's only randomness."""
-    from turnd import service
+def test_cve_2025_69217_service_injects_os_urandom_into_the_core(tmp_path: Path) -> None:
+    """CVE-2025-69217: the daemon's core, and its relay-port pools, draw from os.urandom (never
+    from ``random``), and build_core has no default rng to fall back to."""
+    from turnd.config import load_config
+    from turnd.service import TurnService, build_core, resolve_secrets
 
-    source = inspect.getsource(service.TurnService.__init__)
-    assert "build_core(config, self.relay_ipv4, os.urandom)" in source
-    parameters = inspect.signature(service.build_core).parameters
-    assert list(parameters)[-1] == "rng"  # no default that could fall back to something else
-    assert parameters["rng"].default is inspect.Parameter.empty
+    config, _ = resolve_secrets(load_config(str(write_config(tmp_path)), {}))
+    core = TurnService(config, relay_ipv4="127.0.0.1").core
+    assert core._rng is os.urandom
+    assert all(pool._rng is os.urandom for pool in core._pools.values())
+    assert inspect.signature(build_core).parameters["rng"].default is inspect.Parameter.empty
 
 
 def test_cve_2025_69217_ports_txids_and_tokens_all_come_from_the_injected_rng() -> None:
