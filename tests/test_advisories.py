@@ -32,7 +32,7 @@ from stun.message import HEADER_SIZE, Integrity, Message, MessageClass, Method, 
 from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code, replies
 from tests.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd, write_config
 from tests.service.client import TurnClient, wait_until
-from turnd.core.actions import Transport
+from turnd.core.actions import FiveTuple, Transport
 from turnd.core.server import TurnServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,6 +372,37 @@ def test_ghsa_f6hc_79w3_p8pq_refused_allocates_take_nothing() -> None:
     _kill(world, alice)
     _kill(world, alice)
     assert _counters(world) == EMPTY
+
+
+def test_ghsa_f6hc_79w3_p8pq_stream_slots_are_released_once(tmp_path: Path) -> None:
+    """GHSA-f6hc-79w3-p8pq: the service's per-IP and node connection counts go back exactly to
+    zero when connections close, even when a close is reported twice or a connection refused at
+    the limit closes: a refused or twice-closed one never frees another's slot."""
+    from turnd.config import load_config
+    from turnd.service import TurnService, resolve_secrets
+    from turnd.streams import ClientStream
+
+    config, _ = resolve_secrets(
+        load_config(str(write_config(tmp_path, "[limits]\nmax_connections_per_ip = 2\n")), {})
+    )
+    service = TurnService(config, relay_ipv4="127.0.0.1")
+    server = Address("127.0.0.1", 3478)
+
+    def stream(port: int) -> ClientStream:
+        made = ClientStream(service, Transport.TCP, server)
+        made.five_tuple = FiveTuple(Transport.TCP, Address("203.0.113.5", port), server)
+        return made
+
+    first, second, refused = stream(1), stream(2), stream(3)
+    assert service.admit_stream(first) and service.admit_stream(second)
+    assert not service.admit_stream(refused)
+    service.stream_closed(refused)  # connection_lost of the refused one
+    assert service._streams_per_ip == {"203.0.113.5": 2} and len(service._streams) == 2
+    for closing in (first, first, second, second):
+        service.stream_closed(closing)
+        assert all(count > 0 for count in service._streams_per_ip.values())
+    assert service._streams_per_ip == {} and service._streams == {}
+    assert service.admit_stream(stream(4)) and service.admit_stream(stream(5))
 
 
 # --- GHSA-4g7c-p5wg-j4hp: format strings and control characters in names -----------------------
