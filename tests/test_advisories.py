@@ -180,6 +180,35 @@ def test_coturn_ab762f33_peer_address_after_integrity_gets_no_permission(sha256:
     assert alice.send(PEER2, b"x") == []
 
 
+def test_coturn_ab762f33_lifetime_after_integrity_of_an_allocate_is_ignored() -> None:
+    """coturn ab762f33: an Allocate whose LIFETIME 3600 follows the integrity gets the default
+    lifetime, not the appended one."""
+    world = World()
+    alice = world.client()
+    alice.fetch_nonce()
+    data = _signed_with_extra(
+        alice, Method.ALLOCATE, [at.RequestedTransport(17)], at.Lifetime(3600)
+    )
+    [reply] = alice.raw(data)
+    assert error_code(reply) is None, reply
+    lifetime = reply.get(at.Lifetime)
+    assert lifetime is not None and lifetime.seconds == world.settings.allocation_lifetime
+
+
+def test_coturn_ab762f33_channel_number_after_integrity_binds_nothing() -> None:
+    """coturn ab762f33: a ChannelBind whose CHANNEL-NUMBER follows the integrity is answered as
+    if it had none (400): no channel, no permission."""
+    world = World()
+    alice = world.client()
+    assert error_code(alice.allocate()) is None
+    signed = [at.XorPeerAddress(PEER)]
+    data = _signed_with_extra(alice, Method.CHANNEL_BIND, signed, at.ChannelNumber(0x4000))
+    [reply] = alice.raw(data)
+    assert error_code(reply) == 400
+    alloc = world.server.allocations[alice.five_tuple]
+    assert alloc.channels == {} and alloc.permissions == {}
+
+
 def test_coturn_ab762f33_lone_appended_peer_address_is_a_400() -> None:
     """coturn ab762f33: a CreatePermission whose only XOR-PEER-ADDRESS follows the integrity is
     answered as if it had none (400) and installs nothing."""
