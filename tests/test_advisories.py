@@ -517,7 +517,9 @@ def turnctl(daemon: Daemon, *args: str, json_output: bool = True) -> Any:
     flags = ["--json"] if json_output else []
     result = CliRunner().invoke(app, ["--socket", daemon.control_socket, *flags, *args])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout) if json_output else result.stdout
+    if not json_output:
+        return result.stdout
+    return json.loads(result.stdout) if result.stdout.strip() else None
 
 
 def _hostile_rest_client(daemon: Daemon) -> TurnClient:
@@ -589,6 +591,27 @@ def test_ghsa_4g7c_p5wg_j4hp_hostile_realm_is_refused_harmlessly(daemon: Daemon)
         assert error_code(client.binding()) is None  # the daemon still serves
     for line in daemon.log_path.read_text().splitlines():
         assert line.startswith("{"), repr(line)
+
+
+def test_ghsa_4g7c_p5wg_j4hp_hostile_static_usernames_through_the_control_api(
+    daemon: Daemon,
+) -> None:
+    """GHSA-4g7c-p5wg-j4hp: a user named by a format string is added, listed verbatim,
+    authenticates and is removed by name; names with CR, LF or NUL are refused with 400 and
+    leave the users file readable (a CR once made it unreadable for every later change)."""
+    name = "%s%x%n{0.__class__}"
+    turnctl(daemon, "users", "add", name, "--password", "pw-12345")
+    assert name in turnctl(daemon, "users", "list")
+    with TurnClient(("127.0.0.1", daemon.port), name, "pw-12345") as client:
+        assert error_code(client.allocate()) is None
+        assert error_code(client.refresh(0)) is None
+    for hostile in ("cr\rforged", "lf\nforged", "nul\x00end", "tab\tend"):
+        path = f"/v1/users/{quote(hostile, safe='')}"
+        assert _control(daemon, "PUT", path, {"password": "pw-12345"}) == 400
+    assert _control(daemon, "PUT", "/v1/users/ok-user", {"password": "pw\rforged"}) == 400
+    assert name in turnctl(daemon, "users", "list")  # the file still reads
+    turnctl(daemon, "users", "remove", name)
+    assert name not in turnctl(daemon, "users", "list")
 
 
 # --- GHSA-m23x-5qf5-988g: HTTP on TURN stream ports ----------------------------------------------

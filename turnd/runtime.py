@@ -20,7 +20,8 @@ import re
 import secrets
 from pathlib import Path
 
-from auth.credentials import Password, parse_users_file
+from auth.credentials import Password, parse_users_file, prepare_username
+from stun.keys import opaque_string
 
 USERS_FILE = "users.runtime"
 SECRETS_FILE = "secrets.runtime"
@@ -67,10 +68,15 @@ class RuntimeCredentials:
 
     def add_user(self, name: str, password: str) -> None:
         """Add or replace a user. Raises ValueError for a name or password the file cannot hold."""
-        if not name or ":" in name or "\n" in name or name.strip() != name:
-            raise ValueError("a username must be non-empty, without ':', newlines or edge spaces")
-        if not password or "\n" in password:
-            raise ValueError("a password must be non-empty and on one line")
+        if not name or ":" in name or name.strip() != name:
+            raise ValueError("a username must be non-empty, without ':' or edge spaces")
+        # The rules the users-file reader applies (OpaqueString refuses CR, LF, NUL and every
+        # other control character): a name it would refuse must not reach the file, where it
+        # would make the whole file unreadable, or a CR forge a line (GHSA-4g7c-p5wg-j4hp).
+        if prepare_username(name) != name:
+            raise ValueError("a username must be in OpaqueString form (NFC, no control characters)")
+        if not password or password.strip() != password or opaque_string(password) != password:
+            raise ValueError("a password must be in OpaqueString form (no control characters)")
         users = self.users()
         users[name] = password
         self._save_users(users)
