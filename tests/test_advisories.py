@@ -597,8 +597,9 @@ def test_ghsa_4g7c_p5wg_j4hp_hostile_static_usernames_through_the_control_api(
     daemon: Daemon,
 ) -> None:
     """GHSA-4g7c-p5wg-j4hp: a user named by a format string is added, listed verbatim,
-    authenticates and is removed by name; names with CR, LF or NUL are refused with 400 and
-    leave the users file readable (a CR once made it unreadable for every later change)."""
+    authenticates and is removed by name; names, passwords, REST secrets and API tokens with CR,
+    LF, NUL or other control characters are refused with 400 (a CR once made the users file
+    unreadable for every later change; a NUL went into the secret and key files)."""
     name = "%s%x%n{0.__class__}"
     turnctl(daemon, "users", "add", name, "--password", "pw-12345")
     assert name in turnctl(daemon, "users", "list")
@@ -609,6 +610,9 @@ def test_ghsa_4g7c_p5wg_j4hp_hostile_static_usernames_through_the_control_api(
         path = f"/v1/users/{quote(hostile, safe='')}"
         assert _control(daemon, "PUT", path, {"password": "pw-12345"}) == 400
     assert _control(daemon, "PUT", "/v1/users/ok-user", {"password": "pw\rforged"}) == 400
+    for control_char in ("\x00", "\x01", "\x7f", "\r"):
+        assert _control(daemon, "POST", "/v1/secrets", {"secret": f"s{control_char}x"}) == 400
+        assert _control(daemon, "PUT", "/v1/keys/k1", {"token": f"t{control_char}x"}) == 400
     assert name in turnctl(daemon, "users", "list")  # the file still reads
     turnctl(daemon, "users", "remove", name)
     assert name not in turnctl(daemon, "users", "list")

@@ -39,6 +39,12 @@ def secret_id(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
+def _printable_token(value: str) -> bool:
+    """Non-empty printable ASCII without spaces: what a secret or token file line may hold (a
+    NUL or another control character was accepted before, and written to the file)."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -103,7 +109,7 @@ class RuntimeCredentials:
     def add_secret(self, value: str | None) -> str:
         """Add a secret (generated when ``value`` is None) as the newest; return it."""
         secret = value if value is not None else secrets.token_urlsafe(GENERATED_SECRET_BYTES)
-        if not secret or not secret.isascii() or any(c.isspace() for c in secret):
+        if not _printable_token(secret):
             raise ValueError("a secret must be non-empty printable ASCII without spaces")
         current = [s for s in self.secrets() if s != secret]
         _write(self.secrets_path, "".join(f"{s}\n" for s in [secret, *current]))
@@ -132,7 +138,7 @@ class RuntimeCredentials:
         if not KEY_ID.fullmatch(key_id):
             raise ValueError("a key id is 1-64 of A-Z a-z 0-9 . _ ~ @ + = -, starting alnum")
         value = token if token is not None else secrets.token_urlsafe(GENERATED_SECRET_BYTES)
-        if not value or not value.isascii() or any(c.isspace() for c in value):
+        if not _printable_token(value):
             raise ValueError("a token must be non-empty printable ASCII without spaces")
         keys = self.api_keys()
         keys[key_id] = value
