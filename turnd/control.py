@@ -360,6 +360,12 @@ class _Routes:
 _TOKEN_REQUIRED = web.AppKey("token_required", bool)
 
 
+#: The pattern of a path segment that names a user, key, secret or allocation. aiohttp's default
+#: (``[^{}/]+``) refuses braces, so a username such as ``{0.__class__}`` could not be revoked,
+#: removed or listed by name (GHSA-4g7c-p5wg-j4hp); any percent-encoded text but ``/`` is a name.
+_SEGMENT = "[^/]+"
+
+
 def make_app(ops: ControlOps, token: str | None) -> web.Application:
     """The control API over ``ops``; with ``token``, every request must present it."""
     middlewares: list[Middleware] = [_errors] if token is None else [_errors, _require_token(token)]
@@ -370,20 +376,20 @@ def make_app(ops: ControlOps, token: str | None) -> web.Application:
         [
             web.get("/v1/status", routes.status),
             web.get("/v1/allocations", routes.allocations),
-            web.get("/v1/allocations/{id}", routes.allocation),
-            web.delete("/v1/allocations/{id}", routes.kill),
+            web.get(f"/v1/allocations/{{id:{_SEGMENT}}}", routes.allocation),
+            web.delete(f"/v1/allocations/{{id:{_SEGMENT}}}", routes.kill),
             web.get("/v1/users", routes.users),
-            web.put("/v1/users/{name}", routes.add_user),
-            web.delete("/v1/users/{name}", routes.remove_user),
+            web.put(f"/v1/users/{{name:{_SEGMENT}}}", routes.add_user),
+            web.delete(f"/v1/users/{{name:{_SEGMENT}}}", routes.remove_user),
             web.get("/v1/secrets", routes.secrets),
             web.post("/v1/secrets", routes.add_secret),
-            web.delete("/v1/secrets/{id}", routes.retire_secret),
+            web.delete(f"/v1/secrets/{{id:{_SEGMENT}}}", routes.retire_secret),
             web.get("/v1/keys", routes.keys),
-            web.put("/v1/keys/{id}", routes.add_key),
-            web.delete("/v1/keys/{id}", routes.remove_key),
+            web.put(f"/v1/keys/{{id:{_SEGMENT}}}", routes.add_key),
+            web.delete(f"/v1/keys/{{id:{_SEGMENT}}}", routes.remove_key),
             web.post("/v1/reload", routes.reload),
             web.post("/v1/drain", routes.drain),
-            web.post("/v1/revoke/{username}", routes.revoke),
+            web.post(f"/v1/revoke/{{username:{_SEGMENT}}}", routes.revoke),
             web.post("/v1/credentials", routes.credentials),
             web.get("/v1/cluster/nodes", routes.cluster_nodes),
             web.get("/v1/cluster/table", routes.cluster_table),

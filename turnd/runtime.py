@@ -19,7 +19,8 @@ import re
 import secrets
 from pathlib import Path
 
-from auth.credentials import Password, parse_users_file
+from auth.credentials import Password, parse_users_file, prepare_username
+from stun.keys import opaque_string
 from turnd.state import StateFileError, append_line, read_state, write_atomic
 
 USERS_FILE = "users.runtime"
@@ -38,6 +39,12 @@ _FIX_LINE = "fix or remove that line (turnctl writes these files; restore a back
 def secret_id(secret: str) -> str:
     """A short public name for a secret: the first 8 hex digits of its SHA-256."""
     return hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+def _printable_token(value: str) -> bool:
+    """Non-empty printable ASCII without spaces: what a secret or token file line may hold (a
+    NUL or another control character was accepted before, and written to the file)."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
 class RuntimeCredentials:
@@ -62,10 +69,15 @@ class RuntimeCredentials:
 
     def add_user(self, name: str, password: str) -> None:
         """Add or replace a user. Raises ValueError for a name or password the file cannot hold."""
-        if not name or ":" in name or "\n" in name or name.strip() != name:
-            raise ValueError("a username must be non-empty, without ':', newlines or edge spaces")
-        if not password or "\n" in password:
-            raise ValueError("a password must be non-empty and on one line")
+        if not name or ":" in name or name.strip() != name:
+            raise ValueError("a username must be non-empty, without ':' or edge spaces")
+        # The rules the users-file reader applies (OpaqueString refuses CR, LF, NUL and every
+        # other control character): a name it would refuse must not reach the file, where it
+        # would make the whole file unreadable, or a CR forge a line (GHSA-4g7c-p5wg-j4hp).
+        if prepare_username(name) != name:
+            raise ValueError("a username must be in OpaqueString form (NFC, no control characters)")
+        if not password or password.strip() != password or opaque_string(password) != password:
+            raise ValueError("a password must be in OpaqueString form (no control characters)")
         users = self.users()
         users[name] = password
         self._save_users(users)
@@ -91,7 +103,7 @@ class RuntimeCredentials:
     def add_secret(self, value: str | None) -> str:
         """Add a secret (generated when ``value`` is None) as the newest; return it."""
         secret = value if value is not None else secrets.token_urlsafe(GENERATED_SECRET_BYTES)
-        if not secret or not secret.isascii() or any(c.isspace() for c in secret):
+        if not _printable_token(secret):
             raise ValueError("a secret must be non-empty printable ASCII without spaces")
         current = [s for s in self.secrets() if s != secret]
         write_atomic(self.secrets_path, "".join(f"{s}\n" for s in [secret, *current]))
@@ -125,7 +137,7 @@ class RuntimeCredentials:
         if not KEY_ID.fullmatch(key_id):
             raise ValueError("a key id is 1-64 of A-Z a-z 0-9 . _ ~ @ + = -, starting alnum")
         value = token if token is not None else secrets.token_urlsafe(GENERATED_SECRET_BYTES)
-        if not value or not value.isascii() or any(c.isspace() for c in value):
+        if not _printable_token(value):
             raise ValueError("a token must be non-empty printable ASCII without spaces")
         keys = self.api_keys()
         keys[key_id] = value

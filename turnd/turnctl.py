@@ -147,7 +147,7 @@ class Daemon:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"turnctl: {message}", err=True)
+    typer.echo(f"turnctl: {printable(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -190,10 +190,23 @@ def _wants_json(ctx: typer.Context) -> bool:
 # --- human output -------------------------------------------------------------------------------
 
 
+def printable(value: object) -> str:
+    """``value`` as text for a terminal: control characters (CR, LF, TAB, NUL, ESC...) in a
+    username or any other field a client chose are written as Python escapes, so a name cannot
+    forge a row or a line, or drive the terminal (GHSA-4g7c-p5wg-j4hp); printable text is kept
+    verbatim. ``--json`` output carries the exact value."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def table(rows: Iterable[Sequence[object]], headers: Sequence[str] | None = None) -> str:
     """Columns two spaces apart; numbers right-aligned, everything else left-aligned."""
     body = [list(row) for row in rows]
-    cells = ([list(headers)] if headers else []) + [[str(cell) for cell in row] for row in body]
+    cells = ([list(headers)] if headers else []) + [
+        [printable(cell) for cell in row] for row in body
+    ]
     if not cells:
         return ""
     width = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
@@ -521,7 +534,7 @@ def allocations_kill(
     """End an allocation now."""
     _call(ctx, "DELETE", f"/v1/allocations/{_segment(allocation_id)}")
     if not _wants_json(ctx):
-        typer.echo(f"killed {allocation_id}")
+        typer.echo(f"killed {printable(allocation_id)}")
 
 
 # --- users --------------------------------------------------------------------------------------
@@ -555,7 +568,7 @@ def users_add(
         password = sys.stdin.readline().rstrip("\r\n")
     _call(ctx, "PUT", f"/v1/users/{_segment(name)}", {"password": password})
     if not _wants_json(ctx):
-        typer.echo(f"user {name}: password set")
+        typer.echo(f"user {printable(name)}: password set")
 
 
 @users_app.command("remove")
@@ -563,7 +576,7 @@ def users_remove(ctx: typer.Context, name: str) -> None:
     """Remove a user (their live allocations stay: see revoke)."""
     _call(ctx, "DELETE", f"/v1/users/{_segment(name)}")
     if not _wants_json(ctx):
-        typer.echo(f"removed user {name}")
+        typer.echo(f"removed user {printable(name)}")
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -756,7 +769,7 @@ def revoke(ctx: typer.Context, username: str) -> None:
     if _wants_json(ctx):
         _emit_json(found)
     else:
-        typer.echo(f"revoked {username}: {found['ended']} allocations ended")
+        typer.echo(f"revoked {printable(username)}: {found['ended']} allocations ended")
 
 
 @app.command()

@@ -98,6 +98,12 @@ def amplification_bound(realm: str) -> int:
 #: short enough that the answer stays close to the request's size (amplification).
 MALFORMED_REASON_CHARS = 48
 
+#: Transaction ids of server-originated indications (Data, ConnectionAttempt) drawn per rng call:
+#: each must be cryptographically random (RFC 8489 §6; CVE-2025-69217 was a guessable one), and
+#: one rng call per relayed datagram would be one getrandom() system call each.
+TXID_BATCH = 256
+TXID_SIZE = 12
+
 #: The per-relay traffic counters (allocation.Relay) that TurnServer.traffic() sums.
 TRAFFIC_COUNTERS = ("packets_to_peer", "bytes_to_peer", "packets_to_client", "bytes_to_client")
 
@@ -160,8 +166,8 @@ class TurnServer:
         #: due: up to channel_lifetime + CHANNEL_REUSE_DELAY); compacted away in _delete.
         self._stale_timers = 0
         self._next_ticket = 1
-        self._txid_prefix = rng(4)
-        self._txid_counter = 0
+        self._txids = b""
+        self._txid_offset = 0
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -386,8 +392,12 @@ class TurnServer:
         return [SendToClient(five_tuple, data)]
 
     def _new_txid(self) -> bytes:
-        self._txid_counter += 1
-        return self._txid_prefix + self._txid_counter.to_bytes(8, "big")
+        """A fresh random transaction id, cut from a batch the rng gave at once."""
+        offset = self._txid_offset
+        if offset == len(self._txids):
+            self._txids, offset = self._rng(TXID_SIZE * TXID_BATCH), 0
+        self._txid_offset = offset + TXID_SIZE
+        return self._txids[offset : offset + TXID_SIZE]
 
     def _schedule(self, when: float, kind: str, subject: Any, detail: Any = None) -> None:
         self._timer_seq += 1
