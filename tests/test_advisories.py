@@ -474,13 +474,7 @@ def test_ghsa_4g7c_p5wg_j4hp_json_logs_carry_hostile_names_verbatim(
     "name",
     [
         HOSTILE,
-        pytest.param(
-            "%s%x%n{0.__class__}\r\nforged=1\tlevel=error\x00end",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="text logs quote only values with a space: issue 20 item 14 (logs.py)",
-            ),
-        ),
+        "%s%x%n{0.__class__}\r\nforged=1\tlevel=error\x00end",
     ],
     ids=["with-space", "without-space"],
 )
