@@ -54,7 +54,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from auth.credentials import mint_rest_credentials, parse_rest_username
+from auth.credentials import MintRefused, mint_rest_credentials, parse_rest_username
 
 __all__ = [
     "CLOUDFLARE_GENERATE_PATH",
@@ -380,7 +380,10 @@ def _mint(
     settings: EndpointSettings, now: float, ttl: int, key_id: str, tag: str
 ) -> tuple[str, str]:
     ident = f"{key_id}:{tag}" if tag else key_id
-    username, password = mint_rest_credentials(settings.secret, now, ttl, ident)
+    try:
+        username, password = mint_rest_credentials(settings.secret, now, ttl, ident)
+    except MintRefused as exc:  # a name turnd's authenticator would refuse is never minted
+        raise _Refused(400, str(exc), "customIdentifier") from None
     _event(logging.INFO, "api.credential-issued", username=username, key_id=key_id, tag=tag)
     return username, password
 
