@@ -84,6 +84,15 @@ class _Cap:
         return _Counted(self.server(), self)
 
 
+def _capped(
+    app_runner: web.BaseRunner, cap_args: tuple[str, int, MutableMapping[str, int]]
+) -> _Cap:
+    """The capping protocol factory for a site of ``app_runner``."""
+    server = app_runner.server
+    assert server is not None  # set by runner.setup(), which must come first
+    return _Cap(server, *cap_args)
+
+
 def runner(app: web.Application, limits: SideLimits, **kwargs: Any) -> web.AppRunner:
     """An ``AppRunner`` for ``app`` closing connections without a request head after
     ``limits.header_timeout`` seconds."""
@@ -107,10 +116,8 @@ class TCPSite(web.TCPSite):
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None  # set by runner.setup(), which must come first
         self._server = await asyncio.get_running_loop().create_server(
-            _Cap(server, *self._cap_args), self._host, self._port, reuse_address=True
+            _capped(self._runner, self._cap_args), self._host, self._port, reuse_address=True
         )
 
 
@@ -130,8 +137,6 @@ class SockSite(web.SockSite):
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None  # set by runner.setup(), which must come first
         self._server = await asyncio.get_running_loop().create_server(
-            _Cap(server, *self._cap_args), sock=self._sock
+            _capped(self._runner, self._cap_args), sock=self._sock
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -334,3 +335,22 @@ def wait_for_event(daemon: Daemon, name: str, count: int = 1) -> list[dict[str, 
 
     wait_until(lambda: len(found()) >= count)
     return found()
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a stream socket; ConnectionError if the server closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        data += chunk
+    return data
+
+
+def read_stun_frame(sock: socket.socket) -> bytes:
+    """One STUN message from a TCP or TLS stream (RFC 8489 §6.2.2 framing: its header says
+    its length)."""
+    header = read_exactly(sock, 20)
+    (length,) = struct.unpack_from("!H", header, 2)
+    return header + read_exactly(sock, length)

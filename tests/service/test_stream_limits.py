@@ -22,7 +22,7 @@ from stun import attributes as at
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
 from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
-from tests.service.client import wait_for_event, wait_until
+from tests.service.client import read_stun_frame, wait_for_event, wait_until
 
 LIMITS = """
 [limits]
@@ -91,7 +91,7 @@ def test_connections_beyond_the_per_ip_limit_are_refused(daemon: Daemon) -> None
     try:
         for sock in held:  # make sure all three were accepted before the fourth
             sock.sendall(_binding())
-            assert decode(_read_frame(sock)).cls is MessageClass.SUCCESS
+            assert decode(read_stun_frame(sock)).cls is MessageClass.SUCCESS
         with connect(daemon) as extra:
             assert closed_by_server(extra)
     finally:
@@ -115,7 +115,7 @@ def test_tls_client_is_served_with_alpn_stun_turn(daemon: Daemon) -> None:
         assert sock.selected_alpn_protocol() == "stun.turn"
         assert sock.version() in ("TLSv1.2", "TLSv1.3")
         sock.sendall(_binding())
-        assert decode(_read_frame(sock)).cls is MessageClass.SUCCESS
+        assert decode(read_stun_frame(sock)).cls is MessageClass.SUCCESS
 
 
 def test_connection_holding_an_allocation_outlives_the_idle_timeout(daemon: Daemon) -> None:
@@ -123,15 +123,15 @@ def test_connection_holding_an_allocation_outlives_the_idle_timeout(daemon: Daem
     with connect(daemon) as sock:
         key = long_term_key(USER, REALM, PASSWORD)
         sock.sendall(_request(Method.ALLOCATE, [at.RequestedTransport(17)]))
-        challenge = decode(_read_frame(sock))
+        challenge = decode(read_stun_frame(sock))
         nonce = challenge.get(at.Nonce)
         assert nonce is not None
         creds = [at.Username(USER), at.Realm(REALM), at.Nonce(nonce.value)]
         sock.sendall(_request(Method.ALLOCATE, [at.RequestedTransport(17), *creds], key))
-        assert decode(_read_frame(sock)).cls is MessageClass.SUCCESS
+        assert decode(read_stun_frame(sock)).cls is MessageClass.SUCCESS
         time.sleep(2.5)  # past limits.idle_timeout, while holding the allocation
         sock.sendall(_request(Method.REFRESH, creds, key))
-        assert decode(_read_frame(sock)).cls is MessageClass.SUCCESS
+        assert decode(read_stun_frame(sock)).cls is MessageClass.SUCCESS
 
 
 _txid = iter(range(1, 1 << 30))
@@ -145,22 +145,6 @@ def _request(method: Method, attributes: list[object], key: bytes | None = None)
 
 def _binding() -> bytes:
     return _request(Method.BINDING, [])
-
-
-def _read_frame(sock: socket.socket) -> bytes:
-    header = _read_exactly(sock, 20)
-    (length,) = struct.unpack_from("!H", header, 2)
-    return header + _read_exactly(sock, length)
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        data += chunk
-    return data
 
 
 #: Handshake timeout of the daemons below: far longer than any wait of the tests, so that a
@@ -234,6 +218,6 @@ def test_stalled_tls_handshakes_count_against_the_connection_limits(
     context.verify_mode = ssl.CERT_NONE
     with context.wrap_socket(connect(daemon, "tls")) as sock:
         sock.sendall(_binding())
-        assert decode(_read_frame(sock)).cls is MessageClass.SUCCESS
+        assert decode(read_stun_frame(sock)).cls is MessageClass.SUCCESS
     log = daemon.log_path.read_text()
     assert "Traceback" not in log and "Unhandled exception" not in log

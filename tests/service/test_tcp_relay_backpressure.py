@@ -26,6 +26,7 @@ from stun.addresses import Address
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
 from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
+from tests.service.client import read_stun_frame
 from turnd.tcp_relays import SPLICE_HARD_CAP, spliced_write
 
 #: REQUESTED-TRANSPORT value for TCP (RFC 6062 §5.1: the IANA protocol number).
@@ -67,28 +68,12 @@ class StreamTurn:
                 method, MessageClass.REQUEST, self.txid.to_bytes(12, "big"), tuple(values)
             )
             self.sock.sendall(encode(message, key=key))
-            reply = decode(_read_frame(self.sock))
+            reply = decode(read_stun_frame(self.sock))
             nonce, error = reply.get(at.Nonce), reply.get(at.ErrorCode)
             if nonce is None or error is None or error.code not in (401, 438):
                 return reply
             self.nonce = nonce.value  # learn the nonce (RFC 8489 §9.2.3) and ask again
         return reply
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        data += chunk
-    return data
-
-
-def _read_frame(sock: socket.socket) -> bytes:
-    header = _read_exactly(sock, 20)
-    (length,) = struct.unpack_from("!H", header, 2)
-    return header + _read_exactly(sock, length)
 
 
 def _splice(
