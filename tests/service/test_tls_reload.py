@@ -14,7 +14,8 @@ from stun.keys import long_term_key
 from stun.message import MessageClass, Method, decode
 from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
 from tests.service.client import wait_for_event
-from tests.service.test_stream_limits import _read_frame, _request
+from tests.service.client import read_stun_frame
+from tests.service.test_stream_limits import _request
 from turnd.tls import ensure_self_signed
 
 
@@ -63,11 +64,11 @@ def test_sighup_loads_a_new_certificate_and_keeps_live_tls_allocations(tmp_path:
         with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as tls:
             key = long_term_key(USER, REALM, PASSWORD)
             tls.sendall(_request(Method.ALLOCATE, [at.RequestedTransport(17)]))
-            nonce = decode(_read_frame(tls)).get(at.Nonce)
+            nonce = decode(read_stun_frame(tls)).get(at.Nonce)
             assert nonce is not None
             creds = [at.Username(USER), at.Realm(REALM), at.Nonce(nonce.value)]
             tls.sendall(_request(Method.ALLOCATE, [at.RequestedTransport(17), *creds], key))
-            assert decode(_read_frame(tls)).cls is MessageClass.SUCCESS
+            assert decode(read_stun_frame(tls)).cls is MessageClass.SUCCESS
 
             shutil.copy(second_cert, live_cert)
             shutil.copy(second_key, live_key)
@@ -81,7 +82,7 @@ def test_sighup_loads_a_new_certificate_and_keeps_live_tls_allocations(tmp_path:
                 == hashlib.sha256(ssl.PEM_cert_to_DER_cert(second_cert.read_text())).hexdigest()
             )
             tls.sendall(_request(Method.REFRESH, creds, key))
-            assert decode(_read_frame(tls)).cls is MessageClass.SUCCESS
+            assert decode(read_stun_frame(tls)).cls is MessageClass.SUCCESS
     finally:
         assert daemon.stop() == 0
 
