@@ -419,13 +419,18 @@ class TurnServer:
         source's byte credit pays for them (turnd.core.ratelimit.ByteCredit), else dropped.
         TCP and TLS are exempt: their handshake proved the source address (RFC 9000 §8.1), so
         nothing is reflected to a forged one."""
-        if five_tuple.transport.is_stream:
-            return actions
         answered = sum(len(a.data) for a in actions if type(a) is SendToClient)
-        if self.credit.pay(five_tuple.client.host, received, answered, now):
-            return actions
+        return actions if self._credit_pays(five_tuple, received, answered, now) else []
+
+    def _credit_pays(self, five_tuple: FiveTuple, received: int, answered: int, now: float) -> bool:
+        """Whether the source's byte credit pays ``answered`` bytes for ``received`` (streams
+        always: see :meth:`_paid`); a refusal is counted."""
+        if five_tuple.transport.is_stream or self.credit.pay(
+            five_tuple.client.host, received, answered, now
+        ):
+            return True
         self.stats["drop.unauthenticated_credit"] += 1
-        return []
+        return False
 
     def _allocation_owner(self, request: Request) -> bool:
         """Whether the request names the user whose allocation its 5-tuple holds: a guesser
@@ -542,11 +547,7 @@ class TurnServer:
         if not self._may_answer_unauthenticated(five_tuple, now):
             return True
         answer = build_binding_success(parsed[0], five_tuple.client, parsed[1])
-        paid = five_tuple.transport.is_stream or self.credit.pay(
-            five_tuple.client.host, len(data), len(answer), now
-        )
-        if not paid:
-            self.stats["drop.unauthenticated_credit"] += 1
+        if not self._credit_pays(five_tuple, len(data), len(answer), now):
             return True
         self.stats["stun.binding_requests"] += 1
         return answer
@@ -715,12 +716,16 @@ class TurnServer:
             if not allowed:
                 self.stats["denied.peer"] += 1
                 raise StunError(403, "peer address is not allowed")
-        rate, burst = self.settings.new_peer_rate, self.settings.new_peer_burst
         for key in self._peer_keys(request, peers):
-            if not alloc.admit_peer(key, request.now, rate, burst):
-                self.stats["quota.new_peer_rate"] += 1
-                raise StunError(403, "too many new peer addresses per second")
+            self.admit_new_peer(alloc, key, request.now)
         return peers
+
+    def admit_new_peer(self, alloc: Allocation, peer: Address, now: float) -> None:
+        """Spend ``alloc``'s new-peer budget on ``peer`` (the port-scan guard); 403 past it."""
+        settings = self.settings
+        if not alloc.admit_peer(peer, now, settings.new_peer_rate, settings.new_peer_burst):
+            self.stats["quota.new_peer_rate"] += 1
+            raise StunError(403, "too many new peer addresses per second")
 
     @staticmethod
     def _peer_keys(request: Request, peers: list[Address]) -> list[Address]:

@@ -164,10 +164,7 @@ def handle_connect(server: TurnServer, request: Request) -> list[Action]:
         raise StunError(403, "too many peer connections on this allocation")
     # The port-scan guard of Send indications (§10.2's new-peer budget) holds for Connect too:
     # each Connect to a new transport address spends it, so one permission cannot sweep ports.
-    settings = server.settings
-    if not alloc.admit_peer(peer, request.now, settings.new_peer_rate, settings.new_peer_burst):
-        server.stats["quota.new_peer_rate"] += 1
-        raise StunError(403, "too many new peer addresses per second")
+    server.admit_new_peer(alloc, peer, request.now)
     alloc.remember_peer(peer)
     conn = server.tcp.open(alloc, relay.address, peer, ConnectionState.CONNECTING, request)
     server.stats["tcp.connects"] += 1
