@@ -21,7 +21,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
@@ -29,7 +29,6 @@ from auth.credentials import Authenticator, parse_rest_username
 from auth.nonce import NonceManager, SecurityFeature
 from auth.users_file import load_users_file
 from stun.addresses import Address, AddressFamily
-from stun.hotpath import BINDING_REQUEST_HEAD, SEND_INDICATION_HEAD
 from stun.keys import unquote
 from turnd.config import Config, Secret
 from turnd.config import Transport as ListenerTransport
@@ -290,25 +289,17 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
     def handle(self, peer: Address, data: bytes) -> None:
         """One datagram from ``peer`` (received here, or forwarded by another node)."""
         service = self.service
-        core = service.core
-        now = time.time()
-        if not core.timers_due(now):
-            # Hot path (DESIGN.md): straight back to the client, no action objects.
-            try:
-                route = core.peer_route(self.relay, peer, data, now)
-            except Exception:
-                service.internal_error("peer datagram")
-                return
-            if route is not None:
-                service.send_to_client(route[0], route[1])
-            return
         try:
-            actions = core.handle_peer(self.relay, peer, data, now)
+            out = service.core.peer_message(self.relay, peer, data, time.time())
         except Exception:
-            service.internal_error("peer_datagram")
+            service.internal_error("peer datagram")
             return
-        if actions:
-            service.execute(actions)
+        if out is None:
+            return  # dropped, counted
+        if type(out) is tuple:
+            service.send_to_client(out[0], out[1])
+        elif out:
+            service.execute(cast("list[Action]", out))  # only lists are left
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for what the relay sent (port unreachable and the like).
@@ -1071,41 +1062,26 @@ class TurnService:
 
     def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
         """One client message of ``five_tuple``: a UDP datagram (received here, or forwarded by
-        another node) or a frame of a TCP/TLS connection.
-
-        Hot paths (DESIGN.md) first: ChannelData and plain Send indications go straight to the
-        peer, bare Binding requests over UDP are answered in place (stun.hotpath) — no action
-        objects. Whatever they decline goes to ``handle_client``.
-        """
-        core = self.core
-        now = time.time()
-        route: tuple[Address, Address, bytes] | Literal[False] | None = False
+        another node) or a frame of a TCP/TLS connection, carried out as the core says
+        (``TurnServer.client_message``: relayed data and bare Binding answers come back as
+        plain tuples and bytes, the hot path; everything else as actions)."""
         try:
-            if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
-                route = core.channel_data_route(five_tuple, data, now)
-            elif (head := data[:2]) == SEND_INDICATION_HEAD and not core.timers_due(now):
-                route = core.send_route(five_tuple, data, now)
-            elif head == BINDING_REQUEST_HEAD and five_tuple.transport is _UDP:
-                answer = core.binding_route(five_tuple, data, now)
-                if answer is not False:
-                    if answer is not True:  # True: dropped, counted
-                        self.send_to_client(five_tuple, answer)
-                    return
-            if route is False:
-                actions = core.handle_client(five_tuple, data, now)
+            out = self.core.client_message(five_tuple, data, time.time())
         except Exception:
             self.internal_error("client message")
             return
-        if route is None:
+        if out is None:
             return  # dropped, counted
-        if route is not False:
-            relay = self._relays.get(route[0])
+        if type(out) is tuple:  # type() is one specialised opcode on 3.11; isinstance a call
+            relay = self._relays.get(out[0])
             if relay is None:
-                core.stats["drop.relay_socket_missing"] += 1
+                self.core.stats["drop.relay_socket_missing"] += 1
             else:
-                relay.sendto(route[2], route[1])
-        elif actions:
-            self.execute(actions)
+                relay.sendto(out[2], out[1])
+        elif type(out) is bytes:
+            self.send_to_client(five_tuple, out)
+        elif out:
+            self.execute(cast("list[Action]", out))  # only lists are left
 
     def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
         """Handle a UDP client datagram another node forwarded, as if its listener had it."""

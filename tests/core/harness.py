@@ -125,10 +125,13 @@ class World:
         return connection_id, self.settle(actions)
 
     def client_packet(self, five_tuple: FiveTuple, data: bytes) -> list[Action]:
-        return self.settle(self.server.handle_client(five_tuple, data, self.now))
+        """``data`` from a client, through the core's one entry point as the daemon sends it."""
+        out = self.server.client_message(five_tuple, data, self.now)
+        return self.settle(as_actions(out, five_tuple))
 
     def peer_packet(self, relay: Address, peer: Address, data: bytes) -> list[Action]:
-        return self.server.handle_peer(relay, peer, data, self.now)
+        """``data`` from ``peer`` to ``relay``, through the core's one entry point."""
+        return as_actions(self.server.peer_message(relay, peer, data, self.now))
 
     def advance(self, seconds: float) -> list[Action]:
         """Move the clock and run every timer that fell due."""
@@ -165,6 +168,22 @@ class World:
             "data_connections": dict(server.tcp.by_data),
             "peer_index": (dict(server.tcp._by_peer), dict(server.tcp._by_allocation)),
         }
+
+
+def as_actions(out: object, five_tuple: FiveTuple | None = None) -> list[Action]:
+    """What ``TurnServer.client_message``/``peer_message`` returned, as the actions it stands for
+    (``five_tuple``: the sender, whom a bytes answer goes to)."""
+    if out is None:
+        return []
+    if isinstance(out, bytes):
+        assert five_tuple is not None
+        return [SendToClient(five_tuple, out)]
+    if isinstance(out, tuple) and len(out) == 3:
+        return [SendToPeer(*out)]
+    if isinstance(out, tuple):
+        return [SendToClient(*out)]
+    assert isinstance(out, list)
+    return out
 
 
 def replies(actions: Iterable[Action], five_tuple: FiveTuple | None = None) -> list[bytes]:

@@ -50,6 +50,7 @@ from tests.core.harness import (
     SERVER,
     Client,
     World,
+    as_actions,
     core_settings,
     delivered,
     error_code,
@@ -507,10 +508,12 @@ class Storm:
         before = dict(server.stats)
         counted: list[Action] | None = None
         if event.kind == "client":
-            counted = server.handle_client(TUPLES[event.choice % len(TUPLES)], event.data, now)
+            five_tuple = TUPLES[event.choice % len(TUPLES)]
+            counted = as_actions(server.client_message(five_tuple, event.data, now), five_tuple)
         elif event.kind == "peer":
             peer = PEERS[event.other % len(PEERS)]
-            counted = server.handle_peer(self.relay(event.choice), peer, event.data, now)
+            relay = self.relay(event.choice)
+            counted = as_actions(server.peer_message(relay, peer, event.data, now))
         elif event.kind == "relay_opened":
             ticket = self.pick(self.tickets, event.choice, event.choice)
             self.answered.add(ticket)

@@ -2,8 +2,10 @@
 
 Theory of operation (RFC 8489, RFC 8656):
 
-* Inputs: :meth:`TurnServer.handle_client` (a datagram or a stream frame from a client, named by
-  its 5-tuple), :meth:`handle_peer` (a datagram that reached a relay socket),
+* Inputs: :meth:`TurnServer.client_message` (a datagram or a stream frame from a client, named
+  by its 5-tuple), :meth:`peer_message` (a datagram that reached a relay socket) — each the one
+  entry point for its packets, relayed data coming back as plain tuples (the hot path) and all
+  else as :meth:`handle_client`'s and :meth:`handle_peer`'s actions —
   :meth:`relay_opened` (the adapter bound, or failed to bind, a relay socket the core asked for),
   :meth:`connection_closed`, :meth:`handle_timer`, and for RFC 6062 TCP allocations
   :meth:`peer_connected`, :meth:`peer_connection_arrived` and :meth:`peer_connection_closed`.
@@ -49,7 +51,14 @@ from stun.channeldata import (
     is_valid_channel,
 )
 from stun.errors import REASON_PHRASES, StunDecodeError
-from stun.hotpath import build_binding_success, build_data_indication, parse_binding, parse_send
+from stun.hotpath import (
+    BINDING_REQUEST_HEAD,
+    SEND_INDICATION_HEAD,
+    build_binding_success,
+    build_data_indication,
+    parse_binding,
+    parse_send,
+)
 from stun.message import (
     Header,
     Integrity,
@@ -68,6 +77,7 @@ from turnd.core.actions import (
     FiveTuple,
     SendToClient,
     SendToPeer,
+    Transport,
 )
 from turnd.core.allocate import PendingAllocate, Reservation
 from turnd.core.allocation import Allocation, ChannelBinding, Relay
@@ -80,6 +90,11 @@ from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 
 Handler = Callable[["TurnServer", Request], list[Action]]
+#: What :meth:`TurnServer.client_message` gives back (see the comment above it).
+ClientOutcome = tuple[Address, Address, bytes] | bytes | list[Action] | None
+#: What :meth:`TurnServer.peer_message` gives back.
+PeerOutcome = tuple[FiveTuple, bytes] | list[Action] | None
+_UDP = Transport.UDP  # a module constant: Enum member reads cost a descriptor call on 3.11
 
 
 #: The most an unauthenticated answer exceeds its request by, besides the padded REALM: a 401 to
@@ -215,6 +230,40 @@ class TurnServer:
             return self.handle_timer(now) + self.handle_peer(relay, peer, data, now)
         route = self.peer_route(relay, peer, data, now)
         return [] if route is None else [SendToClient(*route)]
+
+    # --- the one entry point per datagram (DESIGN.md "Hot path exception") ------------------
+    # The adapter hands every client message and every peer datagram to these two, and carries
+    # out what comes back by its type, without building action objects for relayed data:
+    #   tuple (relay, peer, payload)  -- send payload from relay socket ``relay`` to ``peer``;
+    #   tuple (five_tuple, frame)     -- (peer_message) send frame to that client;
+    #   bytes                         -- (client_message) the answer to this message's sender;
+    #   list of actions               -- everything else, in order (timers ran first);
+    #   None                          -- dropped and counted.
+
+    def client_message(self, five_tuple: FiveTuple, data: bytes, now: float) -> ClientOutcome:
+        """A datagram (UDP, here or forwarded by another node) or a whole frame (TCP/TLS) from
+        a client: ChannelData and plain Send indications go straight to their peer and bare UDP
+        Binding requests are answered in place (stun.hotpath); the rest is handle_client's."""
+        due = bool(self._timers) and self._timers[0][0] <= now
+        if data and 0x40 <= data[0] <= 0x7F and not due:
+            return self.channel_data_route(five_tuple, data, now)
+        head = data[:2]
+        if head == SEND_INDICATION_HEAD and not due:
+            route = self.send_route(five_tuple, data, now)
+            if route is not False:
+                return route
+        elif head == BINDING_REQUEST_HEAD and five_tuple.transport is _UDP:
+            answer = self.binding_route(five_tuple, data, now)
+            if answer is not False:
+                return None if answer is True else answer
+        return self.handle_client(five_tuple, data, now)
+
+    def peer_message(self, relay: Address, peer: Address, data: bytes, now: float) -> PeerOutcome:
+        """A datagram from ``peer`` to relay address ``relay`` (received here or forwarded by
+        another node): the client's 5-tuple and framed bytes, unless timers fell due."""
+        if self._timers and self._timers[0][0] <= now:
+            return self.handle_peer(relay, peer, data, now)
+        return self.peer_route(relay, peer, data, now)
 
     # --- hot path (DESIGN.md "Hot path exception") -------------------------------------------
     # The adapter calls these two directly for relayed data when timers_due() is False: the same
