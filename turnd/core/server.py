@@ -244,7 +244,7 @@ class TurnServer:
         """A datagram (UDP, here or forwarded by another node) or a whole frame (TCP/TLS) from
         a client: ChannelData and plain Send indications go straight to their peer and bare UDP
         Binding requests are answered in place (stun.hotpath); the rest is handle_client's."""
-        due = bool(self._timers) and self._timers[0][0] <= now
+        due = self._timers and self._timers[0][0] <= now  # no bool(): a builtin call
         if data and 0x40 <= data[0] <= 0x7F and not due:
             return self.channel_data_route(five_tuple, data, now)
         head = data[:2]
