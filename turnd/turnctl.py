@@ -22,15 +22,7 @@ import typer
 from turnd import turnctl_cluster, turnctl_credentials
 from turnd.turnctl_access import keys_app, secrets_app, users_app
 from turnd.turnctl_credentials import with_host as with_host  # Re-exported: public names
-from turnd.turnctl_daemon import (
-    DEFAULT_SOCKET,
-    Daemon,
-    call,
-    delete,
-    emit_json,
-    segment,
-    wants_json,
-)
+from turnd.turnctl_daemon import DEFAULT_SOCKET, Daemon, act, answer, segment
 from turnd.turnctl_daemon import TIMEOUT as TIMEOUT  # of turnctl (TIMEOUT: read per run).
 from turnd.turnctl_format import duration as duration
 from turnd.turnctl_format import indent, printable, stamp, yes
@@ -96,10 +88,10 @@ def _options(
 @app.command()
 def status(ctx: typer.Context) -> None:
     """What turnd is doing: uptime, listeners, allocations, draining."""
-    found = call(ctx, "GET", "/v1/status")
-    if wants_json(ctx):
-        emit_json(found)
-        return
+    answer(ctx, "GET", "/v1/status", _print_status)
+
+
+def _print_status(found: Any) -> None:
     started = stamp(found.get("started"))
     uptime = found.get("uptime_s")
     if isinstance(uptime, int | float):
@@ -133,10 +125,10 @@ def allocations_list(
     """List live allocations, oldest first."""
     query = {k: v for k, v in (("user", user), ("client", client), ("transport", transport)) if v}
     path = "/v1/allocations" + (f"?{urlencode(query)}" if query else "")
-    found = call(ctx, "GET", path)
-    if wants_json(ctx):
-        emit_json(found)
-        return
+    answer(ctx, "GET", path, _print_allocations)
+
+
+def _print_allocations(found: Any) -> None:
     if not found:
         typer.echo("no allocations")
         return
@@ -171,10 +163,10 @@ def allocations_show(
     ctx: typer.Context, allocation_id: Annotated[str, typer.Argument(metavar="ID")]
 ) -> None:
     """Show one allocation with its permissions and channels."""
-    a = call(ctx, "GET", f"/v1/allocations/{segment(allocation_id)}")
-    if wants_json(ctx):
-        emit_json(a)
-        return
+    answer(ctx, "GET", f"/v1/allocations/{segment(allocation_id)}", _print_allocation)
+
+
+def _print_allocation(a: Any) -> None:
     now = time.time()
     permissions = _listed(a.get("permission_list", a.get("permissions")))
     channels = _listed(a.get("channel_list", a.get("channels")))
@@ -204,7 +196,7 @@ def allocations_kill(
 ) -> None:
     """End an allocation now."""
     path = f"/v1/allocations/{segment(allocation_id)}"
-    delete(ctx, path, f"killed {printable(allocation_id)}")
+    act(ctx, "DELETE", path, f"killed {printable(allocation_id)}")
 
 
 # --- levers -------------------------------------------------------------------------------------
@@ -213,11 +205,11 @@ def allocations_kill(
 @app.command()
 def revoke(ctx: typer.Context, username: str) -> None:
     """End every allocation of a user now."""
-    found = call(ctx, "POST", f"/v1/revoke/{segment(username)}")
-    if wants_json(ctx):
-        emit_json(found)
-    else:
+
+    def render(found: Any) -> None:
         typer.echo(f"revoked {printable(username)}: {found['ended']} allocations ended")
+
+    answer(ctx, "POST", f"/v1/revoke/{segment(username)}", render)
 
 
 @app.command()
@@ -226,23 +218,20 @@ def drain(
     off: Annotated[bool, typer.Option("--off", help="accept new allocations again")] = False,
 ) -> None:
     """Refuse new allocations; live ones run until they end."""
-    found = call(ctx, "POST", "/v1/drain", {"on": not off})
-    if wants_json(ctx):
-        emit_json(found)
-    elif found["draining"]:
-        typer.echo(f"draining: {found['allocations']} allocations left")
-    else:
-        typer.echo(f"not draining: {found['allocations']} allocations")
+
+    def render(found: Any) -> None:
+        if found["draining"]:
+            typer.echo(f"draining: {found['allocations']} allocations left")
+        else:
+            typer.echo(f"not draining: {found['allocations']} allocations")
+
+    answer(ctx, "POST", "/v1/drain", render, {"on": not off})
 
 
 @app.command()
 def reload(ctx: typer.Context) -> None:
     """Reload the configuration, secrets and TLS certificates (as SIGHUP does)."""
-    found = call(ctx, "POST", "/v1/reload", failure="reload failed: ")
-    if wants_json(ctx):
-        emit_json(found)
-    else:
-        typer.echo("reloaded")
+    answer(ctx, "POST", "/v1/reload", lambda _: typer.echo("reloaded"), failure="reload failed: ")
 
 
 @app.command()

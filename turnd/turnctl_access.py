@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from turnd.turnctl_daemon import call, delete, listing, segment, show_once, wants_json
+from turnd.turnctl_daemon import act, listing, segment, show_once
 from turnd.turnctl_format import printable
 
 users_app = typer.Typer(no_args_is_help=True, help="Long-term-credential users.")
@@ -42,15 +42,14 @@ def users_add(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     elif password == "-":
         password = sys.stdin.readline().rstrip("\r\n")
-    call(ctx, "PUT", f"/v1/users/{segment(name)}", {"password": password})
-    if not wants_json(ctx):
-        typer.echo(f"user {printable(name)}: password set")
+    path, done = f"/v1/users/{segment(name)}", f"user {printable(name)}: password set"
+    act(ctx, "PUT", path, done, {"password": password})
 
 
 @users_app.command("remove")
 def users_remove(ctx: typer.Context, name: str) -> None:
     """Remove a user (their live allocations stay: see revoke)."""
-    delete(ctx, f"/v1/users/{segment(name)}", f"removed user {printable(name)}")
+    act(ctx, "DELETE", f"/v1/users/{segment(name)}", f"removed user {printable(name)}")
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -75,7 +74,7 @@ def secrets_add(
     value: Annotated[str | None, typer.Option(help="the secret (default: generate one)")] = None,
 ) -> None:
     """Add a REST secret; it becomes the one that mints. Printed only this once."""
-    show_once(ctx, call(ctx, "POST", "/v1/secrets", {"secret": value}), "secret")
+    show_once(ctx, "POST", "/v1/secrets", {"secret": value}, "secret")
 
 
 @secrets_app.command("retire")
@@ -83,7 +82,7 @@ def secrets_retire(
     ctx: typer.Context, secret_id: Annotated[str, typer.Argument(metavar="ID")]
 ) -> None:
     """Retire a REST secret: credentials minted with it stop working."""
-    delete(ctx, f"/v1/secrets/{segment(secret_id)}", f"retired secret {secret_id}")
+    act(ctx, "DELETE", f"/v1/secrets/{segment(secret_id)}", f"retired secret {secret_id}")
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -102,10 +101,10 @@ def keys_add(
     token: Annotated[str | None, typer.Option(help="the bearer token (default: generate)")] = None,
 ) -> None:
     """Add a key for an application back end. Its token is printed only this once."""
-    show_once(ctx, call(ctx, "PUT", f"/v1/keys/{segment(key_id)}", {"token": token}), "token")
+    show_once(ctx, "PUT", f"/v1/keys/{segment(key_id)}", {"token": token}, "token")
 
 
 @keys_app.command("remove")
 def keys_remove(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Remove a key: its back end can no longer mint or revoke credentials."""
-    delete(ctx, f"/v1/keys/{segment(key_id)}", f"removed key {key_id}")
+    act(ctx, "DELETE", f"/v1/keys/{segment(key_id)}", f"removed key {key_id}")

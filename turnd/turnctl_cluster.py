@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import typer
 
-from turnd.turnctl_daemon import call, emit_json, wants_json
+from turnd.turnctl_daemon import answer
 from turnd.turnctl_format import by_name, last_heard, spans, table, yes
 
 app = typer.Typer(no_args_is_help=True, help="The cluster, as this node sees it.")
@@ -29,10 +29,10 @@ def _node_state(node: dict[str, Any]) -> str:
 @app.command("nodes")
 def cluster_nodes(ctx: typer.Context) -> None:
     """List the configured nodes (alive, dead or draining) and the forwarding counters."""
-    found = call(ctx, "GET", "/v1/cluster/nodes")
-    if wants_json(ctx):
-        emit_json(found)
-        return
+    answer(ctx, "GET", "/v1/cluster/nodes", _print_nodes)
+
+
+def _print_nodes(found: Any) -> None:
     if not found.get("enabled"):
         typer.echo(NOT_A_CLUSTER)
         return
@@ -60,10 +60,10 @@ def cluster_nodes(ctx: typer.Context) -> None:
 @app.command("table")
 def cluster_table(ctx: typer.Context) -> None:
     """Show which relay ports each node owns (its slices, adjacent ones merged)."""
-    found = call(ctx, "GET", "/v1/cluster/table")
-    if wants_json(ctx):
-        emit_json(found)
-        return
+    answer(ctx, "GET", "/v1/cluster/table", _print_table)
+
+
+def _print_table(found: Any) -> None:
     typer.echo(
         f"relay ports {found['port_min']}-{found['port_max']} in slices of {found['slice_size']};"
         f" {found.get('catch_sockets', 0)} catch sockets on this node"
@@ -90,13 +90,13 @@ def cluster_owner(
     query = {"client": client, "transport": transport}
     if server is not None:
         query["server"] = server
-    found = call(ctx, "GET", f"/v1/cluster/owner?{urlencode(query)}")
-    if wants_json(ctx):
-        emit_json(found)
-        return
-    typer.echo(found.get("flow", client))
-    if found.get("node") is None:
-        typer.echo("the node that accepted the connection (not this one) — allocation here: no")
-        return
-    state = "alive" if found.get("alive") else "dead"
-    typer.echo(f"node {found['node']} ({state}) — allocation here: {yes(found.get('here'))}")
+
+    def render(found: Any) -> None:
+        typer.echo(found.get("flow", client))
+        if found.get("node") is None:
+            typer.echo("the node that accepted the connection (not this one) — allocation here: no")
+            return
+        state = "alive" if found.get("alive") else "dead"
+        typer.echo(f"node {found['node']} ({state}) — allocation here: {yes(found.get('here'))}")
+
+    answer(ctx, "GET", f"/v1/cluster/owner?{urlencode(query)}", render)

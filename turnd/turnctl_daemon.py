@@ -2,8 +2,8 @@
 
 ``Daemon`` speaks HTTP + JSON on the control socket (or the TCP listener with a bearer token)
 and raises ``Unreachable`` or ``Refused``. ``call`` turns those into turnctl's message and exit
-status (1; 2 for a request turnd found malformed). The command shapes (``listing``, ``delete``,
-``show_once``) print turnd's answer as JSON with ``--json``, for people otherwise.
+status (1; 2 for a request turnd found malformed). The command shapes (``answer``, ``act``,
+``listing``, ``show_once``) print turnd's answer as JSON with ``--json``, for people otherwise.
 """
 
 from __future__ import annotations
@@ -157,6 +157,32 @@ def wants_json(ctx: typer.Context) -> bool:
 # The command shapes.
 
 
+def answer(
+    ctx: typer.Context,
+    method: str,
+    path: str,
+    render: Callable[[Any], None],
+    body: dict[str, Any] | None = None,
+    failure: str = "",
+) -> None:
+    """Ask turnd; print its answer as JSON with ``--json``, else ``render`` it for people."""
+    found = call(ctx, method, path, body, failure)
+    if wants_json(ctx):
+        emit_json(found)
+    else:
+        render(found)
+
+
+def act(
+    ctx: typer.Context, method: str, path: str, done: str, body: dict[str, Any] | None = None
+) -> None:
+    """Ask turnd to change something, then say ``done`` (nothing with ``--json``: turnd's
+    answer is empty)."""
+    call(ctx, method, path, body)
+    if not wants_json(ctx):
+        typer.echo(done)
+
+
 def listing(
     ctx: typer.Context,
     path: str,
@@ -165,27 +191,21 @@ def listing(
     nothing: str,
 ) -> None:
     """GET a list: a table of ``row(item)`` under ``headers``, or ``nothing`` when empty."""
-    found = call(ctx, "GET", path)
-    if wants_json(ctx):
-        emit_json(found)
-    elif found:
-        typer.echo(table([row(item) for item in found], headers))
-    else:
-        typer.echo(nothing)
+
+    def render(found: Any) -> None:
+        typer.echo(table([row(item) for item in found], headers) if found else nothing)
+
+    answer(ctx, "GET", path, render)
 
 
-def delete(ctx: typer.Context, path: str, done: str) -> None:
-    """DELETE ``path``, then say ``done``."""
-    call(ctx, "DELETE", path)
-    if not wants_json(ctx):
-        typer.echo(done)
-
-
-def show_once(ctx: typer.Context, added: dict[str, Any], secret: str) -> None:
-    """Print what turnd just created: its id and its ``secret`` field, which turnd never shows
+def show_once(
+    ctx: typer.Context, method: str, path: str, body: dict[str, Any], secret: str
+) -> None:
+    """Create something and print its id and its ``secret`` field, which turnd never shows
     again (so a warning goes to stderr)."""
-    if wants_json(ctx):
-        emit_json(added)
-        return
-    typer.echo(table([("id", added["id"]), (secret, added[secret])]))
-    typer.echo(f"turnctl: the {secret} is shown only this once: store it now", err=True)
+
+    def render(added: Any) -> None:
+        typer.echo(table([("id", added["id"]), (secret, added[secret])]))
+        typer.echo(f"turnctl: the {secret} is shown only this once: store it now", err=True)
+
+    answer(ctx, method, path, render, body)
