@@ -692,7 +692,7 @@ TLS_ALERT_MAX = 64
 
 
 def _control(daemon: Daemon, method: str, path: str, body: dict[str, Any] | None) -> int:
-    from turnd.turnctl import _UnixConnection
+    from turnd.turnctl_daemon import _UnixConnection
 
     conn = _UnixConnection(daemon.control_socket, 10.0)
     try:

@@ -9,7 +9,7 @@ import re
 import attrs
 import pytest
 
-from turnd import config, config_values
+from turnd import config, config_sections, config_values
 from turnd.config import (
     Config,
     ConfigError,
@@ -26,8 +26,8 @@ from turnd.config import (
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "turnd.example.toml"
-SOURCE = pathlib.Path(config.__file__)
-SOURCES = (SOURCE, pathlib.Path(config_values.__file__))
+SOURCE = pathlib.Path(config_sections.__file__)
+SOURCES = (pathlib.Path(config.__file__), SOURCE, pathlib.Path(config_values.__file__))
 SECTIONS = (
     "server",
     "relay",
@@ -132,8 +132,8 @@ def test_every_field_is_documented_right_under_it() -> None:
 
 def test_software_version_falls_back_to_dev_outside_an_installation() -> None:
     """Without package metadata the SOFTWARE default still names turnd."""
-    assert config._package_version("no-such-distribution-for-turnd-tests") == "dev"
-    assert config._package_version("attrs") == attrs.__version__
+    assert config_sections._package_version("no-such-distribution-for-turnd-tests") == "dev"
+    assert config_sections._package_version("attrs") == attrs.__version__
 
 
 # The example file ---------------------------------------------------------------------------

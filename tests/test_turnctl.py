@@ -27,7 +27,7 @@ from tests.test_control import (
     ControlServer,
     FakeOps,
 )
-from turnd import turnctl
+from turnd import turnctl, turnctl_credentials
 
 
 @pytest.fixture(autouse=True)
@@ -698,7 +698,7 @@ def test_generate_falls_back_to_the_default_secret_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """turnd unreachable: say so on stderr and mint from <default state dir>/rest-secret."""
-    monkeypatch.setattr(turnctl, "DEFAULT_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(turnctl_credentials, "DEFAULT_STATE_DIR", str(tmp_path))
     (tmp_path / "rest-secret").write_text(SECRET)
     missing = tmp_path / "no.sock"
     args = ["--socket", str(missing), "credentials", "generate", "--host", "h", "--id", "x"]

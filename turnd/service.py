@@ -49,7 +49,7 @@ from turnd.core.actions import (
 )
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.server import TurnServer
-from turnd.core.settings import CoreSettings
+from turnd.core_settings_map import core_settings
 from turnd.logs import event
 from turnd.runtime import RuntimeCredentials
 from turnd.state import NONCE_KEY_FILE, REST_SECRET_FILE, StateError, read_or_create_secret
@@ -316,40 +316,7 @@ def build_core(
 
     ``local_networks`` (CIDRs) are what the host accepts as its own addresses (see
     :func:`detect_local_networks`): a wildcard listener serves its port on each of them."""
-    server, relay, limits = config.server, config.relay, config.limits
-    settings = CoreSettings(
-        realm=server.realm,
-        software=server.software,
-        relay_ipv4=relay_ipv4,
-        relay_ipv6=str(relay.address6) if relay.address6 is not None else None,
-        port_min=relay.port_min,
-        port_max=relay.port_max,
-        allocation_lifetime=float(relay.allocation_lifetime),
-        max_allocation_lifetime=float(relay.max_allocation_lifetime),
-        permission_lifetime=float(relay.permission_lifetime),
-        channel_lifetime=float(relay.channel_lifetime),
-        max_allocations=limits.max_allocations,
-        max_allocations_per_user=limits.max_allocations_per_user,
-        max_allocations_per_ip=limits.max_allocations_per_ip,
-        max_permissions_per_allocation=limits.max_permissions_per_allocation,
-        max_channels_per_allocation=limits.max_channels_per_allocation,
-        max_peer_connections_per_allocation=limits.max_peer_connections_per_allocation,
-        allocation_packet_rate=float(limits.allocation_packet_rate),
-        allocation_byte_rate=float(limits.allocation_byte_rate),
-        new_peer_rate=float(limits.new_peer_rate),
-        new_peer_burst=float(limits.new_peer_burst),
-        unauthenticated_rate=float(limits.unauthenticated_rate),
-        unauthenticated_burst=float(limits.unauthenticated_burst),
-        unauthenticated_credit=limits.unauthenticated_credit,
-        auth_failure_burst=float(limits.auth_failure_burst),
-        auth_failure_rate=1.0 / limits.auth_failure_interval,
-        auth_failure_user_burst=float(limits.auth_failure_user_burst),
-        allow_anonymous_binding=config.auth.allow_anonymous_binding,
-        tcp_relays=not config.cluster.enabled,
-        reservation_prefix=config.cluster.node_id.to_bytes(2, "big")
-        if config.cluster.enabled
-        else b"",
-    )
+    settings = core_settings(config, relay_ipv4)
     policy = build_peer_policy(config, relay_ipv4, local_networks)
     nonce_key = config.auth.nonce_key
     assert nonce_key is not None, "resolve_secrets() fills in the nonce key"
