@@ -229,7 +229,8 @@ def test_the_server_defaults_to_the_first_udp_listener(tmp_path: Path) -> None:
     ops = Operations(service)
     with pytest.raises(ValueError, match="no UDP listener"):
         ops.cluster_owner("udp", "203.0.113.5:5000", None)
-    service.listeners.bound += [("tls", Address("127.0.0.1", 5349)), ("udp", Address("127.0.0.2", 3478))]
+    bound = service.listeners.bound
+    bound += [("tls", Address("127.0.0.1", 5349)), ("udp", Address("127.0.0.2", 3478))]
     service.listeners.bound += [("udp", SERVICE)]
     answer = ops.cluster_owner("udp", "203.0.113.5:5000", None)
     assert answer is not None and answer["flow"].endswith(" -> 127.0.0.2:3478")

@@ -200,6 +200,11 @@ class PacketPath:
         return self._config()
 
     @property
+    def action_types(self) -> frozenset[type]:
+        """The action types :meth:`execute` has a handler for."""
+        return frozenset(self._handlers)
+
+    @property
     def udp_addresses(self) -> list[Address]:
         """The bound UDP listener addresses (with the real port when 0 was asked)."""
         return list(self._listeners)

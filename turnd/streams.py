@@ -7,9 +7,10 @@ ConnectionBind is forwarded untouched to the peer.
 
 Limits, each from ``[limits]`` in the configuration and each counted when it bites:
 
-* ``max_connections`` and ``max_connections_per_ip``: a connection beyond them is closed at once
-  (``drop.connection_limit``). A TLS connection counts from its TCP accept (:func:`serve_tls`),
-  not from the end of its handshake, so stalled handshakes cannot pile up past the limits.
+* ``max_connections`` and ``max_connections_per_ip`` (:class:`StreamTable`): a connection
+  beyond them is closed at once (``drop.connection_limit``). A TLS connection counts from its TCP
+  accept (:func:`serve_tls`), not from the end of its handshake, so stalled handshakes cannot
+  pile up past the limits.
 * ``tls_handshake_timeout``: a TLS connection whose handshake has not completed by then is closed
   and its slot released, as is one whose handshake fails (``drop.tls_handshake_failed``).
 * ``idle_timeout``: a connection that holds no allocation and completes no frame for this long is

@@ -50,10 +50,9 @@ class UsageLog:
 
     def allocation_ended(self, ended: AllocationEnded) -> None:
         """Tell the cluster, write the usage line, log the event."""
-        if self._owner.cluster is not None:
-            self._owner.cluster.send_all(
-                self._owner.cluster.node.allocation_ended(ended.five_tuple)
-            )
+        cluster = self._owner.cluster
+        if cluster is not None:
+            cluster.send_all(cluster.node.allocation_ended(ended.five_tuple))
         usage_file = self._owner.config.usage.file
         if usage_file:
             self.write_usage(usage_file, ended)
