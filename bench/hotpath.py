@@ -43,8 +43,9 @@ from stun.addresses import Address
 from stun.channeldata import frame_channel_data
 from stun.message import Message, MessageClass, Method, encode
 from tests.daemon import write_config
+from turnd.assembly import resolve_secrets
 from turnd.config import load_config
-from turnd.service import TurnService, resolve_secrets
+from turnd.service import TurnService
 
 #: The rows, in the order they print: name -> what it relays.
 ROWS = {
@@ -81,9 +82,9 @@ class Bed:
     def __init__(self, service: TurnService, client: RawClient, peers: list[socket.socket]):
         self.service = service
         [server] = service.udp_addresses
-        [(relay_address, relay)] = service._relays.items()
+        [(relay_address, relay)] = service.packets._relays.items()
         self.listener_address = Address(*server)
-        self.listener = service._listeners[self.listener_address]
+        self.listener = service.packets._listeners[self.listener_address]
         self.relay_address = relay_address
         self.relay = relay
         self.client = client.sock.getsockname()
@@ -117,16 +118,16 @@ class Bed:
             "listener": NullTransport(self.listener),
             "relay": NullTransport(self.relay),
         }
-        self.service._listeners[self.listener_address] = nulls["listener"]  # type: ignore[assignment]
-        self.service._relays[self.relay_address] = nulls["relay"]  # type: ignore[assignment]
+        self.service.packets._listeners[self.listener_address] = nulls["listener"]  # type: ignore[assignment]
+        self.service.packets._relays[self.relay_address] = nulls["relay"]  # type: ignore[assignment]
         try:
             started = time.perf_counter()
             for _ in range(count):
                 entry(data, source)
             seconds = time.perf_counter() - started
         finally:
-            self.service._listeners[self.listener_address] = self.listener
-            self.service._relays[self.relay_address] = self.relay
+            self.service.packets._listeners[self.listener_address] = self.listener
+            self.service.packets._relays[self.relay_address] = self.relay
         out = nulls["relay"] if row.startswith("client") else nulls["listener"]
         if out.sent != count or (count and tuple(out.destination or ()) != tuple(destination)):
             drops = {k: v for k, v in self.service.core.stats.items() if k.startswith("drop")}

@@ -67,8 +67,9 @@ def test_cve_2025_69217_no_library_module_imports_random() -> None:
 def test_cve_2025_69217_service_injects_os_urandom_into_the_core(tmp_path: Path) -> None:
     """CVE-2025-69217: the daemon's core, and its relay-port pools, draw from os.urandom (never
     from ``random``), and build_core has no default rng to fall back to."""
+    from turnd.assembly import build_core, resolve_secrets
     from turnd.config import load_config
-    from turnd.service import TurnService, build_core, resolve_secrets
+    from turnd.service import TurnService
 
     config, _ = resolve_secrets(load_config(str(write_config(tmp_path)), {}))
     core = TurnService(config, relay_ipv4="127.0.0.1").core
@@ -407,8 +408,9 @@ def test_ghsa_f6hc_79w3_p8pq_stream_slots_are_released_once(tmp_path: Path) -> N
     """GHSA-f6hc-79w3-p8pq: the service's per-IP and node connection counts go back exactly to
     zero when connections close, even when a close is reported twice or a connection refused at
     the limit closes: a refused or twice-closed one never frees another's slot."""
+    from turnd.assembly import resolve_secrets
     from turnd.config import load_config
-    from turnd.service import TurnService, resolve_secrets
+    from turnd.service import TurnService
     from turnd.streams import ClientStream
 
     config, _ = resolve_secrets(
@@ -418,20 +420,21 @@ def test_ghsa_f6hc_79w3_p8pq_stream_slots_are_released_once(tmp_path: Path) -> N
     server = Address("127.0.0.1", 3478)
 
     def stream(port: int) -> ClientStream:
-        made = ClientStream(service, Transport.TCP, server)
+        made = ClientStream(service.packets, Transport.TCP, server)
         made.five_tuple = FiveTuple(Transport.TCP, Address("203.0.113.5", port), server)
         return made
 
     first, second, refused = stream(1), stream(2), stream(3)
-    assert service.admit_stream(first) and service.admit_stream(second)
-    assert not service.admit_stream(refused)
-    service.stream_closed(refused)  # connection_lost of the refused one
-    assert service._streams_per_ip == {"203.0.113.5": 2} and len(service._streams) == 2
+    packets, table = service.packets, service.packets.streams
+    assert packets.admit_stream(first) and packets.admit_stream(second)
+    assert not packets.admit_stream(refused)
+    packets.stream_closed(refused)  # connection_lost of the refused one
+    assert table.per_ip == {"203.0.113.5": 2} and len(table.by_five_tuple) == 2
     for closing in (first, first, second, second):
-        service.stream_closed(closing)
-        assert all(count > 0 for count in service._streams_per_ip.values())
-    assert service._streams_per_ip == {} and service._streams == {}
-    assert service.admit_stream(stream(4)) and service.admit_stream(stream(5))
+        packets.stream_closed(closing)
+        assert all(count > 0 for count in table.per_ip.values())
+    assert table.per_ip == {} and table.by_five_tuple == {}
+    assert packets.admit_stream(stream(4)) and packets.admit_stream(stream(5))
 
 
 # --- GHSA-4g7c-p5wg-j4hp: format strings and control characters in names -----------------------

@@ -13,8 +13,9 @@ import pytest
 
 from tests.daemon import write_config
 from turnd import logs
+from turnd.assembly import resolve_secrets
 from turnd.config import load_config
-from turnd.service import TurnService, resolve_secrets
+from turnd.service import TurnService
 
 HOSTILE = "a\nb\tc%s{0}\r\x00\x1b[31m\x7f\x85\u2028d"
 FORGED = "2026-01-01T00:00:00 info auth.ok user=admin"
@@ -89,7 +90,7 @@ def test_bad_http_on_a_side_port_logs_no_traceback(
         service = TurnService(config, relay_ipv4="127.0.0.1")
         await service.start()
         try:
-            host, port = service._metrics.addresses[0][:2]
+            host, port = service.side._metrics.addresses[0][:2]
             answers = []
             for request in BAD_REQUESTS:
                 reader, writer = await asyncio.open_connection(host, port)

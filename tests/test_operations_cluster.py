@@ -17,11 +17,12 @@ import pytest
 
 from stun.addresses import Address
 from tests.test_control import ControlServer, call
+from turnd.assembly import resolve_secrets
 from turnd.cluster import ClusterLink
 from turnd.config import Config, parse_config
 from turnd.core.actions import FiveTuple, Transport
 from turnd.operations import Operations, parse_address
-from turnd.service import TurnService, resolve_secrets
+from turnd.service import TurnService
 
 SINGLE = """
 [server]
@@ -66,7 +67,7 @@ def link_of(service: TurnService) -> ClusterLink:
 @pytest.fixture
 def node2(tmp_path: Path) -> TurnService:
     service = make_service(tmp_path / "node2")
-    service.bound += [("tcp", Address("127.0.0.1", 3479)), ("udp", SERVICE)]
+    service.listeners.bound += [("tcp", Address("127.0.0.1", 3479)), ("udp", SERVICE)]
     return service
 
 
@@ -228,8 +229,9 @@ def test_the_server_defaults_to_the_first_udp_listener(tmp_path: Path) -> None:
     ops = Operations(service)
     with pytest.raises(ValueError, match="no UDP listener"):
         ops.cluster_owner("udp", "203.0.113.5:5000", None)
-    service.bound += [("tls", Address("127.0.0.1", 5349)), ("udp", Address("127.0.0.2", 3478))]
-    service.bound += [("udp", SERVICE)]
+    bound = service.listeners.bound
+    bound += [("tls", Address("127.0.0.1", 5349)), ("udp", Address("127.0.0.2", 3478))]
+    service.listeners.bound += [("udp", SERVICE)]
     answer = ops.cluster_owner("udp", "203.0.113.5:5000", None)
     assert answer is not None and answer["flow"].endswith(" -> 127.0.0.2:3478")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from turnd.config import Config
-from turnd.service import SOCKET_BUFFER_BYTES
+from turnd.packet_path import SOCKET_BUFFER_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD_DIR = REPO / "systemd"

@@ -18,8 +18,9 @@ from typing import Annotated
 import typer
 
 from turnd import gc_policy, logs, systemd
+from turnd.assembly import StartupError, resolve_secrets
 from turnd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from turnd.service import StartupError, TurnService, resolve_secrets
+from turnd.service import TurnService
 from turnd.state import StateError
 
 app = typer.Typer(

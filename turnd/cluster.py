@@ -5,8 +5,8 @@ of socket:
 
 * the backbone socket, UDP on this node's backbone address: sealed frames to and from the other
   nodes (client and peer datagrams forwarded to their owner, heartbeats, operator actions);
-* the listeners of :mod:`turnd.service`, which hand a client datagram here when another node owns
-  its flow;
+* the listeners of :mod:`turnd.packet_path`, which hand a client datagram here when another node
+  owns its flow;
 * one *catch* socket per relay port of the other nodes' slices, bound on the service IP: the
   network may deliver a peer's datagram for any relay port to any node, and this node forwards
   what it catches to the slice's owner. Named limit: a node holds one socket per relay port of
@@ -30,7 +30,7 @@ import resource
 import socket
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -43,7 +43,37 @@ from turnd.core.cluster import ClientHere, ClusterNode, ControlHere, PeerHere, T
 from turnd.logs import event
 
 if TYPE_CHECKING:
-    from turnd.service import TurnService
+    from turnd.core.actions import FiveTuple
+    from turnd.core.server import TurnServer
+
+
+class ClusterHost(Protocol):
+    """What the cluster's I/O asks of the service (:class:`turnd.service.TurnService`)."""
+
+    @property
+    def config(self) -> Config:
+        """The current configuration (the relay port range)."""
+
+    @property
+    def core(self) -> TurnServer:
+        """This node's core."""
+
+    @property
+    def revoked(self) -> set[str]:
+        """The usernames revoked here."""
+
+    def revoke(self, username: str, *, broadcast: bool = True) -> int:
+        """Revoke ``username`` here (and, with ``broadcast``, on every other node)."""
+
+    def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """A client datagram another node forwarded."""
+
+    def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
+        """A peer datagram another node forwarded."""
+
+    def internal_error(self, where: str) -> None:
+        """Log and count a bug surfaced while handling a frame."""
+
 
 #: Datagrams read from one ready catch socket in one go (then other sockets get their turn).
 CATCH_BATCH = 64
@@ -84,7 +114,7 @@ def cluster_keys_of(cluster: ClusterConfig) -> tuple[dict[int, bytes], int]:
     return cluster_keys(cluster.key, cluster.accept_keys)
 
 
-def build_node(service: TurnService, config: Config) -> ClusterNode:
+def build_node(service: ClusterHost, config: Config) -> ClusterNode:
     """The cluster logic for this node, around ``service.core``."""
     cluster = config.cluster
     keys, send = cluster_keys_of(cluster)
@@ -114,7 +144,7 @@ class _Backbone(asyncio.DatagramProtocol):
 class ClusterLink:
     """This node's cluster I/O: created by the service when ``[cluster]`` lists nodes."""
 
-    def __init__(self, service: TurnService, config: ClusterConfig, node: ClusterNode) -> None:
+    def __init__(self, service: ClusterHost, config: ClusterConfig, node: ClusterNode) -> None:
         self.service = service
         self.config = config
         self.node = node

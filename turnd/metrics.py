@@ -4,7 +4,7 @@ Nothing on the packet path changes for metrics. The core already counts everythi
 ``TurnServer.stats`` (drops by reason, auth failures by reason, error responses by code, ...) and
 per relay; this collector turns those into metric families when Prometheus asks, so counters move
 live, between scrapes, not at allocation end. On a cluster node it also reads the membership view
-and the slice table (``TurnService.cluster``).
+and the slice table (``MetricsSource.cluster``).
 
 Served by aiohttp on ``[metrics] listen`` (GET /metrics).
 """
@@ -14,13 +14,30 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
-    from turnd.service import TurnService
+    from turnd.cluster import ClusterLink
+    from turnd.core.server import TurnServer
+
+
+class MetricsSource(Protocol):
+    """What a scrape reads of the service."""
+
+    @property
+    def core(self) -> TurnServer:
+        """The core, its stats and state."""
+
+    @property
+    def cluster(self) -> ClusterLink | None:
+        """This node's cluster link (membership view, slice table), if any."""
+
+    def stream_counts(self) -> Counter[str]:
+        """Open TCP/TLS client connections by transport."""
+
 
 #: stats key prefix -> (metric name, help, label name). Every counter in ``TurnServer.stats`` with
 #: one of these prefixes becomes one labelled series; the rest go to turnd_events_total.
@@ -66,7 +83,7 @@ _SKIP = ("relayed.", "cluster.second_chance")
 class TurndCollector(Collector):
     """Reads one service's core on every scrape."""
 
-    def __init__(self, service: TurnService) -> None:
+    def __init__(self, service: MetricsSource) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
@@ -170,7 +187,7 @@ def node_state(node: Mapping[str, Any]) -> str:
     return "draining" if node["draining"] else "alive"
 
 
-def registry_for(service: TurnService) -> CollectorRegistry:
+def registry_for(service: MetricsSource) -> CollectorRegistry:
     """A registry holding only turnd's collector (no process-wide default metrics)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TurndCollector(service))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from auth.credentials import mint_rest_credentials
 from stun.addresses import Address
@@ -18,7 +18,62 @@ from turnd.core.allocation import Allocation
 from turnd.runtime import secret_id
 
 if TYPE_CHECKING:
-    from turnd.service import TurnService
+    from turnd.cluster import ClusterLink
+    from turnd.config import Config
+    from turnd.core.actions import Action
+    from turnd.core.server import TurnServer
+    from turnd.credential_state import CredentialState
+
+
+class OperationsHost(Protocol):
+    """What the operator's levers read and change (:class:`turnd.service.TurnService`)."""
+
+    @property
+    def started(self) -> float:
+        """When the service started (Unix time)."""
+
+    @property
+    def config(self) -> Config:
+        """The current configuration."""
+
+    @property
+    def bound(self) -> list[tuple[str, Address]]:
+        """The serving listeners: (transport, bound address)."""
+
+    @property
+    def relay_ipv4(self) -> str:
+        """The IPv4 relay address."""
+
+    @property
+    def relay_ipv6(self) -> str | None:
+        """The IPv6 relay address, if any."""
+
+    @property
+    def core(self) -> TurnServer:
+        """The core."""
+
+    @property
+    def cluster(self) -> ClusterLink | None:
+        """This node's cluster link, if any."""
+
+    @property
+    def credentials(self) -> CredentialState:
+        """Users, secrets, endpoint keys and revocations."""
+
+    def stream_counts(self) -> Counter[str]:
+        """Open TCP/TLS client connections by transport."""
+
+    def execute(self, actions: list[Action]) -> None:
+        """Carry out the core's actions."""
+
+    def refresh_api(self) -> None:
+        """Give the credential endpoint the current keys and secrets."""
+
+    def reload_from_source(self) -> str | None:
+        """Reload the configuration; None when done, else why not."""
+
+    def ice_urls(self, config: Config | None = None) -> tuple[list[str], list[str]]:
+        """stun:/turn:/turns: URLs of the listeners that serve."""
 
 
 def allocation_id(alloc: Allocation) -> str:
@@ -96,9 +151,9 @@ def cluster_counters(stats: Counter[str]) -> dict[str, Any]:
 
 
 class Operations:
-    """The operator's view and levers of one :class:`TurnService`."""
+    """The operator's view and levers of one service."""
 
-    def __init__(self, service: TurnService) -> None:
+    def __init__(self, service: OperationsHost) -> None:
         self.service = service
 
     def status(self) -> dict[str, Any]:
@@ -156,33 +211,33 @@ class Operations:
         return True
 
     def users(self) -> list[str]:
-        return sorted(self.service.authenticator_users())
+        return sorted(self.service.credentials.authenticator_users())
 
     def add_user(self, name: str, password: str) -> None:
-        self.service.runtime.add_user(name, password)
-        self.service.unrevoke(name)
-        self.service.rebuild_authenticator()
+        self.service.credentials.runtime.add_user(name, password)
+        self.service.credentials.unrevoke(name)
+        self.service.credentials.rebuild_authenticator()
 
     def remove_user(self, name: str) -> bool:
-        removed = self.service.runtime.remove_user(name)
+        removed = self.service.credentials.runtime.remove_user(name)
         if removed:
-            self.service.rebuild_authenticator()
+            self.service.credentials.rebuild_authenticator()
         return removed
 
     def secrets(self) -> list[dict[str, Any]]:
         return [
             {"id": secret_id(value), "source": source, "fingerprint": secret_id(value)}
-            for value, source in self.service.secret_sources()
+            for value, source in self.service.credentials.secret_sources()
         ]
 
     def add_secret(self, value: str | None) -> dict[str, Any]:
-        secret = self.service.runtime.add_secret(value)
-        self.service.rebuild_authenticator()
+        secret = self.service.credentials.runtime.add_secret(value)
+        self.service.credentials.rebuild_authenticator()
         self.service.refresh_api()
         return {"id": secret_id(secret), "secret": secret}
 
     def retire_secret(self, secret_id_: str) -> bool:
-        sources = self.service.secret_sources()
+        sources = self.service.credentials.secret_sources()
         match = [source for value, source in sources if secret_id(value) == secret_id_]
         if not match:
             return False
@@ -192,27 +247,27 @@ class Operations:
             raise ValueError(
                 f"this secret comes from the {match[0]} configuration: remove it there and reload"
             )
-        self.service.runtime.remove_secret(secret_id_)
-        self.service.rebuild_authenticator()
+        self.service.credentials.runtime.remove_secret(secret_id_)
+        self.service.credentials.rebuild_authenticator()
         self.service.refresh_api()
         return True
 
     def keys(self) -> list[dict[str, Any]]:
         configured = self.service.config.api.keys
-        runtime = self.service.runtime.api_keys()
+        runtime = self.service.credentials.runtime.api_keys()
         return [
             {"id": key, "source": "runtime" if key in runtime else "config"}
             for key in sorted({*configured, *runtime})
         ]
 
     def add_key(self, key_id: str, token: str | None) -> dict[str, Any]:
-        value = self.service.runtime.add_key(key_id, token)
+        value = self.service.credentials.runtime.add_key(key_id, token)
         self.service.refresh_api()
         return {"id": key_id, "token": value}
 
     def remove_key(self, key_id: str) -> bool:
-        if key_id in self.service.runtime.api_keys():
-            self.service.runtime.remove_key(key_id)
+        if key_id in self.service.credentials.runtime.api_keys():
+            self.service.credentials.runtime.remove_key(key_id)
             self.service.refresh_api()
             return True
         if key_id in self.service.config.api.keys:
@@ -281,10 +336,10 @@ class Operations:
         return listener
 
     def revoke(self, username: str) -> int:
-        return self.service.revoke(username)
+        return self.service.credentials.revoke(username)
 
     def mint(self, ttl: int, ident: str) -> dict[str, Any]:
-        secrets_ = self.service.secret_sources()
+        secrets_ = self.service.credentials.secret_sources()
         if not secrets_:
             raise ValueError("no REST secret is configured: add one with turnctl secrets add")
         username, password = mint_rest_credentials(secrets_[0][0], time.time(), ttl, ident)

@@ -7,9 +7,10 @@ ConnectionBind is forwarded untouched to the peer.
 
 Limits, each from ``[limits]`` in the configuration and each counted when it bites:
 
-* ``max_connections`` and ``max_connections_per_ip``: a connection beyond them is closed at once
-  (``drop.connection_limit``). A TLS connection counts from its TCP accept (:func:`serve_tls`),
-  not from the end of its handshake, so stalled handshakes cannot pile up past the limits.
+* ``max_connections`` and ``max_connections_per_ip`` (:class:`StreamTable`): a connection
+  beyond them is closed at once (``drop.connection_limit``). A TLS connection counts from its TCP
+  accept (:func:`serve_tls`), not from the end of its handshake, so stalled handshakes cannot
+  pile up past the limits.
 * ``tls_handshake_timeout``: a TLS connection whose handshake has not completed by then is closed
   and its slot released, as is one whose handshake fails (``drop.tls_handshake_failed``).
 * ``idle_timeout``: a connection that holds no allocation and completes no frame for this long is
@@ -30,7 +31,9 @@ import logging
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, cast
+from collections import Counter
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from stun.addresses import Address
 from stun.errors import StunDecodeError
@@ -40,7 +43,8 @@ from turnd.logs import event
 from turnd.tcp_relays import pause, resume, spliced_write
 
 if TYPE_CHECKING:
-    from turnd.service import TurnService
+    from turnd.config import Config, LimitsConfig
+    from turnd.core.server import TurnServer
 
 #: Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the listener stays readable while the
 #: process is out of descriptors, so accepting again at once would spin the event loop.
@@ -51,10 +55,76 @@ ACCEPT_RETRY_DELAY = 0.1
 WRITE_BACKLOG_LIMIT = 1 << 20
 
 
+class StreamHost(Protocol):
+    """What a client connection asks of the packet path (:class:`turnd.packet_path.PacketPath`)."""
+
+    @property
+    def core(self) -> TurnServer:
+        """The core: its stats count drops, its allocations keep a connection busy."""
+
+    @property
+    def config(self) -> Config:
+        """The current configuration (``[limits]``)."""
+
+    def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """Hand one whole frame of the connection to the core."""
+
+    def internal_error(self, where: str) -> None:
+        """Log and count a bug surfaced while handling the connection."""
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` as a task the service cancels at stop."""
+
+    def admit_stream(self, stream: ClientStream) -> bool:
+        """Take a slot under the connection limits; False: refused, counted."""
+
+    def stream_closed(self, stream: ClientStream) -> None:
+        """The connection ended: free its slot, tell the core."""
+
+
+class StreamTable:
+    """The open TCP/TLS client connections, by 5-tuple and per client IP, under
+    ``max_connections`` and ``max_connections_per_ip``."""
+
+    def __init__(self) -> None:
+        self.by_five_tuple: dict[FiveTuple, ClientStream] = {}
+        self.per_ip: Counter[str] = Counter()
+
+    def admit(self, stream: ClientStream, limits: LimitsConfig) -> bool:
+        """Register ``stream`` (its five_tuple set), or False past either limit."""
+        five_tuple = stream.five_tuple
+        assert five_tuple is not None
+        ip = five_tuple.client.host
+        if (
+            len(self.by_five_tuple) >= limits.max_connections
+            or self.per_ip[ip] >= limits.max_connections_per_ip
+        ):
+            return False
+        self.by_five_tuple[five_tuple] = stream
+        self.per_ip[ip] += 1
+        return True
+
+    def forget(self, stream: ClientStream) -> bool:
+        """Free the slot of ``stream``; False when it held none (refused, or closed before)."""
+        five_tuple = stream.five_tuple
+        if five_tuple is None or self.by_five_tuple.get(five_tuple) is not stream:
+            return False
+        del self.by_five_tuple[five_tuple]
+        ip = five_tuple.client.host
+        self.per_ip[ip] -= 1
+        if not self.per_ip[ip]:
+            del self.per_ip[ip]
+        return True
+
+    def counts(self) -> Counter[str]:
+        """Open connections by transport."""
+        return Counter(five_tuple.transport.value for five_tuple in self.by_five_tuple)
+
+
 class ClientStream(asyncio.Protocol):
     """One TCP or TLS client connection."""
 
-    def __init__(self, service: TurnService, transport_kind: Transport, server: Address) -> None:
+    def __init__(self, service: StreamHost, transport_kind: Transport, server: Address) -> None:
         self.service = service
         self.kind = transport_kind
         self.server = server
@@ -190,7 +260,7 @@ class ClientStream(asyncio.Protocol):
 
 
 async def serve_tls(
-    service: TurnService,
+    service: StreamHost,
     listener: socket.socket,
     server: Address,
     context: ssl.SSLContext,
@@ -214,7 +284,7 @@ async def serve_tls(
         if not stream.admit(peer):
             sock.close()
             continue
-        service._spawn(_tls_handshake(stream, sock, context, timeout))
+        service.spawn(_tls_handshake(stream, sock, context, timeout))
 
 
 async def _tls_handshake(

@@ -32,14 +32,14 @@ import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from stun.addresses import Address
-from turnd.core.actions import ConnectPeer, FiveTuple
+from turnd.core.actions import Action, ConnectPeer, FiveTuple
 from turnd.logs import event
 
 if TYPE_CHECKING:
-    from turnd.service import TurnService
+    from turnd.core.server import TurnServer
     from turnd.streams import ClientStream
 
 #: RFC 6062 §5.2: the server waits at most 30 s for a connection to the peer.
@@ -57,9 +57,28 @@ SPLICE_LOW_WATER = SPLICE_HIGH_WATER // 4
 SPLICE_HARD_CAP = 4 * 1024 * 1024
 
 
-def spliced_write(
-    transport: asyncio.Transport, data: bytes, service: TurnService, side: str
-) -> None:
+class HasCore(Protocol):
+    """Anything holding the core, whose stats count a splice's drops."""
+
+    @property
+    def core(self) -> TurnServer:
+        """The core."""
+
+
+class RelayHost(HasCore, Protocol):
+    """What the TCP relays ask of the packet path (:class:`turnd.packet_path.PacketPath`)."""
+
+    def relay_result(self, ticket: int, ok: bool) -> None:
+        """Tell the core whether the relay socket of ``ticket`` is listening."""
+
+    def internal_error(self, where: str) -> None:
+        """Log and count a bug surfaced while handling a connection."""
+
+    def execute(self, actions: list[Action]) -> None:
+        """Carry out the core's actions."""
+
+
+def spliced_write(transport: asyncio.Transport, data: bytes, service: HasCore, side: str) -> None:
     """Queue ``data`` on one side of a splice (``side``: "peer" or "client"), or close that side
     once :data:`SPLICE_HARD_CAP` bytes wait — counted and logged, never a silent hole."""
     if transport.is_closing():
@@ -93,14 +112,14 @@ def resume(transport: asyncio.Transport | None) -> None:
         transport.resume_reading()
 
 
-def _relay_socket(relay: Address, service: TurnService) -> socket.socket:
+def _relay_socket(relay: Address, service: HasCore) -> socket.socket:
     """A TCP socket bound to ``relay``; OSError if it cannot be made (creation failures, such as
     EMFILE, are counted and logged by errno first)."""
     family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
-        from turnd.service import relay_socket_failed  # turnd.service imports this module
+        from turnd.packet_path import relay_socket_failed  # which imports this module
 
         relay_socket_failed(service.core.stats, relay, exc)
         raise
@@ -170,7 +189,7 @@ class PeerConnection(asyncio.Protocol):
 class TcpRelays:
     """The TCP relay sockets and peer connections of one service."""
 
-    def __init__(self, service: TurnService) -> None:
+    def __init__(self, service: RelayHost) -> None:
         self.service = service
         self.listeners: dict[Address, asyncio.Server] = {}
         self.connections: dict[int, PeerConnection] = {}

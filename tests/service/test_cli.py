@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from auth.credentials import parse_rest_username, rest_password
 from tests.daemon import write_config
 from turnd import __version__, cli, turnctl
+from turnd.assembly import StartupError, resolve_secrets
 from turnd.config import load_config
-from turnd.service import StartupError, TurnService, resolve_secrets
+from turnd.service import TurnService
 
 SECRET = "a-rest-secret-for-turnctl"
 

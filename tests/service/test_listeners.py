@@ -16,7 +16,7 @@ from stun import attributes as at
 from tests.daemon import START_TIMEOUT, start_turnd, write_config
 from tests.service.client import LOOPBACK, TIMEOUT, error_code
 from tests.service.conftest import ClientFactory
-from turnd.service import bind_failure_reason
+from turnd.listeners import bind_failure_reason
 
 IN_USE = "address already in use by another program"
 

@@ -7,7 +7,7 @@ import ipaddress
 from pathlib import Path
 
 from tests.daemon import start_turnd
-from turnd.service import detect_relay_address
+from turnd.assembly import detect_relay_address
 
 
 def test_detection_works_inside_a_running_event_loop() -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import turnd.service
+import turnd.credential_state
 from auth.credentials import LookupFailure
 from stun.keys import PasswordAlgorithm
+from turnd.assembly import resolve_secrets
 from turnd.config import parse_config
 from turnd.operations import Operations
-from turnd.service import TurnService, resolve_secrets
+from turnd.service import TurnService
 
 CONFIG = """
 [server]
@@ -74,13 +75,13 @@ def test_revocations_are_appended_off_the_event_loop_and_outlive_a_restart(
     thread, not the loop's; stop() waits for it and a restart refuses the names."""
     node = service(tmp_path)
     writers: list[str] = []
-    append = node.runtime.append_revoked
+    append = node.credentials.runtime.append_revoked
 
     def recording(name: str) -> None:
         writers.append(threading.current_thread().name)
         append(name)
 
-    node.runtime.append_revoked = recording  # type: ignore[method-assign]
+    node.credentials.runtime.append_revoked = recording  # type: ignore[method-assign]
     rest = f"{int(time.time()) + 3600}:app1:room-42"
 
     async def main() -> None:
@@ -90,7 +91,7 @@ def test_revocations_are_appended_off_the_event_loop_and_outlive_a_restart(
 
     asyncio.run(main())
     assert len(writers) == 2 and all(w.startswith("turnd-state") for w in writers)
-    lines = node.runtime.revoked_path.read_text().splitlines()
+    lines = node.credentials.runtime.revoked_path.read_text().splitlines()
     assert [json.loads(line) for line in lines] == ["alice", rest]
     again = service(tmp_path)
     assert refused(again, "alice") and refused(again, rest)
@@ -101,7 +102,7 @@ def test_expired_revocations_are_pruned_while_running(
 ) -> None:
     """When a prune is due, a revoke drops the expired REST names and rewrites the file with
     the live ones only."""
-    monkeypatch.setattr(turnd.service, "REVOCATION_PRUNE_INTERVAL", 0.0)
+    monkeypatch.setattr(turnd.credential_state, "REVOCATION_PRUNE_INTERVAL", 0.0)
     node = service(tmp_path)
     expired = f"{int(time.time()) - 10}:app1:old"
     live = f"{int(time.time()) + 3600}:app1:new"
@@ -109,18 +110,18 @@ def test_expired_revocations_are_pruned_while_running(
     node.revoke(live)
     assert node.revoked == {live}
     assert node.core.auth.authenticator.revoked == {live}
-    assert node.runtime.revoked_path.read_text() == json.dumps(live) + "\n"
+    assert node.credentials.runtime.revoked_path.read_text() == json.dumps(live) + "\n"
 
 
 def test_a_revocation_that_cannot_be_written_is_counted_not_raised(tmp_path: Path) -> None:
     """A full disk (or any write failure) while saving a revocation: the revocation holds in
     memory, the failure is counted and logged, the revoke still answers."""
     node = service(tmp_path)
-    node.runtime.revoked_path.mkdir(parents=True)  # appending to a directory fails
+    node.credentials.runtime.revoked_path.mkdir(parents=True)  # appending to a directory fails
     assert node.revoke("alice") == 0
     assert refused(node, "alice")
     assert node.core.stats["state.write_failures"] == 1
-    node.runtime.revoked_path.rmdir()  # space again: the next revoke rewrites the whole file
+    node.credentials.runtime.revoked_path.rmdir()  # space again: the next revoke rewrites it all
     node.revoke("bob")
     assert service(tmp_path).revoked == {"alice", "bob"}
 
@@ -136,6 +137,6 @@ def test_live_revocations_are_counted_per_endpoint_key(tmp_path: Path) -> None:
     node.revoke(f"{int(time.time()) - 10}:app1:gone")
     node.revoke("alice")
     again = service(tmp_path)  # prunes the expired one at start
-    assert [again.revocations(k) for k in ("app1", "app2", "app3")] == [2, 1, 0]
-    again.unrevoke(f"{soon}:app1:a")
-    assert again.revocations("app1") == 1
+    assert [again.credentials.revocations(k) for k in ("app1", "app2", "app3")] == [2, 1, 0]
+    again.credentials.unrevoke(f"{soon}:app1:a")
+    assert again.credentials.revocations("app1") == 1

@@ -25,8 +25,9 @@ from tests.service.client import (
     error_code,
 )
 from tests.service.conftest import ClientFactory
+from turnd.assembly import resolve_secrets
 from turnd.config import parse_config
-from turnd.service import TurnService, resolve_secrets
+from turnd.service import TurnService
 
 
 def binding_request(txid: bytes = b"robustness!!") -> bytes:

@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 from tests.daemon import write_config
+from turnd.assembly import resolve_secrets
 from turnd.config import load_config
-from turnd.service import TurnService, resolve_secrets
+from turnd.service import TurnService
 
 GET = b"GET /metrics HTTP/1.1\r\nHost: turnd\r\n\r\n"
 SAFETY = 60.0  # Seconds before a hung test gives up; never a measured bound.

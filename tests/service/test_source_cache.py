@@ -10,10 +10,12 @@ import pytest
 
 from stun.addresses import Address
 from tests.daemon import write_config
-from turnd import service as service_module
+from turnd import packet_path as service_module
+from turnd.assembly import resolve_secrets
 from turnd.config import load_config
 from turnd.core.actions import FiveTuple, Transport
-from turnd.service import TurnService, _ClientDatagrams, _RelayDatagrams, resolve_secrets
+from turnd.packet_path import _ClientDatagrams, _RelayDatagrams
+from turnd.service import TurnService
 
 SERVER = Address("127.0.0.1", 3478)
 RELAY = Address("127.0.0.1", 50000)
@@ -40,10 +42,10 @@ def test_a_listener_hands_on_the_five_tuple_it_would_build(
     """Every datagram reaches client_message() with FiveTuple(UDP, source, listener); a source seen
     before gets the very object kept from its first datagram."""
     monkeypatch.setattr(service_module, "SOURCE_CACHE_SIZE", 64)
-    protocol = _ClientDatagrams(turnd, SERVER)
+    protocol = _ClientDatagrams(turnd.packets, SERVER)
     handled: list[FiveTuple] = []
     monkeypatch.setattr(
-        turnd, "client_message", lambda five_tuple, data: handled.append(five_tuple)
+        turnd.packets, "client_message", lambda five_tuple, data: handled.append(five_tuple)
     )
     addrs = sources(40)
     for addr in addrs + addrs:
@@ -60,12 +62,12 @@ def test_the_caches_never_outgrow_their_bound(
     """Spoofed sources by the thousand: the listener's and the relays' caches stay at most
     SOURCE_CACHE_SIZE entries, and every datagram still gets its own source's objects."""
     monkeypatch.setattr(service_module, "SOURCE_CACHE_SIZE", 50)
-    listener = _ClientDatagrams(turnd, SERVER)
-    relay = _RelayDatagrams(turnd, RELAY)
+    listener = _ClientDatagrams(turnd.packets, SERVER)
+    relay = _RelayDatagrams(turnd.packets, RELAY)
     clients: list[FiveTuple] = []
     peers: list[Address] = []
     monkeypatch.setattr(
-        turnd, "client_message", lambda five_tuple, data: clients.append(five_tuple)
+        turnd.packets, "client_message", lambda five_tuple, data: clients.append(five_tuple)
     )
     monkeypatch.setattr(relay, "handle", lambda peer, data: peers.append(peer))
     largest = 0
@@ -73,7 +75,7 @@ def test_the_caches_never_outgrow_their_bound(
     for addr in addrs:
         listener.datagram_received(b"x", addr)
         relay.datagram_received(b"x", addr)
-        largest = max(largest, len(listener.five_tuples), len(turnd.peers))
+        largest = max(largest, len(listener.five_tuples), len(turnd.packets.peers))
     assert largest == 50
     assert [five_tuple.client for five_tuple in clients] == [Address(a[0], a[1]) for a in addrs]
     assert peers == [Address(a[0], a[1]) for a in addrs]

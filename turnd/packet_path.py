@@ -1,0 +1,475 @@
+"""The packet path: listeners and relay sockets in, core calls, actions out, one timer.
+
+Everything that decides lives in :mod:`turnd.core`; this module receives datagrams, stamps them
+with the wall clock (nonces and REST credentials carry Unix times shared by every node), calls the
+core, and executes the actions it returns (one handler per action type, :meth:`PacketPath.execute`).
+A packet that makes the core raise is logged and counted under ``internal_errors`` — never fatal.
+
+This is the only module of the shell on the per-datagram hot path (DESIGN.md "Hot path"):
+``client_message`` and ``_RelayDatagrams.handle`` send ChannelData, Send/Data and bare Binding
+answers straight through, without action objects. It also binds relay sockets (with their
+EVEN-PORT reservations) and owns the TCP/TLS connection table the core's answers go out on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from stun.addresses import Address, AddressFamily
+from turnd.config import Config
+from turnd.core.actions import UDP as _UDP
+from turnd.core.actions import (
+    Action,
+    AllocationEnded,
+    CloseConnection,
+    ClosePeerConnection,
+    CloseRelay,
+    ConnectPeer,
+    FiveTuple,
+    OpenRelay,
+    SendToClient,
+    SendToPeer,
+    SpliceConnection,
+)
+from turnd.core.server import TurnServer
+from turnd.logs import event
+from turnd.streams import StreamTable
+from turnd.tcp_relays import TcpRelays
+
+if TYPE_CHECKING:
+    from turnd.cluster import ClusterLink
+    from turnd.streams import ClientStream
+
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+#: Socket buffer asked for on listeners and relays: bursts of a few hundred packets must not be
+#: dropped by the kernel while the event loop is busy (the kernel caps it at net.core.rmem_max).
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+#: Sources whose FiveTuple (listeners) or Address (relays) objects are kept, so that a datagram
+#: from a recent source builds none (building them costs about 1 µs on Python 3.11). Per listener,
+#: and one for all relays; a full cache starts over, so spoofed sources cost at most this much.
+SOURCE_CACHE_SIZE = 16384
+
+_Kept = TypeVar("_Kept")
+
+
+class SourceCache(dict[tuple[Any, ...], _Kept]):
+    """Datagram source (as the loop gives it) -> what ``build`` made of it, at most
+    SOURCE_CACHE_SIZE of them: ``cache[addr]`` builds on a miss."""
+
+    def __init__(self, build: Callable[[tuple[Any, ...]], _Kept]) -> None:
+        super().__init__()
+        self.build = build
+
+    def __missing__(self, addr: tuple[Any, ...]) -> _Kept:
+        if len(self) >= SOURCE_CACHE_SIZE:
+            self.clear()
+        kept = self[addr] = self.build(addr)
+        return kept
+
+
+class _ClientDatagrams(asyncio.DatagramProtocol):
+    """A UDP listener: every datagram goes to ``PacketPath.client_message``."""
+
+    def __init__(self, service: PacketPath, server: Address) -> None:
+        self.service = service
+        self.server = server
+        self.five_tuples = SourceCache(
+            lambda addr: FiveTuple(_UDP, Address(addr[0], addr[1]), server)
+        )
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.service.client_message(self.five_tuples[addr], data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.service.core.stats["socket.listener_errors"] += 1
+
+
+class _ClusterClientDatagrams(_ClientDatagrams):
+    """A UDP listener of a cluster node: a datagram of a flow another node owns goes to it."""
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        five_tuple = self.five_tuples[addr]
+        link = self.service.cluster
+        assert link is not None
+        node = link.node
+        try:
+            target = node.client_target(five_tuple, data)
+        except Exception:
+            self.service.internal_error("client datagram routing")
+            return
+        if node.outbox:
+            link.flush()
+        if target == node.node_id:
+            self.service.client_message(five_tuple, data)
+        else:
+            link.send(target, node.forward_client(target, five_tuple, data))
+
+
+class _RelayDatagrams(asyncio.DatagramProtocol):
+    """A relay socket: every datagram goes to ``TurnServer.handle_peer``."""
+
+    def __init__(self, service: PacketPath, relay: Address) -> None:
+        self.service = service
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.handle(self.service.peers[addr], data)
+
+    def handle(self, peer: Address, data: bytes) -> None:
+        """One datagram from ``peer`` (received here, or forwarded by another node)."""
+        service = self.service
+        try:
+            out = service.core.peer_message(self.relay, peer, data, time.time())
+        except Exception:
+            service.internal_error("peer datagram")
+            return
+        if out is None:
+            return  # dropped, counted
+        if type(out) is tuple:
+            service.send_to_client(out[0], out[1])
+        elif out:
+            service.execute(cast("list[Action]", out))  # only lists are left
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for what the relay sent (port unreachable and the like).
+        self.service.core.stats["socket.relay_errors"] += 1
+
+
+class PacketPath:
+    """The sockets of one service and what the core asks of them."""
+
+    def __init__(
+        self,
+        core: TurnServer,
+        config: Callable[[], Config],
+        allocation_ended: Callable[[AllocationEnded], None],
+    ) -> None:
+        self.core = core
+        self._config = config
+        #: This node's cluster I/O, when [cluster] lists nodes (set once, by the service).
+        self.cluster: ClusterLink | None = None
+        self._listeners: dict[Address, asyncio.DatagramTransport] = {}
+        self._relays: dict[Address, asyncio.DatagramTransport] = {}
+        #: Peer datagram sources -> their Address, for every relay socket.
+        self.peers = SourceCache(lambda addr: Address(addr[0], addr[1]))
+        #: The open TCP/TLS client connections; ``_streams`` is its 5-tuple map, read per send.
+        self.streams = StreamTable()
+        self._streams = self.streams.by_five_tuple
+        self.tcp_relays = TcpRelays(self)
+        self._reserved: dict[Address, socket.socket] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: One handler per action type, bound once: ``execute`` costs a dict lookup per action.
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            SendToPeer: self._send_to_peer,
+            SendToClient: self._send_action,
+            OpenRelay: self._open_relay,
+            CloseRelay: self._close_relay,
+            AllocationEnded: allocation_ended,
+            SpliceConnection: self._splice,
+            ConnectPeer: self._connect_peer,
+            ClosePeerConnection: self._close_peer_connection,
+            CloseConnection: self._close_connection,
+        }
+
+    @property
+    def config(self) -> Config:
+        """The service's current configuration (a reload swaps it)."""
+        return self._config()
+
+    @property
+    def action_types(self) -> frozenset[type]:
+        """The action types :meth:`execute` has a handler for."""
+        return frozenset(self._handlers)
+
+    @property
+    def udp_addresses(self) -> list[Address]:
+        """The bound UDP listener addresses (with the real port when 0 was asked)."""
+        return list(self._listeners)
+
+    def run_on_current_loop(self) -> None:
+        """Arm the timer on the running event loop from now on (the service's start)."""
+        self._loop = asyncio.get_running_loop()
+
+    async def listen_udp(self, bound: Address, sock: socket.socket) -> None:
+        """Serve clients on the bound UDP socket ``sock`` (bound at ``bound``)."""
+        loop = asyncio.get_running_loop()
+        kind = _ClientDatagrams if self.cluster is None else _ClusterClientDatagrams
+        transport, _ = await loop.create_datagram_endpoint(lambda: kind(self, bound), sock=sock)
+        self._listeners[bound] = transport
+
+    def internal_error(self, where: str) -> None:
+        """A bug surfaced while handling one packet: log it, count it, carry on."""
+        self.core.stats["internal_errors"] += 1
+        logging.getLogger("turnd").exception("internal error while handling a %s", where)
+
+    # --- executing actions -------------------------------------------------------------------
+
+    def execute(self, actions: list[Action]) -> None:
+        """Carry out what the core asked, in order, then re-arm the timer if needed."""
+        handlers = self._handlers
+        for action in actions:
+            handler = handlers.get(type(action))
+            if handler is None:  # a core action this shell has no handler for: a bug
+                self.core.stats["drop.unknown_action"] += 1
+                event(logging.ERROR, "action.unknown", action=type(action).__name__)
+            else:
+                handler(action)
+        self._arm_timer()
+
+    def _send_to_peer(self, action: SendToPeer) -> None:
+        relay = self._relays.get(action.relay)
+        if relay is None:
+            self.core.stats["drop.relay_socket_missing"] += 1
+        else:
+            relay.sendto(action.data, action.peer)
+
+    def _send_action(self, action: SendToClient) -> None:
+        self.send_to_client(action.five_tuple, action.data)
+
+    def _splice(self, action: SpliceConnection) -> None:
+        client = self._streams.get(action.five_tuple)
+        self.tcp_relays.splice(action.connection_id, action.five_tuple, client)
+
+    def _connect_peer(self, action: ConnectPeer) -> None:
+        self.spawn(self.tcp_relays.connect(action))
+
+    def _close_peer_connection(self, action: ClosePeerConnection) -> None:
+        self.tcp_relays.close(action.connection_id)
+
+    def _close_connection(self, action: CloseConnection) -> None:
+        closing = self._streams.get(action.five_tuple)
+        if closing is not None:
+            closing.close()
+
+    def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """One client message of ``five_tuple``: a UDP datagram (received here, or forwarded by
+        another node) or a frame of a TCP/TLS connection, carried out as the core says
+        (``TurnServer.client_message``: relayed data and bare Binding answers come back as
+        plain tuples and bytes, the hot path; everything else as actions)."""
+        try:
+            out = self.core.client_message(five_tuple, data, time.time())
+        except Exception:
+            self.internal_error("client message")
+            return
+        if out is None:
+            return  # dropped, counted
+        if type(out) is tuple:  # type() is one specialised opcode on 3.11; isinstance a call
+            relay = self._relays.get(out[0])
+            if relay is None:
+                self.core.stats["drop.relay_socket_missing"] += 1
+            else:
+                relay.sendto(out[2], out[1])
+        elif type(out) is bytes:
+            self.send_to_client(five_tuple, out)
+        elif out:
+            self.execute(cast("list[Action]", out))  # only lists are left
+
+    def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """Handle a UDP client datagram another node forwarded, as if its listener had it."""
+        listener = self._listeners.get(five_tuple.server)
+        if listener is None:
+            self.core.stats["drop.listener_missing"] += 1
+        else:
+            self.client_message(five_tuple, data)
+
+    def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
+        """Handle a peer datagram another node forwarded, as if relay ``relay`` had it."""
+        transport = self._relays.get(relay)
+        if transport is None:
+            self.core.stats["drop.relay_socket_missing"] += 1
+            return
+        cast(_RelayDatagrams, transport.get_protocol()).handle(peer, data)
+
+    def send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
+        """Send to a client over its listener (UDP) or its connection (TCP/TLS)."""
+        if five_tuple.transport is _UDP:
+            listener = self._listeners.get(five_tuple.server)
+            if listener is None:
+                self.core.stats["drop.listener_missing"] += 1
+            else:
+                listener.sendto(data, five_tuple.client)
+        else:
+            stream = self._streams.get(five_tuple)
+            if stream is None:
+                self.core.stats["drop.stream_closed"] += 1
+            else:
+                stream.write(data)
+
+    def spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` as a task that :meth:`close` cancels."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _open_relay(self, action: OpenRelay) -> None:
+        relay = action.relay
+        if action.tcp:
+            self.spawn(self.tcp_relays.open_listener(action.ticket, relay))
+            return
+        if action.reserved:
+            sock: socket.socket | None = self._reserved.pop(relay, None)
+            if sock is None:
+                self.relay_result(action.ticket, False)
+                return
+        else:
+            sock = _bind_relay(relay, self.core.stats)
+            if sock is None:
+                self.relay_result(action.ticket, False)
+                return
+            if action.reserve:
+                spare = _bind_relay(Address(relay.host, relay.port + 1), self.core.stats)
+                if spare is None:
+                    sock.close()
+                    self.relay_result(action.ticket, False)
+                    return
+                self._reserved[Address(relay.host, relay.port + 1)] = spare
+        if action.dont_fragment and relay.family is AddressFamily.IPV4:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+        self.spawn(self._adopt_relay(action.ticket, relay, sock))
+
+    async def _adopt_relay(self, ticket: int, relay: Address, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _RelayDatagrams(self, relay), sock=sock
+            )
+        except OSError:
+            sock.close()
+            self.relay_result(ticket, False)
+            return
+        self._relays[relay] = transport
+        self.relay_result(ticket, True)
+
+    def relay_result(self, ticket: int, ok: bool) -> None:
+        """The socket for an ``OpenRelay`` is bound (``ok``) or not: tell the core."""
+        try:
+            actions = self.core.relay_opened(ticket, ok, time.time())
+        except Exception:
+            self.internal_error("relay result")
+            return
+        self.execute(actions)
+
+    def _close_relay(self, action: CloseRelay) -> None:
+        relay = action.relay
+        if self.tcp_relays.close_listener(relay):
+            return
+        transport = self._relays.pop(relay, None)
+        if transport is not None:
+            transport.close()
+        sock = self._reserved.pop(relay, None)
+        if sock is not None:
+            sock.close()
+
+    # --- stream connections ------------------------------------------------------------------
+
+    def admit_stream(self, stream: ClientStream) -> bool:
+        """Register a new TCP/TLS connection, or refuse it past the connection limits."""
+        if self.streams.admit(stream, self.config.limits):
+            return True
+        self.core.stats["drop.connection_limit"] += 1
+        return False
+
+    def stream_closed(self, stream: ClientStream) -> None:
+        """A TCP/TLS connection ended: forget it and tell the core (its allocation goes)."""
+        five_tuple = stream.five_tuple
+        if five_tuple is None or not self.streams.forget(stream):
+            return
+        try:
+            actions = self.core.connection_closed(five_tuple, time.time())
+        except Exception:
+            self.internal_error("connection close")
+            return
+        self.execute(actions)
+
+    # --- the one timer -----------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None or (self._timer_when is not None and self._timer_when <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer_when = deadline
+        self._timer = loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        try:
+            actions = self.core.handle_timer(time.time())
+        except Exception:
+            self.internal_error("timer")
+            actions = []
+        self.execute(actions)
+
+    def close(self) -> None:
+        """Stop the timer and the tasks, close every connection and socket."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self.tcp_relays.stop()
+        for stream in list(self._streams.values()):
+            stream.close()
+        for transport in [*self._listeners.values(), *self._relays.values()]:
+            transport.close()
+        for sock in self._reserved.values():
+            sock.close()
+        self._listeners.clear()
+        self._relays.clear()
+        self._reserved.clear()
+
+
+def set_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):  # the kernel caps it; a refusal is harmless
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+
+def relay_socket_failed(stats: Counter[str], relay: Address, exc: OSError) -> None:
+    """Count and log a relay socket (UDP or TCP) that could not be created, by errno."""
+    reason = errno.errorcode.get(exc.errno or 0, "other")
+    stats[f"relay.socket_failures.{reason}"] += 1
+    event(
+        logging.WARNING,
+        "relay.socket_failed",
+        "no relay socket: raise LimitNOFILE (systemd) or ulimit -n, or lower limits",
+        relay=str(relay),
+        reason=reason,
+    )
+
+
+def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
+    """A bound, non-blocking UDP socket on ``relay``, or None (the core then retries another
+    port or answers 508). A socket that cannot even be created (EMFILE, ENFILE, ENOBUFS: the
+    process or the host is out of descriptors or buffers) is counted and logged by its errno, so
+    that an operator sees why Allocates fail."""
+    family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        relay_socket_failed(stats, relay, exc)
+        return None
+    try:
+        set_buffers(sock)
+        sock.bind((relay.host, relay.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        return None
+    return sock

@@ -1,0 +1,98 @@
+"""Usage accounting: what happens when an allocation ends.
+
+The core reports each ended allocation (``AllocationEnded``, with its traffic counts); this module
+tells the other cluster nodes, appends one JSON line to ``[usage] file`` when one is configured
+(reopened per line, so logrotate can move it; a failed write is counted as
+``usage.write_failures``), and logs an ``allocation.ended`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from turnd.config import Config
+from turnd.core.actions import AllocationEnded
+from turnd.core.server import TurnServer
+from turnd.credential_state import CredentialState
+from turnd.logs import event
+
+if TYPE_CHECKING:
+    from turnd.cluster import ClusterLink
+
+
+class UsageOwner(Protocol):
+    """What usage accounting asks of the service that holds it."""
+
+    @property
+    def config(self) -> Config:
+        """The current configuration (``[usage] file``)."""
+
+    @property
+    def core(self) -> TurnServer:
+        """The core, whose stats count failed writes."""
+
+    @property
+    def cluster(self) -> ClusterLink | None:
+        """This node's cluster link, told of every ended allocation."""
+
+    @property
+    def credentials(self) -> CredentialState:
+        """The endpoint keys, to tell minted usernames from others."""
+
+
+class UsageLog:
+    """Accounting of ended allocations for one service."""
+
+    def __init__(self, owner: UsageOwner) -> None:
+        self._owner = owner
+
+    def allocation_ended(self, ended: AllocationEnded) -> None:
+        """Tell the cluster, write the usage line, log the event."""
+        cluster = self._owner.cluster
+        if cluster is not None:
+            cluster.send_all(cluster.node.allocation_ended(ended.five_tuple))
+        usage_file = self._owner.config.usage.file
+        if usage_file:
+            self.write_usage(usage_file, ended)
+        event(
+            logging.INFO,
+            "allocation.ended",
+            username=ended.username,
+            client=str(ended.five_tuple.client),
+            relay=str(ended.relay),
+            reason=ended.reason,
+            seconds=round(ended.ended - ended.started, 1),
+            packets_to_peer=ended.packets_to_peer,
+            bytes_to_peer=ended.bytes_to_peer,
+            packets_to_client=ended.packets_to_client,
+            bytes_to_client=ended.bytes_to_client,
+        )
+
+    def write_usage(self, path: str, ended: AllocationEnded) -> None:
+        """Append one JSON line of accounting for an ended relay; a write failure is logged."""
+        key_id, tag = None, ended.rest_id or None
+        if ended.rest_id and ended.rest_id.split(":", 1)[0] in self._owner.credentials.api_keys():
+            key_id, _, tag = ended.rest_id.partition(":")  # minted by the credential endpoint
+        record = {
+            "username": ended.username,
+            "key_id": key_id,
+            "customIdentifier": tag or None,
+            "transport": ended.five_tuple.transport.value,
+            "client": str(ended.five_tuple.client),
+            "relay": str(ended.relay),
+            "reason": ended.reason,
+            "start": round(ended.started, 3),
+            "duration": round(ended.ended - ended.started, 3),
+            "packets_to_peer": ended.packets_to_peer,
+            "bytes_to_peer": ended.bytes_to_peer,
+            "packets_to_client": ended.packets_to_client,
+            "bytes_to_client": ended.bytes_to_client,
+        }
+        try:
+            with open(path, "a", encoding="utf-8") as handle:  # reopened: survives logrotate
+                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            self._owner.core.stats["usage.write_failures"] += 1
+            event(logging.ERROR, "usage.write_failed", path=path, reason=exc.strerror or str(exc))
