@@ -39,8 +39,8 @@ def inner(server: str, peer: str, flows: int, pings: int, bind: str) -> None:
     """Inside the client namespace: allocate, bind a channel, ping; print one JSON line."""
     from forwarding.hashing import Rendezvous, flow_key
     from stun.addresses import Address
+    from testkit.sync import ChannelData, TurnClient, error_code
     from tests.cluster.nodes import PASSWORD, USER
-    from tests.service.client import ChannelData, TurnClient, error_code
 
     host, port = server.rsplit(":", 1)
     peer_host, peer_port = peer.rsplit(":", 1)

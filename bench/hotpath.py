@@ -42,7 +42,7 @@ from stun import attributes as at
 from stun.addresses import Address
 from stun.channeldata import frame_channel_data
 from stun.message import Message, MessageClass, Method, encode
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd.config import load_config
 from turnd.service import TurnService, resolve_secrets
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from auth.credentials import rest_password
 from bench.soak import read_proc
-from tests.daemon import REST_SECRET, start_turnd
-from tests.service.client import EchoPeer, TurnClient, error_code
+from testkit.daemon import REST_SECRET, start_turnd
+from testkit.sync import EchoPeer, TurnClient, error_code
 
 
 def slope(points: list[tuple[float, float]]) -> float:

@@ -26,7 +26,7 @@ from stun.addresses import Address
 from stun.channeldata import frame_channel_data
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER, start_turnd
+from testkit.daemon import PASSWORD, REALM, USER, start_turnd
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

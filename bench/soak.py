@@ -68,7 +68,7 @@ from stun.channeldata import frame_channel_data, parse_channel_data
 from stun.errors import StunDecodeError
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
+from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
 
 LOOPBACK = "127.0.0.1"
 TRANSPORTS = ("udp", "tcp", "tls")

@@ -25,7 +25,7 @@ from stun.channeldata import frame_channel_data
 from stun.framing import StreamDeframer
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER
+from testkit.daemon import PASSWORD, REALM, USER
 
 #: Allocation loads bind each fresh client socket to an address of its own on 127.0.0.2 and up,
 #: never one on 127.0.0.1: 20k ephemeral client ports there would compete with the relay ports

@@ -34,7 +34,7 @@ from bench.compare.servers import LOOPBACK, EchoPeer, Server
 from bench.compare.stats import per, percentile
 from bench.compare.traffic import LOAD_DEADLINE, allocate_many, paced, pump
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, USER
+from testkit.daemon import PASSWORD, USER
 
 #: The relay paths the cpu load measures, (transport, mode), in the table's order.
 TRANSPORTS = (("udp", "channel"), ("udp", "send"), ("tcp", "channel"), ("tls", "channel"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 
-from tests.daemon import PASSWORD, REALM, USER, start_turnd
+from testkit.daemon import PASSWORD, REALM, USER, start_turnd
 
 #: Where the servers listen and relay, and the echo peer answers.
 LOOPBACK = "127.0.0.1"

@@ -22,7 +22,7 @@ from bench.compare.servers import Server
 from stun import attributes as at
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER
+from testkit.daemon import PASSWORD, REALM, USER
 
 #: Seconds without any answer before the packets in flight are written off as lost.
 SILENCE = 0.3

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon import Daemon, start_turnd
+from testkit.daemon import Daemon, start_turnd
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.daemon import REST_SECRET, Daemon, start_turnd
+from testkit.daemon import REST_SECRET, Daemon, start_turnd
 from tests.interop.matrix_plan import Transport
 
 #: Key id and bearer token of the credential endpoint, for this throw-away turnd only.

@@ -17,7 +17,7 @@ from typing import Any
 import asyncio_dgram
 import pytest
 
-from tests.daemon import PASSWORD, USER, Daemon, start_turnd
+from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
 from tests.interop.coturn_tools import (
     PEER,
     UCLIENT,

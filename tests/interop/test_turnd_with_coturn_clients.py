@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon
+from testkit.daemon import PASSWORD, REST_SECRET, USER, Daemon
 from tests.interop.coturn_tools import (
     PEER,
     STUNCLIENT,

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemon import PASSWORD, USER, Daemon, start_turnd
-from tests.service.client import EchoPeer, TurnClient
+from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
+from testkit.sync import EchoPeer, TurnClient
 
 
 @pytest.fixture(scope="module")

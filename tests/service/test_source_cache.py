@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stun.addresses import Address
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd import service as service_module
 from turnd.config import load_config
 from turnd.core.actions import FiveTuple, Transport
