@@ -155,7 +155,7 @@ async def with_bed(work: Callable[[Bed], Any]) -> Any:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, client.setup, peers[0].getsockname(), CHANNEL)
             other = at.XorPeerAddress(Address(*peers[1].getsockname()))
-            await loop.run_in_executor(None, client._request, Method.CREATE_PERMISSION, other)
+            await loop.run_in_executor(None, client.request_ok, Method.CREATE_PERMISSION, other)
             bed = Bed(service, client, peers)
             for row in ROWS:
                 bed.run(row, WARM_UP)

@@ -14,6 +14,7 @@ exchange is over. The session never touches a socket or a clock; the drivers (``
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -41,6 +42,10 @@ TCP_PROTOCOL = 6
 #: Sends of one request after the first: a 401 teaches REALM and NONCE, then a 438 if the fresh
 #: nonce went stale on the way (possible with very short nonce lifetimes).
 MAX_RETRIES = 2
+
+#: Long-term keys by (username, realm, password, algorithm): load generators make thousands of
+#: sessions with one credential, and the key costs a SASLprep and a hash.
+_long_term_key = functools.lru_cache(maxsize=1024)(long_term_key)
 
 
 class TurnError(RuntimeError):
@@ -165,7 +170,7 @@ class TurnSession:
         if self.key_override is not None:
             return self.key_override()
         algorithm = PasswordAlgorithm.SHA256 if self.sha256 else PasswordAlgorithm.MD5
-        return long_term_key(self.username, self.current_realm, self.password, algorithm)
+        return _long_term_key(self.username, self.current_realm, self.password, algorithm)
 
     def credential_attributes(self) -> list[Any]:
         """USERNAME (or USERHASH), REALM, NONCE and, for a SHA-256 client, the algorithms."""

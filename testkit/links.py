@@ -35,6 +35,7 @@ class Link(Protocol):
     """A client's connection to the server: whole frames out, whole frames in."""
 
     sock: socket.socket
+    server: tuple[str, int]
 
     @property
     def datagram(self) -> bool: ...
@@ -117,6 +118,7 @@ class StreamLink:
     datagram = False
 
     def __init__(self, server: tuple[str, int], tls: bool) -> None:
+        self.server = server
         sock = socket.create_connection(server, timeout=CONNECT_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = client_tls_context().wrap_socket(sock) if tls else sock

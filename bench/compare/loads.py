@@ -82,7 +82,7 @@ def measure_cpu(server: Server, peer: EchoPeer, options: Options) -> dict[str, A
 
 def measure_uclient(server: Server, peer: EchoPeer, options: Options) -> dict[str, Any]:
     """turnutils_uclient over UDP channels; server CPU over its whole run per relayed packet."""
-    from tests.interop.coturn_tools import find_tool, run_uclient
+    from testkit.coturn import find_tool, run_uclient
 
     if not find_tool("turnutils_uclient"):
         return {"error": "turnutils_uclient is not installed"}

@@ -21,6 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from testkit.coturn import (
+    PEER,
+    UCLIENT,
+    UclientReport,
+    find_tool,
+    needs_tools,
+    parse_uclient_output,
+)
 from tests.cluster.nodes import (
     BACKBONE_PORT,
     CLUSTER_KEY,
@@ -31,14 +39,6 @@ from tests.cluster.nodes import (
     node_address,
 )
 from tests.cluster.testbed import TestBed
-from tests.interop.coturn_tools import (
-    PEER,
-    UCLIENT,
-    UclientReport,
-    find_tool,
-    needs_tools,
-    parse_uclient_output,
-)
 
 pytestmark = needs_tools(UCLIENT, PEER)
 

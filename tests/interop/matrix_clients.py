@@ -31,8 +31,8 @@ from typing import Any
 
 import attrs
 
-from tests.interop import coturn_tools
-from tests.interop.coturn_tools import EchoPeer, UclientError, UclientReport
+from testkit import coturn as coturn_tools
+from testkit.coturn import EchoPeer, UclientError, UclientReport
 from tests.interop.matrix_plan import Cell
 from tests.interop.matrix_turnd import MatrixTurnd
 
