@@ -2,7 +2,7 @@
 
     python -m bench.gcpause [--allocations 20000] [--churn 10000]
 
-Theory of operation: an in-memory core (tests.core.harness, no sockets) gets ``--allocations``
+Theory of operation: an in-memory core (testkit.memory, no sockets) gets ``--allocations``
 allocations, each with a channel, then ``--churn`` more are made and deleted one after the other
 (allocate, bind a channel, Refresh 0), as a busy server's clients come and go. gc.callbacks time
 every collection. It runs twice, each in its own process: once with the interpreter's default
@@ -23,10 +23,14 @@ import time
 from typing import Any
 
 from stun.addresses import Address
-from tests.core.harness import PEER, World, core_settings
+from testkit.memory import CoreWorld
 from turnd import gc_policy
+from turnd.core.settings import CoreSettings
 
 POLICIES = ("default", "turnd")
+REALM = "example.org"
+SERVER = Address("192.0.2.1", 3478)
+PEER = Address("198.51.100.7", 40000)
 
 
 class Pauses:
@@ -58,27 +62,31 @@ def client_address(phase: int, n: int) -> Address:
 
 def run_policy(policy: str, allocations: int, churn: int) -> dict[str, Any]:
     """One policy's figures (call in a fresh process: the collector's state is global)."""
-    settings = core_settings(
+    settings = CoreSettings(
+        realm=REALM,
+        relay_ipv4=SERVER.host,
         max_allocations_per_user=allocations + churn,
         max_allocations_per_ip=allocations + churn,
         unauthenticated_rate=1e9,
         unauthenticated_burst=1e9,
         port_min=1024,
     )
-    world = World(settings, allow=["198.51.100.0/24"])
+    world = CoreWorld(
+        settings, users={"alice": "alice-pw"}, server=SERVER, allow=["198.51.100.0/24"]
+    )
     if policy == "turnd":
         gc_policy.settle()
     pauses = Pauses()
     gc.callbacks.append(pauses)
     for n in range(allocations):
-        client = world.client(address=client_address(0, n))
+        client = world.client("alice", "alice-pw", client_address(0, n))
         client.allocate()
         client.channel_bind(0x4000, PEER)
     held = len(world.server.allocations)
     pauses.reset()
     started = time.perf_counter()
     for n in range(churn):
-        client = world.client(address=client_address(1, n))
+        client = world.client("alice", "alice-pw", client_address(1, n))
         client.allocate()
         client.channel_bind(0x4000, PEER)
         client.refresh(0)

@@ -21,15 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.coturn import (
-    PEER,
-    UCLIENT,
-    UclientReport,
-    find_tool,
-    needs_tools,
-    parse_uclient_output,
-)
-from tests.cluster.nodes import (
+from testkit.cluster_bed import TestBed
+from testkit.cluster_nodes import (
     BACKBONE_PORT,
     CLUSTER_KEY,
     CONFIGURED,
@@ -38,7 +31,14 @@ from tests.cluster.nodes import (
     ClusterNodes,
     node_address,
 )
-from tests.cluster.testbed import TestBed
+from testkit.coturn import (
+    PEER,
+    UCLIENT,
+    UclientReport,
+    find_tool,
+    needs_tools,
+    parse_uclient_output,
+)
 
 pytestmark = needs_tools(UCLIENT, PEER)
 

@@ -1,6 +1,6 @@
 """The turnd the interop matrix runs against, and what turnd itself says it relayed.
 
-One turnd (started through ``tests.daemon``) serves every cell: UDP, TCP and TLS listeners on
+One turnd (started through ``testkit.daemon``) serves every cell: UDP, TCP and TLS listeners on
 127.0.0.1 and ::1, an IPv6 relay address, its self-signed certificate, the credential REST
 endpoint and a usage file. Every cell gets its own username (see ``Cell.tag``):
 
