@@ -23,14 +23,11 @@ import time
 from typing import Any
 
 from stun.addresses import Address
-from testkit.memory import CoreWorld
+from testkit.memory import PEER, REALM, SERVER, CoreWorld
 from turnd import gc_policy
 from turnd.core.settings import CoreSettings
 
 POLICIES = ("default", "turnd")
-REALM = "example.org"
-SERVER = Address("192.0.2.1", 3478)
-PEER = Address("198.51.100.7", 40000)
 
 
 class Pauses:
@@ -71,22 +68,20 @@ def run_policy(policy: str, allocations: int, churn: int) -> dict[str, Any]:
         unauthenticated_burst=1e9,
         port_min=1024,
     )
-    world = CoreWorld(
-        settings, users={"alice": "alice-pw"}, server=SERVER, allow=["198.51.100.0/24"]
-    )
+    world = CoreWorld(settings, allow=["198.51.100.0/24"])
     if policy == "turnd":
         gc_policy.settle()
     pauses = Pauses()
     gc.callbacks.append(pauses)
     for n in range(allocations):
-        client = world.client("alice", "alice-pw", client_address(0, n))
+        client = world.client(address=client_address(0, n))
         client.allocate()
         client.channel_bind(0x4000, PEER)
     held = len(world.server.allocations)
     pauses.reset()
     started = time.perf_counter()
     for n in range(churn):
-        client = world.client("alice", "alice-pw", client_address(1, n))
+        client = world.client(address=client_address(1, n))
         client.allocate()
         client.channel_bind(0x4000, PEER)
         client.refresh(0)

@@ -3,8 +3,8 @@
 No sockets and no clock: :class:`MemoryClient` hands each message to anything with
 ``client_packet(five_tuple, data) -> actions`` (a :class:`CoreWorld`, the core tests' harness,
 a cluster of cores) and reads the ``SendToClient`` actions addressed to its 5-tuple.
-:class:`CoreWorld` is the smallest such world for bench: one core whose ``OpenRelay`` and
-``ConnectPeer`` are answered at once.
+:class:`CoreWorld` is one core whose ``OpenRelay`` and ``ConnectPeer`` are answered at once
+(bench.gcpause, the fuzz properties).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
+from stun import attributes as at
 from stun.addresses import Address
+from stun.channeldata import parse_channel_data
 from stun.message import Message, Method, decode
 from testkit.client import MAX_RETRIES, Request, TurnSession, counter_txids
 from turnd.core.actions import (
@@ -34,6 +36,14 @@ from turnd.core.settings import CoreSettings
 
 #: A fixed start of the in-memory clock (2027-01-15), so runs are repeatable.
 START = 1_800_000_000.0
+REALM = "example.org"
+#: The server's listener (TEST-NET-1), its clients (TEST-NET-3) and peers (TEST-NET-2).
+SERVER = Address("192.0.2.1", 3478)
+CLIENT = Address("203.0.113.5", 50000)
+PEER = Address("198.51.100.7", 40000)
+PEER2 = Address("198.51.100.8", 40001)
+#: Static users of a core made without ``users``.
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 #: The nonce key of an in-memory core: fixed, so runs are repeatable.
 NONCE_KEY = b"k" * 32
 
@@ -146,6 +156,21 @@ class MemoryClient:
     def credential_attributes(self) -> list[Any]:
         return self.session.credential_attributes()
 
+    def data_connection(self, port: int) -> MemoryClient:
+        """A second TCP connection of this client (RFC 6062 §4.3: one per peer connection), same
+        credentials, from source port ``port``; it learns its own nonce."""
+        return MemoryClient(
+            self.world,
+            self.username,
+            self.password,
+            address=Address(self.address.host, port),
+            server=self.server,
+            transport=self.transport,
+            default_realm=self.session.default_realm,
+            max_retries=self.session.max_retries,
+            sha256=self.sha256,
+        )
+
     # --- raw I/O -------------------------------------------------------------------------------
 
     def raw(self, data: bytes) -> list[Message]:
@@ -240,52 +265,112 @@ def counter_rng(seed: int = 1) -> Callable[[int], bytes]:
 
 
 class CoreWorld:
-    """One in-memory core with static users, a fixed clock, and every relay bind and TCP
-    connect succeeding at once."""
+    """One in-memory core, a clock, and an adapter that answers at once.
+
+    ``OpenRelay`` succeeds unless ``bind_ok`` says otherwise (a callable decides per request);
+    ``ConnectPeer`` (RFC 6062 Connect) succeeds unless ``connect_ok`` says otherwise, or is left
+    connecting when it is None. The peer policy refuses the server's own listener address
+    (``SERVER``) like the daemon's does.
+    """
 
     def __init__(
         self,
-        settings: CoreSettings,
+        settings: CoreSettings | None = None,
         *,
-        users: dict[str, str],
-        server: Address,
+        users: dict[str, str] | None = None,
+        secrets: Iterable[str] = (),
         allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
         features: Iterable[SecurityFeature] = (SecurityFeature.PASSWORD_ALGORITHMS,),
+        bind_ok: bool | Callable[[OpenRelay], bool] = True,
+        connect_ok: bool | None = True,
     ) -> None:
         self.now = START
-        self.settings = settings
-        self.address = server
-        authenticator = Authenticator.create(settings.realm, users=users)
+        self.settings = settings or CoreSettings(realm=REALM, relay_ipv4=SERVER.host)
+        authenticator = Authenticator.create(
+            self.settings.realm,
+            users=dict(USERS) if users is None else users,
+            rest_secrets=tuple(secrets),
+        )
         self.server = TurnServer(
-            settings,
+            self.settings,
             authenticator,
             NonceManager(NONCE_KEY, features=features),
-            PeerPolicy.build(allow=allow, own_addresses=[server]),
+            PeerPolicy.build(allow=allow, deny=deny, own_addresses=[SERVER]),
             counter_rng(),
         )
+        self.bind_ok = bind_ok
+        self.opened: list[OpenRelay] = []
+        self.connect_ok = connect_ok
+        self.connects: list[ConnectPeer] = []
 
     def settle(self, actions: list[Action]) -> list[Action]:
-        """Answer every OpenRelay and ConnectPeer with success; all resulting actions."""
+        """Answer every OpenRelay and ConnectPeer; all resulting actions (those included)."""
         out: list[Action] = []
         queue = list(actions)
         while queue:
             action = queue.pop(0)
             out.append(action)
             if isinstance(action, OpenRelay):
-                queue.extend(self.server.relay_opened(action.ticket, True, self.now))
+                self.opened.append(action)
+                ok = self.bind_ok(action) if callable(self.bind_ok) else self.bind_ok
+                queue.extend(self.server.relay_opened(action.ticket, ok, self.now))
             elif isinstance(action, ConnectPeer):
-                queue.extend(self.server.peer_connected(action.connection_id, True, self.now))
+                self.connects.append(action)
+                if self.connect_ok is not None:
+                    answer = self.server.peer_connected
+                    queue.extend(answer(action.connection_id, self.connect_ok, self.now))
         return out
+
+    def peer_connects(self, relay: Address, peer: Address) -> tuple[int | None, list[Action]]:
+        """A peer opens a TCP connection to ``relay`` (RFC 6062 §5.3), as the adapter reports."""
+        connection_id, actions = self.server.peer_connection_arrived(relay, peer, self.now)
+        return connection_id, self.settle(actions)
 
     def client_packet(self, five_tuple: FiveTuple, data: bytes) -> list[Action]:
         return self.settle(self.server.handle_client(five_tuple, data, self.now))
 
-    def client(self, username: str, password: str, address: Address) -> MemoryClient:
+    def peer_packet(self, relay: Address, peer: Address, data: bytes) -> list[Action]:
+        return self.server.handle_peer(relay, peer, data, self.now)
+
+    def advance(self, seconds: float) -> list[Action]:
+        """Move the clock and run every timer that fell due."""
+        self.now += seconds
+        return self.server.handle_timer(self.now)
+
+    def client(
+        self,
+        username: str = "alice",
+        password: str = "alice-pw",
+        address: Address = CLIENT,
+        transport: Transport = Transport.UDP,
+        **session: Any,
+    ) -> MemoryClient:
+        """A client of this core (alice at ``CLIENT`` unless told), retrying a 401/438 once."""
         return MemoryClient(
             self,
             username,
             password,
             address=address,
-            server=self.address,
+            server=SERVER,
+            transport=transport,
             default_realm=self.settings.realm,
+            max_retries=1,
+            **session,
         )
+
+
+def delivered(actions: list[Action], client: MemoryClient) -> list[tuple[str, Any]]:
+    """Decode what the core sent the client: ('data', (peer, bytes)) or ('channel', (n, bytes))."""
+    out: list[tuple[str, Any]] = []
+    for data in replies(actions, client.five_tuple):
+        if data[0] & 0xC0 == 0x40:
+            out.append(("channel", parse_channel_data(data)))
+        else:
+            message = decode(data)
+            peer = message.get(at.XorPeerAddress)
+            payload = message.get(at.Data)
+            if peer is None or payload is None:
+                raise LookupError(f"not a Data indication: {message}")
+            out.append(("data", (peer.address, payload.value)))
+    return out

@@ -14,12 +14,14 @@ from typing import Any
 
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
-from stun import attributes as at
 from stun.addresses import Address, AddressFamily
-from stun.channeldata import parse_channel_data
-from stun.message import decode
 from testkit.client import error_code as error_code
-from testkit.memory import MemoryClient, counter_rng, replies
+from testkit.memory import CLIENT, SERVER, START, MemoryClient, counter_rng
+from testkit.memory import PEER as PEER
+from testkit.memory import PEER2 as PEER2
+from testkit.memory import REALM as REALM
+from testkit.memory import delivered as delivered
+from testkit.memory import replies as replies
 from testkit.memory import to_peer as to_peer
 from turnd.core.actions import (
     Action,
@@ -31,13 +33,6 @@ from turnd.core.actions import (
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.server import TurnServer
 from turnd.core.settings import CoreSettings
-
-REALM = "example.org"
-SERVER = Address("192.0.2.1", 3478)
-START = 1_800_000_000.0  # testkit.memory.START
-CLIENT = Address("203.0.113.5", 50000)
-PEER = Address("198.51.100.7", 40000)
-PEER2 = Address("198.51.100.8", 40001)
 
 
 def core_settings(**changes: Any) -> CoreSettings:
@@ -185,18 +180,3 @@ class Client(MemoryClient):
             transport=self.transport,
             sha256=self.sha256,
         )
-
-
-def delivered(actions: list[Action], client: Client) -> list[tuple[str, Any]]:
-    """Decode what the core sent the client: ('data', (peer, bytes)) or ('channel', (n, bytes))."""
-    out: list[tuple[str, Any]] = []
-    for data in replies(actions, client.five_tuple):
-        if data[0] & 0xC0 == 0x40:
-            out.append(("channel", parse_channel_data(data)))
-        else:
-            message = decode(data)
-            peer = message.get(at.XorPeerAddress)
-            payload = message.get(at.Data)
-            assert peer is not None and payload is not None
-            out.append(("data", (peer.address, payload.value)))
-    return out
