@@ -4,6 +4,7 @@ over UDP, TCP and TLS, asyncio) against a core and a live turnd."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +164,23 @@ def test_the_asyncio_driver_relays_over_each_transport(daemon: Daemon, transport
             DataIndication(other.address, b"by Send"),
             ChannelData(CHANNEL, b"by channel"),
         ]
+
+
+def test_bench_imports_nothing_from_tests() -> None:
+    """bench and testkit reach shared code through testkit, never through the test suite."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("bench", "testkit"):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                offenders += [
+                    f"{path.relative_to(root)}:{node.lineno}: {name}"
+                    for name in names
+                    if name.split(".")[0] == "tests"
+                ]
+    assert offenders == []
