@@ -245,8 +245,8 @@ class TurnClient:
         return raise_for_error(method, self.request(method, *attributes))
 
     def binding(self) -> Message:
-        """An unauthenticated Binding request (RFC 8489 §6)."""
-        return self.exchange(self.session.binding())
+        """A Binding request (RFC 8489 §6), signed once a nonce is known, without retry."""
+        return self.transact(Method.BINDING)
 
     def allocate(self, *attributes: Any) -> Message:
         """Allocate a UDP relay (RFC 8656 §7.1); remembers the relayed address on success."""
