@@ -2,7 +2,7 @@
 
     sudo python -m bench.cluster [--flows 24] [--pings 200]
 
-Builds the test bed (tests/cluster/testbed.py: router with an ECMP route to the service IP, three
+Builds the test bed (testkit/cluster_bed.py: router with an ECMP route to the service IP, three
 node namespaces, a client and a peer namespace), starts turnd on each node, then runs two phases
 from the client namespace, each with ``--flows`` allocations pinging an echo peer over ChannelData:
 
@@ -39,8 +39,8 @@ def inner(server: str, peer: str, flows: int, pings: int, bind: str) -> None:
     """Inside the client namespace: allocate, bind a channel, ping; print one JSON line."""
     from forwarding.hashing import Rendezvous, flow_key
     from stun.addresses import Address
-    from tests.cluster.nodes import PASSWORD, USER
-    from tests.service.client import ChannelData, TurnClient, error_code
+    from testkit.cluster_nodes import PASSWORD, USER
+    from testkit.sync import ChannelData, TurnClient, error_code
 
     host, port = server.rsplit(":", 1)
     peer_host, peer_port = peer.rsplit(":", 1)
@@ -77,8 +77,8 @@ def inner(server: str, peer: str, flows: int, pings: int, bind: str) -> None:
 
 
 def outer(flows: int, pings: int) -> int:
-    from tests.cluster.nodes import ClusterNodes
-    from tests.cluster.testbed import TestBed
+    from testkit.cluster_bed import TestBed
+    from testkit.cluster_nodes import ClusterNodes
 
     if os.geteuid() != 0:
         print("bench.cluster needs root (network namespaces); nothing measured")

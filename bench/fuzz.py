@@ -1,4 +1,5 @@
-"""The long fuzz run: the properties of tests/core/test_fuzz_core.py with random seeds.
+"""The long fuzz run: the properties of testkit/fuzz.py (tests/core/test_fuzz_core.py) with
+random seeds.
 
     python -m bench.fuzz                         # hypothesis, 60 s
     python -m bench.fuzz --seconds 600           # longer
@@ -44,8 +45,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import FuzzMaterial, _load_stun_vectors, shared_dir
-from tests.core.test_fuzz_core import (
+from testkit.fuzz import (
     PEERS,
     TUPLES,
     Event,
@@ -59,6 +59,7 @@ from tests.core.test_fuzz_core import (
     run_storm,
     storm_events,
 )
+from testkit.vectors import FuzzMaterial, load_stun_vectors, shared_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRASHES = RESULTS / "fuzz-crashes"
@@ -76,7 +77,7 @@ def load() -> Seeds:
     root = shared_dir() / "vectors"
     if not root.is_dir():
         raise SystemExit(f"bench.fuzz: test vectors not found at {root} (set TURND_SHARED_DIR)")
-    return load_seeds(_load_stun_vectors(root / "stun-vectors.json"), FuzzMaterial(root))
+    return load_seeds(load_stun_vectors(root / "stun-vectors.json"), FuzzMaterial(root))
 
 
 # --- inputs as JSON ------------------------------------------------------------------------------
@@ -404,7 +405,7 @@ class AtherisTarget:
 
 #: Top-level packages whose code atheris instruments (instrumenting everything loaded, hypothesis
 #: and pytest included, takes minutes).
-INSTRUMENTED = ("stun", "auth", "turnd", "tests")
+INSTRUMENTED = ("stun", "auth", "turnd", "testkit")
 
 
 def instrument_project(atheris: Any) -> int:

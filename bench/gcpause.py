@@ -2,7 +2,7 @@
 
     python -m bench.gcpause [--allocations 20000] [--churn 10000]
 
-Theory of operation: an in-memory core (tests.core.harness, no sockets) gets ``--allocations``
+Theory of operation: an in-memory core (testkit.memory, no sockets) gets ``--allocations``
 allocations, each with a channel, then ``--churn`` more are made and deleted one after the other
 (allocate, bind a channel, Refresh 0), as a busy server's clients come and go. gc.callbacks time
 every collection. It runs twice, each in its own process: once with the interpreter's default
@@ -23,8 +23,9 @@ import time
 from typing import Any
 
 from stun.addresses import Address
-from tests.core.harness import PEER, World, core_settings
+from testkit.memory import PEER, REALM, SERVER, CoreWorld
 from turnd import gc_policy
+from turnd.core.settings import CoreSettings
 
 POLICIES = ("default", "turnd")
 
@@ -58,14 +59,16 @@ def client_address(phase: int, n: int) -> Address:
 
 def run_policy(policy: str, allocations: int, churn: int) -> dict[str, Any]:
     """One policy's figures (call in a fresh process: the collector's state is global)."""
-    settings = core_settings(
+    settings = CoreSettings(
+        realm=REALM,
+        relay_ipv4=SERVER.host,
         max_allocations_per_user=allocations + churn,
         max_allocations_per_ip=allocations + churn,
         unauthenticated_rate=1e9,
         unauthenticated_burst=1e9,
         port_min=1024,
     )
-    world = World(settings, allow=["198.51.100.0/24"])
+    world = CoreWorld(settings, allow=["198.51.100.0/24"])
     if policy == "turnd":
         gc_policy.settle()
     pauses = Pauses()

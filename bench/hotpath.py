@@ -42,7 +42,7 @@ from stun import attributes as at
 from stun.addresses import Address
 from stun.channeldata import frame_channel_data
 from stun.message import Message, MessageClass, Method, encode
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd.assembly import resolve_secrets
 from turnd.config import load_config
 from turnd.service import TurnService
@@ -156,7 +156,7 @@ async def with_bed(work: Callable[[Bed], Any]) -> Any:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, client.setup, peers[0].getsockname(), CHANNEL)
             other = at.XorPeerAddress(Address(*peers[1].getsockname()))
-            await loop.run_in_executor(None, client._request, Method.CREATE_PERMISSION, other)
+            await loop.run_in_executor(None, client.request_ok, Method.CREATE_PERMISSION, other)
             bed = Bed(service, client, peers)
             for row in ROWS:
                 bed.run(row, WARM_UP)

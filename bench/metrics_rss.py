@@ -3,7 +3,7 @@ coturn's RSS grew with each new username its metrics saw).
 
     python -m bench.metrics_rss [--seconds 600] [--users-per-second 20]
 
-Theory of operation: one turnd on loopback (tests/daemon.py's config). Every second, for
+Theory of operation: one turnd on loopback (testkit/daemon.py's config). Every second, for
 ``--seconds``: ``--users-per-second`` REST credentials with usernames never used before are
 minted, each allocates over UDP, sends one Send indication to a loopback peer and deletes its
 allocation (Refresh 0), then GET /metrics is scraped once. The daemon's RSS (VmRSS) is read each
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from auth.credentials import rest_password
 from bench.soak import read_proc
-from tests.daemon import REST_SECRET, start_turnd
-from tests.service.client import EchoPeer, TurnClient, error_code
+from testkit.daemon import REST_SECRET, start_turnd
+from testkit.sync import EchoPeer, TurnClient, error_code
 
 
 def slope(points: list[tuple[float, float]]) -> float:

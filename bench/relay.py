@@ -3,7 +3,7 @@
     python -m bench.relay [--clients 4] [--packets 20000] [--size 200] [--mode channel|send]
 
 Starts turnd (``python -m turnd``) on 127.0.0.1 with a temporary config, allocates ``--clients``
-allocations with a raw client built on the stun codec, binds a channel (or creates a permission
+allocations with the testkit client, binds a channel (or creates a permission
 for Send indications) toward a UDP echo peer, then sends ``--packets`` packets per client in
 windows of ``--window`` packets in flight and counts what comes back. The server's CPU time is
 read from /proc before and after, so the figure is the daemon's own cost per relayed packet
@@ -23,10 +23,10 @@ from pathlib import Path
 
 from stun import attributes as at
 from stun.addresses import Address
-from stun.channeldata import frame_channel_data
-from stun.keys import long_term_key
-from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER, start_turnd
+from stun.message import Method
+from testkit.client import UDP_PROTOCOL
+from testkit.daemon import PASSWORD, USER, start_turnd
+from testkit.sync import TurnClient
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -37,53 +37,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-class RawClient:
-    """Just enough TURN over a UDP socket to set up a relay path."""
+class RawClient(TurnClient):
+    """The testkit client on a UDP socket with a large receive buffer, set up for one relay
+    path; errors raise :class:`testkit.client.TurnError`."""
 
     def __init__(self, server: tuple[str, int]) -> None:
-        self.server = server
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        super().__init__(server, USER, PASSWORD)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.settimeout(5)
-        self.key = long_term_key(USER, REALM, PASSWORD)
-        self.nonce = ""
-        self.txid = 0
-
-    def _request(self, method: Method, *attributes: object) -> Message:
-        for _ in range(2):
-            self.txid += 1
-            attrs_ = list(attributes)
-            if self.nonce:
-                attrs_ += [at.Username(USER), at.Realm(REALM), at.Nonce(self.nonce)]
-            message = Message(
-                method, MessageClass.REQUEST, self.txid.to_bytes(12, "big"), tuple(attrs_)
-            )
-            self.sock.sendto(encode(message, key=self.key if self.nonce else None), self.server)
-            reply = decode(self.sock.recv(65535))
-            error = reply.get(at.ErrorCode)
-            nonce = reply.get(at.Nonce)
-            if error is not None and error.code in (401, 438) and nonce is not None:
-                self.nonce = nonce.value
-                continue
-            if error is not None:
-                raise RuntimeError(f"{method.name}: {error.code} {error.reason}")
-            return reply
-        raise RuntimeError(f"{method.name}: authentication failed")
 
     def setup(self, peer: tuple[str, int], channel: int | None) -> None:
-        self._request(Method.ALLOCATE, at.RequestedTransport(17))
-        peer_attr = at.XorPeerAddress(Address(*peer))
+        """Allocate, then a channel to ``peer`` (or a permission when ``channel`` is None)."""
+        self.request_ok(Method.ALLOCATE, at.RequestedTransport(UDP_PROTOCOL))
         if channel is None:
-            self._request(Method.CREATE_PERMISSION, peer_attr)
+            self.request_ok(Method.CREATE_PERMISSION, at.XorPeerAddress(Address(*peer)))
         else:
-            self._request(Method.CHANNEL_BIND, at.ChannelNumber(channel), peer_attr)
+            self.request_ok(
+                Method.CHANNEL_BIND, at.ChannelNumber(channel), at.XorPeerAddress(Address(*peer))
+            )
 
     def close(self) -> None:
+        """Delete the allocation, then close the socket."""
         try:
-            self._request(Method.REFRESH, at.Lifetime(0))
+            self.request_ok(Method.REFRESH, at.Lifetime(0))
         finally:
-            self.sock.close()
+            super().close()
 
 
 def run(clients: int, packets: int, size: int, window: int, mode: str) -> dict[str, float]:
@@ -99,20 +76,14 @@ def run(clients: int, packets: int, size: int, window: int, mode: str) -> dict[s
             raws = [RawClient(("127.0.0.1", daemon.port)) for _ in range(clients)]
             for raw in raws:
                 raw.setup(peer_addr, 0x4000 if mode == "channel" else None)
-                raw.sock.setblocking(False)
             payload = os.urandom(size)
-            frames = []
-            for _ in raws:
-                if mode == "channel":
-                    frames.append(frame_channel_data(0x4000, payload))
-                else:
-                    send = Message(
-                        Method.SEND,
-                        MessageClass.INDICATION,
-                        os.urandom(12),
-                        (at.XorPeerAddress(Address(*peer_addr)), at.Data(payload)),
-                    )
-                    frames.append(encode(send))
+            peer_address = Address(*peer_addr)
+            frames = [
+                raw.session.channel_data(0x4000, payload)
+                if mode == "channel"
+                else raw.session.send_indication(peer_address, payload)
+                for raw in raws
+            ]
             selector = selectors.DefaultSelector()
             selector.register(peer, selectors.EVENT_READ, "peer")
             for raw in raws:
@@ -154,7 +125,6 @@ def run(clients: int, packets: int, size: int, window: int, mode: str) -> dict[s
             elapsed = time.perf_counter() - started
             cpu = cpu_seconds(daemon.process.pid) - cpu_before
             for raw in raws:
-                raw.sock.setblocking(True)
                 raw.close()
         finally:
             peer.close()

@@ -66,9 +66,10 @@ from stun import attributes as at
 from stun.addresses import MAGIC_COOKIE_BYTES, Address
 from stun.channeldata import frame_channel_data, parse_channel_data
 from stun.errors import StunDecodeError
-from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
+from testkit.client import ResponseError, TurnError
+from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
+from testkit.sync import TurnClient
 
 LOOPBACK = "127.0.0.1"
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -102,7 +103,7 @@ MAX_ABANDONED = 32
 #: Upper bound on the iterations of the sleeping loops (each sleeps to an event, so never met).
 MAX_WAKEUPS = 100_000
 #: Client-side failures: each is counted by kind and ends that client.
-FAILURES = (TimeoutError, OSError, StunDecodeError, RuntimeError)
+FAILURES = (TimeoutError, OSError, StunDecodeError, ResponseError, RuntimeError)
 
 NOISE_KINDS = ("garbage_udp", "binding", "wrong_password", "garbage_stream", "silent", "stranger")
 
@@ -338,14 +339,6 @@ class EchoPeer:
                 self.process.wait()
 
 
-class TurnError(RuntimeError):
-    """The server answered a request with an error response."""
-
-    def __init__(self, method: Method, code: int, reason: str) -> None:
-        super().__init__(f"{method.name}: {code} {reason}")
-        self.code = code
-
-
 def open_link(servers: Mapping[str, tuple[str, int]], transport: str) -> Link:
     """A UDP socket on an address of its own (no 5-tuple is reused), or a TCP/TLS connection."""
     if transport == "udp":
@@ -371,8 +364,8 @@ class Client:
         self.servers = servers
         self.peer = peer
         self.ops = ops
-        self.key = long_term_key(USER, REALM, password)
-        self.nonce: str | None = None
+        self.password = password
+        self.client: TurnClient | None = None
         self.link: Link | None = None
         self.relay: Address | None = None
         if transport == "udp":
@@ -396,41 +389,21 @@ class Client:
 
     def transact(self, method: Method, *attributes: Any) -> Message:
         """Send a request, authenticated once a nonce is known; return the success answer."""
-        link = self.connect()
-        for _ in range(3):  # unauthenticated, authenticated, one stale-nonce retry
-            authenticated = self.nonce is not None
-            txid = os.urandom(12)
-            attrs_ = list(attributes)
-            if self.nonce is not None:
-                attrs_ += [at.Username(USER), at.Realm(REALM), at.Nonce(self.nonce)]
-            request = Message(method, MessageClass.REQUEST, txid, tuple(attrs_))
-            link.send(encode(request, key=self.key if authenticated else None))
-            reply = self._answer(link, txid, method)
-            error = reply.get(at.ErrorCode)
-            if error is None:
-                return reply
-            nonce = reply.get(at.Nonce)
-            if nonce is not None and (
-                error.code == 438 or (error.code == 401 and not authenticated)
-            ):
-                self.nonce = nonce.value
-                continue
-            raise TurnError(method, error.code, error.reason)
-        raise TurnError(method, 401, "authentication did not converge")
+        if self.client is None:
+            self.client = TurnClient(
+                self.servers[self.transport],
+                USER,
+                self.password,
+                link=self.connect(),
+                realm=REALM,
+                timeout=REQUEST_TIMEOUT,
+                retransmit=None,
+                on_stray=self._stray,
+            )
+        return self.client.request_ok(method, *attributes)
 
-    def _answer(self, link: Link, txid: bytes, method: Method) -> Message:
-        deadline = time.monotonic() + REQUEST_TIMEOUT
-        for _ in range(MAX_WAKEUPS):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for frame in wait_frames(link, remaining):
-                if frame[0] < 0x40:
-                    message = decode(frame)
-                    if message.transaction_id == txid:
-                        return message
-                self.ops["stray frames"] += 1
-        raise TimeoutError(f"{method.name}: no answer within {REQUEST_TIMEOUT} s")
+    def _stray(self, frame: bytes) -> None:
+        self.ops["stray frames"] += 1
 
     # --- life -------------------------------------------------------------------------------
 
@@ -521,6 +494,7 @@ class Client:
         if self.link is not None:
             self.link.close()
             self.link = None
+            self.client = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from auth.credentials import rest_password
 from stun import attributes as at
 from stun.addresses import Address, AddressFamily
 from stun.message import HEADER_SIZE, Integrity, Message, MessageClass, Method, encode, fingerprint
+from testkit.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd, write_config
+from testkit.sync import TurnClient, wait_until
 from tests.core.harness import PEER, PEER2, Client, World, core_settings, error_code, replies
-from tests.daemon import PASSWORD, REALM, REST_SECRET, USER, Daemon, start_turnd, write_config
-from tests.service.client import TurnClient, wait_until
 from turnd.core.actions import FiveTuple, Transport
 from turnd.core.server import TurnServer
 

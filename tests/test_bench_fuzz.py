@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import fuzz
-from tests.core.test_fuzz_core import Event, Seeds, Storm
+from testkit.fuzz import Event, Seeds, Storm
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import start_turnd
+from testkit.daemon import start_turnd
 from turnd import gc_policy
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd import logs
 from turnd.assembly import resolve_secrets
 from turnd.config import load_config

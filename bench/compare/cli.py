@@ -93,7 +93,7 @@ def _failure(what: str, exc: Exception) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Measure the servers under the loads the flags select, print the table, write the JSON."""
-    from tests.interop.coturn_tools import find_tool
+    from testkit.coturn import find_tool
 
     options, metrics, servers, json_path = parse_options(argv)
     started = datetime.now(UTC)

@@ -34,7 +34,7 @@ from bench.compare.servers import LOOPBACK, EchoPeer, Server
 from bench.compare.stats import per, percentile
 from bench.compare.traffic import LOAD_DEADLINE, allocate_many, paced, pump
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, USER
+from testkit.daemon import PASSWORD, USER
 
 #: The relay paths the cpu load measures, (transport, mode), in the table's order.
 TRANSPORTS = (("udp", "channel"), ("udp", "send"), ("tcp", "channel"), ("tls", "channel"))
@@ -82,7 +82,7 @@ def measure_cpu(server: Server, peer: EchoPeer, options: Options) -> dict[str, A
 
 def measure_uclient(server: Server, peer: EchoPeer, options: Options) -> dict[str, Any]:
     """turnutils_uclient over UDP channels; server CPU over its whole run per relayed packet."""
-    from tests.interop.coturn_tools import find_tool, run_uclient
+    from testkit.coturn import find_tool, run_uclient
 
     if not find_tool("turnutils_uclient"):
         return {"error": "turnutils_uclient is not installed"}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 
-from tests.daemon import PASSWORD, REALM, USER, start_turnd
+from testkit.daemon import PASSWORD, REALM, USER, start_turnd
 
 #: Where the servers listen and relay, and the echo peer answers.
 LOOPBACK = "127.0.0.1"
@@ -97,7 +97,7 @@ def start_coturn_server(
     work: Path, port_range: tuple[int, int], allocations: int, threads: int
 ) -> Server:
     """coturn's turnserver with the same realm, user, peers, listeners and relay range."""
-    from tests.interop.coturn_tools import start_turnserver
+    from testkit.coturn import start_turnserver
 
     del allocations  # coturn's user-quota and total-quota default to unlimited
     options = [f"relay-threads={threads}", f"min-port={port_range[0]}", f"max-port={port_range[1]}"]
@@ -151,7 +151,7 @@ class EchoPeer:
 def start_echo_peer(lifetime: float) -> EchoPeer:
     """coturn's turnutils_peer if installed, else a Python echo process that ends by itself
     after ``lifetime`` seconds."""
-    from tests.interop.coturn_tools import find_tool, start_peer
+    from testkit.coturn import find_tool, start_peer
 
     if find_tool("turnutils_peer"):
         peer = start_peer()

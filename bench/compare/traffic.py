@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 import selectors
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 
 from bench.compare.clients import CLIENT_ADDRESSES, Link, UdpLink
 from bench.compare.servers import Server
-from stun import attributes as at
-from stun.keys import long_term_key
-from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER
+from stun.message import Message, Method, decode
+from testkit.client import Request, ResponseError, TurnSession, error_code
+from testkit.daemon import PASSWORD, REALM, USER
+from testkit.sync import random_txid
 
 #: Seconds without any answer before the packets in flight are written off as lost.
 SILENCE = 0.3
@@ -144,11 +142,9 @@ class AllocationRun:
 @attrs.define
 class _Attempt:
     link: UdpLink
-    stage: int
-    txid: bytes
+    session: TurnSession
+    request: Request
     since: float
-    nonce: str = ""
-    realm: str = REALM
 
 
 def allocate_many(
@@ -168,20 +164,14 @@ def allocate_many(
     is sent to an idle client, and the client's address is never reused in the run. So this
     process needs a window of file descriptors, not one per allocation."""
     run = AllocationRun()
-    keys: dict[str, bytes] = {}
     selector = selectors.DefaultSelector()
     attempts: dict[int, _Attempt] = {}
     started = time.perf_counter()
     deadline = started + min(seconds, LOAD_DEADLINE)
 
-    def send(attempt: _Attempt, stage: int, method: Method, *attributes: Any) -> None:
-        attempt.stage, attempt.txid = stage, os.urandom(12)
-        key = None
-        if stage:
-            key = keys.setdefault(attempt.realm, long_term_key(USER, attempt.realm, PASSWORD))
-            attributes += (at.Username(USER), at.Realm(attempt.realm), at.Nonce(attempt.nonce))
-        message = Message(method, MessageClass.REQUEST, attempt.txid, attributes)
-        attempt.link.send(encode(message, key=key))
+    def send(attempt: _Attempt, request: Request) -> None:
+        attempt.request = request
+        attempt.link.send(request.data)
 
     def finish(attempt: _Attempt, failure: str | None) -> None:
         selector.unregister(attempt.link.sock)
@@ -193,18 +183,19 @@ def allocate_many(
         attempt.link.close()
 
     def answer(attempt: _Attempt, reply: Message) -> None:
-        error = reply.get(at.ErrorCode)
-        if attempt.stage == 0:
-            nonce, realm = reply.get(at.Nonce), reply.get(at.Realm)
-            if error is None or error.code != 401 or nonce is None:
-                finish(attempt, f"first Allocate: {error.code if error else 'no 401'}")
-                return
-            attempt.nonce, attempt.realm = nonce.value, realm.value if realm else REALM
-            send(attempt, 1, Method.ALLOCATE, at.RequestedTransport(17))
-        elif error is not None:
-            finish(attempt, f"{'Allocate' if attempt.stage == 1 else 'Refresh'}: {error.code}")
-        elif attempt.stage == 1 and delete:
-            send(attempt, 2, Method.REFRESH, at.Lifetime(0))
+        method = attempt.request.method
+        try:
+            again = attempt.session.answer(attempt.request, reply)
+        except ResponseError:
+            finish(attempt, f"{method.name.title()}: bad MESSAGE-INTEGRITY")
+            return
+        code = error_code(reply)
+        if again is not None:
+            send(attempt, again)
+        elif code is not None:
+            finish(attempt, f"{'Allocate' if method == Method.ALLOCATE else 'Refresh'}: {code}")
+        elif method == Method.ALLOCATE and delete:
+            send(attempt, attempt.session.refresh(0))
         else:
             finish(attempt, None)
 
@@ -219,15 +210,16 @@ def allocate_many(
         while attempts or wanted():
             while len(attempts) < window and wanted():
                 link = UdpLink(server.udp, addresses=CLIENT_ADDRESSES)
-                attempt = _Attempt(link, 0, b"", time.perf_counter())
+                session = TurnSession(USER, PASSWORD, default_realm=REALM, new_txid=random_txid)
+                attempt = _Attempt(link, session, session.allocate(), time.perf_counter())
                 attempts[link.sock.fileno()] = attempt
                 selector.register(link.sock, selectors.EVENT_READ, attempt)
-                send(attempt, 0, Method.ALLOCATE, at.RequestedTransport(17))
+                send(attempt, attempt.request)
             for key, _ in selector.select(0.1):
                 attempt = key.data
                 for frame in attempt.link.receive():
                     reply = decode(frame)
-                    if reply.transaction_id == attempt.txid:
+                    if reply.transaction_id == attempt.request.txid:
                         answer(attempt, reply)
                         break
             now = time.perf_counter()

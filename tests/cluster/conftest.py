@@ -13,7 +13,7 @@ from functools import cache
 
 import pytest
 
-from tests.cluster.testbed import TestBed, scratch_namespace
+from testkit.cluster_bed import TestBed, scratch_namespace
 
 SKIP_REASON = "needs root and network namespaces"
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.nodes import (
+from testkit.cluster_bed import TestBed
+from testkit.cluster_nodes import (
     BACKBONE_PORT,
     CLUSTER_KEY,
     CONFIGURED,
@@ -30,8 +31,7 @@ from tests.cluster.nodes import (
     ClusterNodes,
     node_address,
 )
-from tests.cluster.testbed import TestBed
-from tests.interop.coturn_tools import (
+from testkit.coturn import (
     PEER,
     UCLIENT,
     UclientReport,

@@ -20,7 +20,7 @@ import attrs
 import pytest
 
 from forwarding.netsetup import ensure_service_ip_on_lo, has_address, remove_service_ip_from_lo
-from tests.cluster.testbed import TestBed
+from testkit.cluster_bed import TestBed
 
 pytestmark = pytest.mark.root
 
@@ -362,8 +362,8 @@ def test_popen_refuses_namespaces_outside_the_bed(testbed: TestBed) -> None:
 def test_destroy_removes_every_namespace_and_process() -> None:
     """A second, small bed: destroy kills its processes by PID and removes its namespaces; a
     second destroy is harmless."""
+    from testkit.cluster_bed import list_namespaces
     from tests.cluster.conftest import require_namespaces
-    from tests.cluster.testbed import list_namespaces
 
     require_namespaces()
     with TestBed(nodes=1, prefix="turnd-tbd") as bed:
@@ -378,13 +378,13 @@ def test_destroy_removes_every_namespace_and_process() -> None:
 def test_stale_namespaces_of_dead_runs_are_removed() -> None:
     """A namespace named for a creating PID that no longer exists is removed; one of a live
     PID (this process) is kept."""
-    from tests.cluster.conftest import require_namespaces
-    from tests.cluster.testbed import (
+    from testkit.cluster_bed import (
         _create_namespace,
         _remove_namespace,
         list_namespaces,
         remove_stale_namespaces,
     )
+    from tests.cluster.conftest import require_namespaces
 
     require_namespaces()
     dead_pid = subprocess.Popen(["true"])

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon import Daemon, start_turnd
+from testkit.daemon import Daemon, start_turnd
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A turnd with the static user, the REST secret and loopback peers of tests/daemon.py."""
+    """A turnd with the static user, the REST secret and loopback peers of testkit/daemon.py."""
     running = start_turnd(tmp_path_factory.mktemp("turnd"))
     yield running
     assert running.stop() == 0

@@ -46,9 +46,9 @@ from typing import Any
 
 import attrs
 
+from testkit.coturn import EchoPeer, start_peer
 from tests.interop import matrix_clients as clients
 from tests.interop import netns
-from tests.interop.coturn_tools import EchoPeer, start_peer
 from tests.interop.matrix_clients import ClientReport, Job
 from tests.interop.matrix_plan import (
     CLIENT_BY_KEY,

@@ -9,7 +9,7 @@ these numbers against turnd's own books.
   every message echoed (``js/chromium_relay.mjs`` through playwright-core and Debian's Chromium,
   ``js/werift_relay.mjs`` in Node.js). One browser serves all Chromium cells, one by one.
 * aioice's ``create_turn_endpoint`` sends datagrams through its relay to an echo peer.
-* turnutils_uclient and turnutils_stunclient go through ``coturn_tools``, whose parsers turn their
+* turnutils_uclient and turnutils_stunclient go through ``testkit.coturn``, whose parsers turn their
   printed summaries into numbers (their exit status says nothing).
 
 :func:`unavailable` tells, per client, why it cannot run here at all (a program or package
@@ -31,8 +31,8 @@ from typing import Any
 
 import attrs
 
-from tests.interop import coturn_tools
-from tests.interop.coturn_tools import EchoPeer, UclientError, UclientReport
+from testkit import coturn as coturn_tools
+from testkit.coturn import EchoPeer, UclientError, UclientReport
 from tests.interop.matrix_plan import Cell
 from tests.interop.matrix_turnd import MatrixTurnd
 

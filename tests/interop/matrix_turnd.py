@@ -1,6 +1,6 @@
 """The turnd the interop matrix runs against, and what turnd itself says it relayed.
 
-One turnd (started through ``tests.daemon``) serves every cell: UDP, TCP and TLS listeners on
+One turnd (started through ``testkit.daemon``) serves every cell: UDP, TCP and TLS listeners on
 127.0.0.1 and ::1, an IPv6 relay address, its self-signed certificate, the credential REST
 endpoint and a usage file. Every cell gets its own username (see ``Cell.tag``):
 
@@ -32,7 +32,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.daemon import REST_SECRET, Daemon, start_turnd
+from testkit.daemon import REST_SECRET, Daemon, start_turnd
 from tests.interop.matrix_plan import Transport
 
 #: Key id and bearer token of the credential endpoint, for this throw-away turnd only.

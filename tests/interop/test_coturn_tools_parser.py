@@ -1,7 +1,7 @@
 """The coturn tool harness reads the numbers the tools really print.
 
 Every fixture in ``data/`` is real output of coturn 4.6.1's tools run against coturn's own
-turnserver on loopback through :mod:`tests.interop.coturn_tools` (long-term user ``alice``,
+turnserver on loopback through :mod:`testkit.coturn` (long-term user ``alice``,
 ``-n 20 -l 100``; ports were chosen freshly for each capture). The parser tests need no coturn;
 the end-to-end tests at the bottom do, and skip with the reason when it is missing.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.interop import coturn_tools as ct
+import testkit.coturn as ct
 
 DATA = Path(__file__).parent / "data"
 

@@ -17,8 +17,7 @@ from typing import Any
 import asyncio_dgram
 import pytest
 
-from tests.daemon import PASSWORD, USER, Daemon, start_turnd
-from tests.interop.coturn_tools import (
+from testkit.coturn import (
     PEER,
     UCLIENT,
     EchoPeer,
@@ -28,9 +27,10 @@ from tests.interop.coturn_tools import (
     start_peer,
     uclient_sessions,
 )
-from tests.interop.coturn_tools import (
+from testkit.coturn import (
     assert_lossless as check_lossless,
 )
+from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
 
 pytestmark = pytest.mark.interop
 

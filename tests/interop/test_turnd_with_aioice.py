@@ -10,7 +10,7 @@ import asyncio_dgram
 import pytest
 
 from auth.credentials import mint_rest_credentials
-from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon
+from testkit.daemon import PASSWORD, REST_SECRET, USER, Daemon
 
 turn = pytest.importorskip("aioice.turn", reason="aioice is not installed (pip install -e .[test])")
 

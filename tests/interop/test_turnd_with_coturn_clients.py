@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon
-from tests.interop.coturn_tools import (
+from testkit.coturn import (
     PEER,
     STUNCLIENT,
     UCLIENT,
@@ -24,9 +23,10 @@ from tests.interop.coturn_tools import (
     start_peer,
     uclient_sessions,
 )
-from tests.interop.coturn_tools import (
+from testkit.coturn import (
     assert_lossless as check_lossless,
 )
+from testkit.daemon import PASSWORD, REST_SECRET, USER, Daemon
 
 pytestmark = [pytest.mark.interop, needs_tools(UCLIENT, PEER)]
 
@@ -93,7 +93,7 @@ def test_uclient_client_to_client_through_two_relays(daemon: Daemon) -> None:
 
 def test_uclient_wrong_password_cannot_allocate(daemon: Daemon, peer: EchoPeer) -> None:
     """A wrong password gets 401: uclient cannot allocate and relays nothing."""
-    from tests.interop.coturn_tools import UclientError
+    from testkit.coturn import UclientError
 
     with pytest.raises(UclientError) as failure:
         run_uclient(

@@ -1,7 +1,7 @@
 """Fixtures for the daemon tests: one shared turnd per module, clients and an echo peer.
 
 Tests that need a daemon of their own (other config, signals, exit codes) start it themselves
-with :func:`tests.daemon.start_turnd` and stop it before they return.
+with :func:`testkit.daemon.start_turnd` and stop it before they return.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemon import PASSWORD, USER, Daemon, start_turnd
-from tests.service.client import EchoPeer, TurnClient
+from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
+from testkit.sync import EchoPeer, TurnClient
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A turnd with the static user, the REST secret and loopback peers of tests/daemon.py."""
+    """A turnd with the static user, the REST secret and loopback peers of testkit/daemon.py."""
     running = start_turnd(tmp_path_factory.mktemp("turnd"))
     yield running
     assert running.stop() == 0

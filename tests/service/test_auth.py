@@ -14,8 +14,8 @@ from auth.credentials import mint_rest_credentials, rest_password
 from stun import attributes as at
 from stun.addresses import Address
 from stun.message import Method
-from tests.daemon import PASSWORD, REST_SECRET, USER, Daemon, start_turnd
-from tests.service.client import error_code
+from testkit.daemon import PASSWORD, REST_SECRET, USER, Daemon, start_turnd
+from testkit.sync import error_code
 from tests.service.conftest import ClientFactory
 from turnd import turnctl
 

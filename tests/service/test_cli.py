@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
 from typer.testing import CliRunner
 
 from auth.credentials import parse_rest_username, rest_password
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd import __version__, cli, turnctl
 from turnd.assembly import StartupError, resolve_secrets
 from turnd.config import load_config

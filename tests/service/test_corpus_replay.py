@@ -22,9 +22,8 @@ from stun import attributes as at
 from stun.channeldata import PacketKind, classify, parse_channel_data
 from stun.framing import StreamDeframer
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.conftest import FuzzMaterial
-from tests.daemon import Daemon, start_turnd
-from tests.service.client import (
+from testkit.daemon import Daemon, start_turnd
+from testkit.sync import (
     LOOPBACK,
     MAX_DATAGRAM,
     TIMEOUT,
@@ -32,6 +31,7 @@ from tests.service.client import (
     EchoPeer,
     error_code,
 )
+from tests.conftest import FuzzMaterial
 from tests.service.conftest import ClientFactory
 
 #: Connections open at once: well under turnd's default per-IP limit (64), which would close the

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon, start_turnd
-from tests.service.client import EchoPeer, TurnClient, error_code, wait_for_event, wait_until
+from testkit.daemon import Daemon, start_turnd, wait_for_event
+from testkit.sync import EchoPeer, TurnClient, error_code, wait_until
 
 TOKEN = "app1-token-for-tests"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.daemon import START_TIMEOUT
-from tests.service.client import LOOPBACK, TurnClient, error_code, wait_until
+from testkit.daemon import START_TIMEOUT
+from testkit.sync import LOOPBACK, TurnClient, error_code, wait_until
 from turnd import turnctl
 from turnd.config import DEFAULT_CONFIG_PATH
 

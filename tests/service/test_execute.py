@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stun.addresses import Address
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd.assembly import resolve_secrets
 from turnd.config import load_config
 from turnd.core.actions import Action, FiveTuple, SendToClient, Transport

@@ -19,8 +19,8 @@ import pytest
 
 from stun import attributes as at
 from stun.message import Method
-from tests.daemon import Daemon, start_turnd
-from tests.service.client import TurnClient, error_code
+from testkit.daemon import Daemon, start_turnd
+from testkit.sync import TurnClient, error_code
 from tests.service.conftest import ClientFactory
 from tests.service.test_tcp_relay_backpressure import TCP_PROTOCOL, StreamTurn
 

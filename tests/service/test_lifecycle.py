@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import PASSWORD, START_TIMEOUT, USER, Daemon, start_turnd, write_config
-from tests.service.client import DataIndication, EchoPeer, error_code, wait_for_event
+from testkit.daemon import (
+    PASSWORD,
+    START_TIMEOUT,
+    USER,
+    Daemon,
+    start_turnd,
+    wait_for_event,
+    write_config,
+)
+from testkit.sync import DataIndication, EchoPeer, error_code
 from tests.service.conftest import ClientFactory
 
 NEW_USER, NEW_PASSWORD = "bob", "b0b-secret"

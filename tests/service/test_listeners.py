@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from stun import attributes as at
-from tests.daemon import START_TIMEOUT, start_turnd, write_config
-from tests.service.client import LOOPBACK, TIMEOUT, error_code
+from testkit.daemon import START_TIMEOUT, start_turnd, write_config
+from testkit.sync import LOOPBACK, TIMEOUT, error_code
 from tests.service.conftest import ClientFactory
 from turnd.listeners import bind_failure_reason
 

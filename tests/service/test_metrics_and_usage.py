@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon import USER, Daemon, start_turnd
-from tests.service.client import EchoPeer, TurnClient, error_code, wait_until
+from testkit.daemon import USER, Daemon, start_turnd
+from testkit.sync import EchoPeer, TurnClient, error_code, wait_until
 from tests.test_operations_cluster import link_of, make_service
 from turnd.metrics import registry_for
 from turnd.service import TurnService

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from stun.addresses import Address
-from tests.daemon import Daemon, start_turnd
-from tests.service.client import EchoPeer, error_code
+from testkit.daemon import Daemon, start_turnd
+from testkit.sync import EchoPeer, error_code
 from tests.service.conftest import ClientFactory
 from tests.service.test_metrics_and_usage import scrape
 

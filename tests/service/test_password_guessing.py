@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon import PASSWORD, USER, Daemon, start_turnd
-from tests.service.client import TurnClient, error_code
+from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
+from testkit.sync import TurnClient, error_code
 
 #: Three failures, then none back within the test (an hour per failure).
 LIMITS = """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from stun import attributes as at
 from stun.addresses import Address
-from tests.daemon import Daemon
-from tests.service.client import ChannelData, DataIndication, EchoPeer, error_code, wait_until
+from testkit.daemon import Daemon
+from testkit.sync import ChannelData, DataIndication, EchoPeer, error_code, wait_until
 from tests.service.conftest import ClientFactory
 
 CHANNEL = 0x4000

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 from pathlib import Path
 
-from tests.daemon import start_turnd
+from testkit.daemon import start_turnd
 from turnd.assembly import detect_relay_address
 
 

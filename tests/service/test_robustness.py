@@ -15,8 +15,8 @@ import pytest
 from stun import attributes as at
 from stun.channeldata import frame_channel_data
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import Daemon
-from tests.service.client import (
+from testkit.daemon import Daemon
+from testkit.sync import (
     LOOPBACK,
     MAX_DATAGRAM,
     TIMEOUT,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd.assembly import resolve_secrets
 from turnd.config import load_config
 from turnd.service import TurnService

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stun.addresses import Address
-from tests.daemon import write_config
+from testkit.daemon import write_config
 from turnd import packet_path as service_module
 from turnd.assembly import resolve_secrets
 from turnd.config import load_config

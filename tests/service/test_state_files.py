@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.daemon import start_turnd, write_config
-from tests.service.client import wait_for_event
+from testkit.daemon import start_turnd, wait_for_event, write_config
 from turnd.turnctl import app as turnctl_app
 
 #: Bound on waiting for turnd to refuse to start, or for one notification.

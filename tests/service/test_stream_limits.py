@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from stun import attributes as at
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
-from tests.service.client import read_stun_frame, wait_for_event, wait_until
+from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd, wait_for_event
+from testkit.sync import read_stun_frame, wait_until
 
 LIMITS = """
 [limits]

@@ -6,8 +6,7 @@ import signal
 import socket
 from pathlib import Path
 
-from tests.daemon import start_turnd
-from tests.service.client import wait_for_event
+from testkit.daemon import start_turnd, wait_for_event
 
 #: Bound on waiting for one notification (the daemon sends it within milliseconds).
 WAIT = 15.0

@@ -25,8 +25,8 @@ from stun import attributes as at
 from stun.addresses import Address
 from stun.keys import long_term_key
 from stun.message import Message, MessageClass, Method, decode, encode
-from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
-from tests.service.client import read_stun_frame
+from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
+from testkit.sync import read_stun_frame
 from turnd.tcp_relays import SPLICE_HARD_CAP, spliced_write
 
 #: REQUESTED-TRANSPORT value for TCP (RFC 6062 §5.1: the IANA protocol number).

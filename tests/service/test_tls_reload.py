@@ -12,8 +12,8 @@ from pathlib import Path
 from stun import attributes as at
 from stun.keys import long_term_key
 from stun.message import MessageClass, Method, decode
-from tests.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
-from tests.service.client import read_stun_frame, wait_for_event
+from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd, wait_for_event
+from testkit.sync import read_stun_frame
 from tests.service.test_stream_limits import _request
 from turnd.tls import ensure_self_signed
 

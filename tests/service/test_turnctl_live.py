@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.daemon import PASSWORD, USER, Daemon, start_turnd
-from tests.service.client import TurnClient, error_code
+from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
+from testkit.sync import TurnClient, error_code
 from turnd.turnctl import app
 
 runner = CliRunner()

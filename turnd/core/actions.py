@@ -151,3 +151,22 @@ Action = (
     | SpliceConnection
     | ClosePeerConnection
 )
+
+
+def as_actions(out: object, five_tuple: FiveTuple | None = None) -> list[Action]:
+    """What ``TurnServer.client_message`` or ``peer_message`` returned, as the actions it stands
+    for (``five_tuple``: the sender, whom a bytes answer goes to) — for tests, tools and slow
+    paths; the adapter's hot path reads the tuples as they are."""
+    if out is None:
+        return []
+    if isinstance(out, bytes):
+        if five_tuple is None:
+            raise ValueError("a bytes answer needs the sender's five_tuple")
+        return [SendToClient(five_tuple, out)]
+    if isinstance(out, tuple) and len(out) == 3:
+        return [SendToPeer(*out)]
+    if isinstance(out, tuple):
+        return [SendToClient(*out)]
+    if not isinstance(out, list):
+        raise TypeError(f"not an outcome of the core's entry points: {out!r}")
+    return out

@@ -1,4 +1,5 @@
-"""Start a real turnd process for tests: loopback only, a temporary config, port 0 listeners.
+"""A real turnd process for tests and bench: loopback only, a temporary config, port 0
+listeners.
 
 The daemon logs JSON to a file; :func:`start_turnd` waits for its ``service.started`` line and
 reads the bound ports from the ``listener.started`` lines, so tests never guess ports.
@@ -182,3 +183,15 @@ def running_turnd(directory: Path, extra: str = "") -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+def wait_for_event(daemon: Daemon, name: str, count: int = 1) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines for event ``name`` once there are ``count`` of them (or what
+    there is when the wait gives up, for the test's assertion to show)."""
+    from testkit.sync import wait_until
+
+    def found() -> list[dict[str, Any]]:
+        return [e for e in daemon.log_events() if e.get("event") == name]
+
+    wait_until(lambda: len(found()) >= count)
+    return found()

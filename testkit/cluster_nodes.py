@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.testbed import TestBed
+from testkit.cluster_bed import TestBed
 
 USER, PASSWORD = "alice", "cluster-pw"
 CLUSTER_KEY = "test-cluster-key-0123456789abcdef0123"

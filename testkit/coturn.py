@@ -52,10 +52,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
-import pytest
+
+if TYPE_CHECKING:
+    import pytest
 
 UCLIENT = "turnutils_uclient"
 PEER = "turnutils_peer"
@@ -166,11 +168,15 @@ def skip_reason(*names: str) -> str:
 
 def needs_tools(*names: str) -> pytest.MarkDecorator:
     """A ``skipif`` mark for tests that need the coturn programs ``names``."""
+    import pytest
+
     return pytest.mark.skipif(bool(missing_tools(*names)), reason=skip_reason(*names))
 
 
 def require_tool(name: str) -> str:
     """Return the path of ``name``, or skip the calling test with a clear reason."""
+    import pytest
+
     path = find_tool(name)
     if path is None:
         pytest.skip(skip_reason(name))

@@ -20,7 +20,7 @@ whose creating process is gone (a killed run) is removed by the next ``build``/`
 the same prefix. Every process started with ``popen`` is killed by its PID on ``destroy``, which
 ``atexit`` also runs.
 
-Run ``python -m tests.cluster.testbed --hold`` (as root) to get a bed to poke at by hand.
+Run ``python -m testkit.cluster_bed --hold`` (as root) to get a bed to poke at by hand.
 """
 
 from __future__ import annotations
@@ -464,9 +464,9 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.cluster.testbed [--nodes N] [--hold]``."""
+    """``python -m testkit.cluster_bed [--nodes N] [--hold]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.cluster.testbed", description=__doc__.split("\n")[0]
+        prog="python -m testkit.cluster_bed", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--nodes", type=int, default=3, help="node namespaces (default 3)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix")
