@@ -614,6 +614,41 @@ def _text(data: str | bytes | None) -> str:
     return data if isinstance(data, str) else data.decode("utf-8", "replace")
 
 
+def _run_tool(
+    argv: list[str],
+    timeout: float,
+    error: type[CoturnToolError],
+    late: str,
+    failed: Callable[[str], str],
+) -> subprocess.CompletedProcess[str]:
+    """Run a coturn tool to its end, stderr merged into stdout.
+
+    Raises ``error(late)`` on a timeout and ``error(failed(output))`` on a non-zero exit.
+    """
+    try:
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            text=True,
+            errors="replace",
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(late, output=_text(exc.output), argv=argv) from None
+    if done.returncode != 0:
+        message = failed(done.stdout)
+        raise error(message, output=done.stdout, argv=argv, returncode=done.returncode)
+    return done
+
+
+def _uclient_failed(output: str) -> str:
+    """uclient's failure, with the last problem it printed."""
+    problems = _problems(output.splitlines())
+    return "turnutils_uclient failed" + (f": {problems[-1]}" if problems else "")
+
+
 def run_uclient(
     server_host: str,
     server_port: int,
@@ -653,31 +688,8 @@ def run_uclient(
     """
     argv = uclient_argv(server_host, server_port, peer_host, peer_port, **options)
     argv[0] = _tool(UCLIENT, tool)  # after the argument checks, so bad input fails first
-    try:
-        done = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            text=True,
-            errors="replace",
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise UclientError(
-            f"turnutils_uclient did not finish within {timeout} s",
-            output=_text(exc.output),
-            argv=argv,
-        ) from None
-    if done.returncode != 0:
-        problems = _problems(done.stdout.splitlines())
-        hint = f": {problems[-1]}" if problems else ""
-        raise UclientError(
-            f"turnutils_uclient failed{hint}",
-            output=done.stdout,
-            argv=argv,
-            returncode=done.returncode,
-        )
+    late = f"turnutils_uclient did not finish within {timeout} s"
+    done = _run_tool(argv, timeout, UclientError, late, _uclient_failed)
     return parse_uclient_output(done.stdout, argv=argv, returncode=done.returncode)
 
 
@@ -798,29 +810,8 @@ def run_stunclient(
     if local_address is not None:
         argv += ["-L", local_address]
     argv.append(host)
-    try:
-        done = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            text=True,
-            errors="replace",
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise StunClientError(
-            f"no Binding answer within {timeout} s (stunclient retries forever)",
-            output=_text(exc.output),
-            argv=argv,
-        ) from None
-    if done.returncode != 0:
-        raise StunClientError(
-            "turnutils_stunclient failed",
-            output=done.stdout,
-            argv=argv,
-            returncode=done.returncode,
-        )
+    late = f"no Binding answer within {timeout} s (stunclient retries forever)"
+    done = _run_tool(argv, timeout, StunClientError, late, lambda _: "turnutils_stunclient failed")
     return parse_stunclient_output(done.stdout, argv=argv, returncode=done.returncode)
 
 
