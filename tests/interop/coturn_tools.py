@@ -260,29 +260,38 @@ def _read_log(log: IO[bytes]) -> str:
     return log.read().decode("utf-8", "replace")
 
 
-def _wait_until(
-    ready: Callable[[], bool],
+def _wait_for(
+    probes: Sequence[Callable[[], bool]],
     process: subprocess.Popen[Any],
     what: str,
     log: Callable[[], str],
     argv: Sequence[str],
+    stop: Callable[[], None],
 ) -> None:
-    """Call ``ready`` until it holds; fail early if ``process`` dies."""
+    """Ask ``probes`` in order, each until it holds (a passed one is not asked again); fail
+    early if ``process`` dies. On any failure ``stop()`` runs before the error propagates."""
+    pending = list(probes)
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise CoturnToolError(
-                f"{what} exited during start-up",
-                output=log(),
-                argv=argv,
-                returncode=process.returncode,
-            )
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            raise CoturnToolError(
-                f"{what} did not answer within {STARTUP_TIMEOUT} s", output=log(), argv=argv
-            )
+    try:
+        while True:
+            if process.poll() is not None:
+                raise CoturnToolError(
+                    f"{what} exited during start-up",
+                    output=log(),
+                    argv=argv,
+                    returncode=process.returncode,
+                )
+            while pending and pending[0]():
+                pending.pop(0)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise CoturnToolError(
+                    f"{what} did not answer within {STARTUP_TIMEOUT} s", output=log(), argv=argv
+                )
+    except BaseException:
+        stop()
+        raise
 
 
 def _udp_answers(host: str, port: int, payload: bytes, accept: Callable[[bytes], bool]) -> bool:
@@ -376,18 +385,12 @@ def start_peer(
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     peer = EchoPeer(hosts=hosts, port=chosen, process=process, argv=tuple(argv), log=log)
     probe = b"turnd-peer-probe"
-    pending = [(h, p) for h in hosts for p in (chosen, chosen + 1)]
-
-    def ready() -> bool:
-        while pending and _udp_answers(*pending[0], probe, lambda data: data == probe):
-            pending.pop(0)
-        return not pending
-
-    try:
-        _wait_until(ready, process, "turnutils_peer", peer.output, argv)
-    except BaseException:
-        peer.stop()
-        raise
+    echoes = [
+        functools.partial(_udp_answers, h, p, probe, lambda data: data == probe)
+        for h in hosts
+        for p in (chosen, chosen + 1)
+    ]
+    _wait_for(echoes, process, "turnutils_peer", peer.output, argv, peer.stop)
     return peer
 
 
@@ -979,21 +982,11 @@ def start_turnserver(
         process=process,
         argv=tuple(argv),
     )
-    pending: list[Callable[[], bool]] = []
+    answers: list[Callable[[], bool]] = []
     for host in hosts:
-        pending.append(functools.partial(_stun_binding_probe, host, port))
-        pending += [functools.partial(_tcp_accepts, host, p) for p in (port, tls_port) if p]
-
-    def ready() -> bool:
-        while pending and pending[0]():
-            pending.pop(0)
-        return not pending
-
-    try:
-        _wait_until(ready, process, "turnserver", server.log, argv)
-    except BaseException:
-        server.stop()
-        raise
+        answers.append(functools.partial(_stun_binding_probe, host, port))
+        answers += [functools.partial(_tcp_accepts, host, p) for p in (port, tls_port) if p]
+    _wait_for(answers, process, "turnserver", server.log, argv, server.stop)
     return server
 
 
