@@ -12,12 +12,11 @@ import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import asyncio_dgram
 import pytest
 
 from tests.daemon import PASSWORD, USER, Daemon, start_turnd
+from tests.interop.aioice_peer import Collect, echo_peer
 from tests.interop.coturn_tools import (
     PEER,
     UCLIENT,
@@ -93,39 +92,23 @@ def test_uclient_relays_every_packet(daemon: Daemon, peer: EchoPeer, run: str) -
     assert_lossless(report, uclient_sessions(1, tcp_relay=tcp_relay))
 
 
-class _Collect(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.received.put_nowait(data)
-
-
 async def _aioice_round_trips(
     daemon: Daemon, transport: str, port: int, context: ssl.SSLContext | None
 ) -> list[bytes]:
     turn = pytest.importorskip("aioice.turn")
-    echo = await asyncio_dgram.bind(("127.0.0.1", 0))
-
-    async def serve() -> None:
-        while True:
-            data, addr = await echo.recv()
-            await echo.send(data, addr)
-
-    task = asyncio.create_task(serve())
-    relay, protocol = await turn.create_turn_endpoint(
-        _Collect, ("127.0.0.1", port), USER, PASSWORD, transport=transport, ssl=context
-    )
-    try:
-        answers = []
-        for i in range(10):
-            relay.sendto(f"over {transport} #{i}".encode(), echo.sockname)
-            answers.append(await asyncio.wait_for(protocol.received.get(), WAIT))
-        return answers
-    finally:
-        relay.close()
-        task.cancel()
-        echo.close()
+    async with echo_peer() as peer:
+        relay, protocol = await turn.create_turn_endpoint(
+            Collect, ("127.0.0.1", port), USER, PASSWORD, transport=transport, ssl=context
+        )
+        try:
+            answers = []
+            for i in range(10):
+                relay.sendto(f"over {transport} #{i}".encode(), peer)
+                data, _ = await asyncio.wait_for(protocol.received.get(), WAIT)
+                answers.append(data)
+            return answers
+        finally:
+            relay.close()
 
 
 def test_aioice_over_tcp(daemon: Daemon) -> None:
