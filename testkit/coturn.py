@@ -266,29 +266,38 @@ def _read_log(log: IO[bytes]) -> str:
     return log.read().decode("utf-8", "replace")
 
 
-def _wait_until(
-    ready: Callable[[], bool],
+def _wait_for(
+    probes: Sequence[Callable[[], bool]],
     process: subprocess.Popen[Any],
     what: str,
     log: Callable[[], str],
     argv: Sequence[str],
+    stop: Callable[[], None],
 ) -> None:
-    """Call ``ready`` until it holds; fail early if ``process`` dies."""
+    """Ask ``probes`` in order, each until it holds (a passed one is not asked again); fail
+    early if ``process`` dies. On any failure ``stop()`` runs before the error propagates."""
+    pending = list(probes)
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise CoturnToolError(
-                f"{what} exited during start-up",
-                output=log(),
-                argv=argv,
-                returncode=process.returncode,
-            )
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            raise CoturnToolError(
-                f"{what} did not answer within {STARTUP_TIMEOUT} s", output=log(), argv=argv
-            )
+    try:
+        while True:
+            if process.poll() is not None:
+                raise CoturnToolError(
+                    f"{what} exited during start-up",
+                    output=log(),
+                    argv=argv,
+                    returncode=process.returncode,
+                )
+            while pending and pending[0]():
+                pending.pop(0)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise CoturnToolError(
+                    f"{what} did not answer within {STARTUP_TIMEOUT} s", output=log(), argv=argv
+                )
+    except BaseException:
+        stop()
+        raise
 
 
 def _udp_answers(host: str, port: int, payload: bytes, accept: Callable[[bytes], bool]) -> bool:
@@ -382,18 +391,12 @@ def start_peer(
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     peer = EchoPeer(hosts=hosts, port=chosen, process=process, argv=tuple(argv), log=log)
     probe = b"turnd-peer-probe"
-    pending = [(h, p) for h in hosts for p in (chosen, chosen + 1)]
-
-    def ready() -> bool:
-        while pending and _udp_answers(*pending[0], probe, lambda data: data == probe):
-            pending.pop(0)
-        return not pending
-
-    try:
-        _wait_until(ready, process, "turnutils_peer", peer.output, argv)
-    except BaseException:
-        peer.stop()
-        raise
+    echoes = [
+        functools.partial(_udp_answers, h, p, probe, lambda data: data == probe)
+        for h in hosts
+        for p in (chosen, chosen + 1)
+    ]
+    _wait_for(echoes, process, "turnutils_peer", peer.output, argv, peer.stop)
     return peer
 
 
@@ -620,6 +623,41 @@ def _text(data: str | bytes | None) -> str:
     return data if isinstance(data, str) else data.decode("utf-8", "replace")
 
 
+def _run_tool(
+    argv: list[str],
+    timeout: float,
+    error: type[CoturnToolError],
+    late: str,
+    failed: Callable[[str], str],
+) -> subprocess.CompletedProcess[str]:
+    """Run a coturn tool to its end, stderr merged into stdout.
+
+    Raises ``error(late)`` on a timeout and ``error(failed(output))`` on a non-zero exit.
+    """
+    try:
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            text=True,
+            errors="replace",
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(late, output=_text(exc.output), argv=argv) from None
+    if done.returncode != 0:
+        message = failed(done.stdout)
+        raise error(message, output=done.stdout, argv=argv, returncode=done.returncode)
+    return done
+
+
+def _uclient_failed(output: str) -> str:
+    """uclient's failure, with the last problem it printed."""
+    problems = _problems(output.splitlines())
+    return "turnutils_uclient failed" + (f": {problems[-1]}" if problems else "")
+
+
 def run_uclient(
     server_host: str,
     server_port: int,
@@ -659,31 +697,8 @@ def run_uclient(
     """
     argv = uclient_argv(server_host, server_port, peer_host, peer_port, **options)
     argv[0] = _tool(UCLIENT, tool)  # after the argument checks, so bad input fails first
-    try:
-        done = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            text=True,
-            errors="replace",
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise UclientError(
-            f"turnutils_uclient did not finish within {timeout} s",
-            output=_text(exc.output),
-            argv=argv,
-        ) from None
-    if done.returncode != 0:
-        problems = _problems(done.stdout.splitlines())
-        hint = f": {problems[-1]}" if problems else ""
-        raise UclientError(
-            f"turnutils_uclient failed{hint}",
-            output=done.stdout,
-            argv=argv,
-            returncode=done.returncode,
-        )
+    late = f"turnutils_uclient did not finish within {timeout} s"
+    done = _run_tool(argv, timeout, UclientError, late, _uclient_failed)
     return parse_uclient_output(done.stdout, argv=argv, returncode=done.returncode)
 
 
@@ -804,29 +819,8 @@ def run_stunclient(
     if local_address is not None:
         argv += ["-L", local_address]
     argv.append(host)
-    try:
-        done = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            text=True,
-            errors="replace",
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise StunClientError(
-            f"no Binding answer within {timeout} s (stunclient retries forever)",
-            output=_text(exc.output),
-            argv=argv,
-        ) from None
-    if done.returncode != 0:
-        raise StunClientError(
-            "turnutils_stunclient failed",
-            output=done.stdout,
-            argv=argv,
-            returncode=done.returncode,
-        )
+    late = f"no Binding answer within {timeout} s (stunclient retries forever)"
+    done = _run_tool(argv, timeout, StunClientError, late, lambda _: "turnutils_stunclient failed")
     return parse_stunclient_output(done.stdout, argv=argv, returncode=done.returncode)
 
 
@@ -994,21 +988,11 @@ def start_turnserver(
         process=process,
         argv=tuple(argv),
     )
-    pending: list[Callable[[], bool]] = []
+    answers: list[Callable[[], bool]] = []
     for host in hosts:
-        pending.append(functools.partial(_stun_binding_probe, host, port))
-        pending += [functools.partial(_tcp_accepts, host, p) for p in (port, tls_port) if p]
-
-    def ready() -> bool:
-        while pending and pending[0]():
-            pending.pop(0)
-        return not pending
-
-    try:
-        _wait_until(ready, process, "turnserver", server.log, argv)
-    except BaseException:
-        server.stop()
-        raise
+        answers.append(functools.partial(_stun_binding_probe, host, port))
+        answers += [functools.partial(_tcp_accepts, host, p) for p in (port, tls_port) if p]
+    _wait_for(answers, process, "turnserver", server.log, argv, server.stop)
     return server
 
 

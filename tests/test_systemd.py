@@ -13,6 +13,9 @@ import pytest
 
 from turnd import systemd
 
+#: A bound datagram socket and an environment whose NOTIFY_SOCKET names it.
+Receiver = tuple[socket.socket, dict[str, str]]
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
@@ -22,7 +25,7 @@ def short_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def receiver(short_tmp: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
+def receiver(short_tmp: Path) -> Iterator[Receiver]:
     """A bound datagram socket in a temp dir, and an environment pointing NOTIFY_SOCKET at it."""
     path = short_tmp / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -32,7 +35,7 @@ def receiver(short_tmp: Path) -> Iterator[tuple[socket.socket, dict[str, str]]]:
 
 
 @pytest.fixture
-def abstract_receiver() -> Iterator[tuple[socket.socket, dict[str, str]]]:
+def abstract_receiver() -> Iterator[Receiver]:
     """A datagram socket in the abstract namespace, named as systemd writes it ("@name")."""
     name = f"turnd-test-{os.getpid()}-{time.monotonic_ns()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -46,24 +49,20 @@ def fields(datagram: bytes) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
-def test_notify_sends_one_datagram_to_a_path(
-    receiver: tuple[socket.socket, dict[str, str]],
-) -> None:
-    sock, env = receiver
-    assert systemd.notify("READY=1\nSTATUS=up", env) is True
-    assert sock.recv(4096) == b"READY=1\nSTATUS=up"
-
-
-def test_notify_to_the_abstract_namespace(
-    abstract_receiver: tuple[socket.socket, dict[str, str]],
-) -> None:
-    sock, env = abstract_receiver
-    assert systemd.notify("READY=1", env) is True
-    assert sock.recv(4096) == b"READY=1"
+@pytest.mark.parametrize(
+    ("where", "state"),
+    [("receiver", "READY=1\nSTATUS=up"), ("abstract_receiver", "READY=1")],
+    ids=["to_a_path", "to_the_abstract_namespace"],
+)
+def test_notify_sends_one_datagram(where: str, state: str, request: pytest.FixtureRequest) -> None:
+    """One notify() is one datagram to NOTIFY_SOCKET: a path, or "@name" (abstract)."""
+    sock, env = request.getfixturevalue(where)
+    assert systemd.notify(state, env) is True
+    assert sock.recv(4096) == state.encode()
 
 
 def test_notify_reads_os_environ_by_default(
-    receiver: tuple[socket.socket, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sock, env = receiver
     monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
@@ -71,7 +70,7 @@ def test_notify_reads_os_environ_by_default(
     assert sock.recv(4096) == b"STATUS=from os.environ"
 
 
-def test_ready_with_status(receiver: tuple[socket.socket, dict[str, str]]) -> None:
+def test_ready_with_status(receiver: Receiver) -> None:
     sock, env = receiver
     assert systemd.ready("serving 6 listeners", environ=env) is True
     assert fields(sock.recv(4096)) == {"READY": "1", "STATUS": "serving 6 listeners"}
@@ -79,9 +78,7 @@ def test_ready_with_status(receiver: tuple[socket.socket, dict[str, str]]) -> No
     assert sock.recv(4096) == b"READY=1"
 
 
-def test_reloading_carries_the_monotonic_clock(
-    receiver: tuple[socket.socket, dict[str, str]],
-) -> None:
+def test_reloading_carries_the_monotonic_clock(receiver: Receiver) -> None:
     sock, env = receiver
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     assert systemd.reloading(environ=env) is True
@@ -93,9 +90,7 @@ def test_reloading_carries_the_monotonic_clock(
     assert before <= int(got["MONOTONIC_USEC"]) <= after
 
 
-def test_reloading_and_stopping_with_status(
-    receiver: tuple[socket.socket, dict[str, str]],
-) -> None:
+def test_reloading_and_stopping_with_status(receiver: Receiver) -> None:
     sock, env = receiver
     assert systemd.reloading("reloading /etc/turnd/turnd.toml", environ=env) is True
     got = fields(sock.recv(4096))
@@ -107,9 +102,7 @@ def test_reloading_and_stopping_with_status(
     assert fields(sock.recv(4096)) == {"STOPPING": "1", "STATUS": "draining"}
 
 
-def test_status_text_cannot_inject_assignments(
-    receiver: tuple[socket.socket, dict[str, str]],
-) -> None:
+def test_status_text_cannot_inject_assignments(receiver: Receiver) -> None:
     sock, env = receiver
     assert systemd.status("line one\nREADY=1\r\nthree", environ=env) is True
     assert sock.recv(4096) == b"STATUS=line one READY=1 three"
@@ -180,13 +173,13 @@ def test_unusable_addresses_are_false(address: str) -> None:
     assert systemd.notify("READY=1", {"NOTIFY_SOCKET": address}) is False
 
 
-def test_unencodable_state_is_false(receiver: tuple[socket.socket, dict[str, str]]) -> None:
+def test_unencodable_state_is_false(receiver: Receiver) -> None:
     _, env = receiver
     assert systemd.notify("STATUS=\udcff", env) is False
 
 
 def test_full_socket_gives_up_instead_of_blocking(
-    receiver: tuple[socket.socket, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A manager that stops reading cannot stall the caller for longer than SEND_TIMEOUT."""
     _, env = receiver

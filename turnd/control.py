@@ -38,11 +38,12 @@ import errno
 import hmac
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -60,6 +61,8 @@ SOCKET_MODE = 0o600
 SOCKET_DIR_MODE = 0o755
 #: The refusal of the cluster routes that need a cluster, on a node that is not in one.
 NOT_A_CLUSTER = "not a cluster: [cluster] lists no nodes"
+
+_T = TypeVar("_T")
 
 
 class ControlOps(Protocol):
@@ -219,8 +222,23 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = True) -
     return value
 
 
+def _or_refuse(status: int, call: Callable[[], _T]) -> _T:
+    """What ``call()`` returns; a ValueError it raises is refused with ``status``."""
+    try:
+        return call()
+    except ValueError as exc:
+        _refuse(status, str(exc))
+
+
 def _no_content() -> web.Response:
     return web.Response(status=204)
+
+
+def _removed(removed: bool, what: str, request: web.Request, name: str) -> web.Response:
+    """204 when the ``what`` the route names was removed; 404 when there was none."""
+    if not removed:
+        _refuse(404, f"no {what} {request.match_info[name]}")
+    return _no_content()
 
 
 class _Routes:
@@ -246,65 +264,41 @@ class _Routes:
         return web.json_response(found)
 
     async def kill(self, request: web.Request) -> web.Response:
-        if not self.ops.kill(request.match_info["id"]):
-            _refuse(404, f"no allocation {request.match_info['id']}")
-        return _no_content()
+        return _removed(self.ops.kill(request.match_info["id"]), "allocation", request, "id")
 
     async def users(self, _: web.Request) -> web.Response:
         return web.json_response(self.ops.users())
 
     async def add_user(self, request: web.Request) -> web.Response:
         password = _field(await _body(request), "password", str)
-        try:
-            self.ops.add_user(request.match_info["name"], password)
-        except ValueError as exc:
-            _refuse(400, str(exc))
+        _or_refuse(400, lambda: self.ops.add_user(request.match_info["name"], password))
         return _no_content()
 
     async def remove_user(self, request: web.Request) -> web.Response:
-        if not self.ops.remove_user(request.match_info["name"]):
-            _refuse(404, f"no user {request.match_info['name']}")
-        return _no_content()
+        return _removed(self.ops.remove_user(request.match_info["name"]), "user", request, "name")
 
     async def secrets(self, _: web.Request) -> web.Response:
         return web.json_response(self.ops.secrets())
 
     async def add_secret(self, request: web.Request) -> web.Response:
         value = _field(await _body(request), "secret", str, required=False)
-        try:
-            added = self.ops.add_secret(value)
-        except ValueError as exc:
-            _refuse(400, str(exc))
-        return web.json_response(added, status=201)
+        return web.json_response(_or_refuse(400, lambda: self.ops.add_secret(value)), status=201)
 
     async def retire_secret(self, request: web.Request) -> web.Response:
-        try:
-            retired = self.ops.retire_secret(request.match_info["id"])
-        except ValueError as exc:
-            _refuse(409, str(exc))
-        if not retired:
-            _refuse(404, f"no secret {request.match_info['id']}")
-        return _no_content()
+        retired = _or_refuse(409, lambda: self.ops.retire_secret(request.match_info["id"]))
+        return _removed(retired, "secret", request, "id")
 
     async def keys(self, _: web.Request) -> web.Response:
         return web.json_response(self.ops.keys())
 
     async def add_key(self, request: web.Request) -> web.Response:
         token = _field(await _body(request), "token", str, required=False)
-        try:
-            added = self.ops.add_key(request.match_info["id"], token)
-        except ValueError as exc:
-            _refuse(400, str(exc))
+        added = _or_refuse(400, lambda: self.ops.add_key(request.match_info["id"], token))
         return web.json_response(added, status=201)
 
     async def remove_key(self, request: web.Request) -> web.Response:
-        try:
-            removed = self.ops.remove_key(request.match_info["id"])
-        except ValueError as exc:
-            _refuse(409, str(exc))
-        if not removed:
-            _refuse(404, f"no key {request.match_info['id']}")
-        return _no_content()
+        removed = _or_refuse(409, lambda: self.ops.remove_key(request.match_info["id"]))
+        return _removed(removed, "key", request, "id")
 
     async def reload(self, _: web.Request) -> web.Response:
         result = self.ops.reload()
@@ -345,12 +339,8 @@ class _Routes:
         client = query.get("client")
         if not client:
             _refuse(400, '"client" is required: the client address, ip:port')
-        try:
-            found = self.ops.cluster_owner(
-                query.get("transport") or "udp", client, query.get("server") or None
-            )
-        except ValueError as exc:
-            _refuse(400, str(exc))
+        transport, server = query.get("transport") or "udp", query.get("server") or None
+        found = _or_refuse(400, lambda: self.ops.cluster_owner(transport, client, server))
         if found is None:
             _refuse(409, NOT_A_CLUSTER)
         return web.json_response(found)
@@ -366,6 +356,11 @@ _TOKEN_REQUIRED = web.AppKey("token_required", bool)
 _SEGMENT = "[^/]+"
 
 
+def _route(method: str, path: str, handler: Handler) -> web.RouteDef:
+    """The route of ``method`` on ``path``, each ``{name}`` in it matching :data:`_SEGMENT`."""
+    return web.route(method, re.sub(r"\{(\w+)\}", rf"{{\1:{_SEGMENT}}}", path), handler)
+
+
 def make_app(ops: ControlOps, token: str | None) -> web.Application:
     """The control API over ``ops``; with ``token``, every request must present it."""
     middlewares: list[Middleware] = [_errors] if token is None else [_errors, _require_token(token)]
@@ -374,26 +369,26 @@ def make_app(ops: ControlOps, token: str | None) -> web.Application:
     routes = _Routes(ops)
     app.router.add_routes(
         [
-            web.get("/v1/status", routes.status),
-            web.get("/v1/allocations", routes.allocations),
-            web.get(f"/v1/allocations/{{id:{_SEGMENT}}}", routes.allocation),
-            web.delete(f"/v1/allocations/{{id:{_SEGMENT}}}", routes.kill),
-            web.get("/v1/users", routes.users),
-            web.put(f"/v1/users/{{name:{_SEGMENT}}}", routes.add_user),
-            web.delete(f"/v1/users/{{name:{_SEGMENT}}}", routes.remove_user),
-            web.get("/v1/secrets", routes.secrets),
-            web.post("/v1/secrets", routes.add_secret),
-            web.delete(f"/v1/secrets/{{id:{_SEGMENT}}}", routes.retire_secret),
-            web.get("/v1/keys", routes.keys),
-            web.put(f"/v1/keys/{{id:{_SEGMENT}}}", routes.add_key),
-            web.delete(f"/v1/keys/{{id:{_SEGMENT}}}", routes.remove_key),
-            web.post("/v1/reload", routes.reload),
-            web.post("/v1/drain", routes.drain),
-            web.post(f"/v1/revoke/{{username:{_SEGMENT}}}", routes.revoke),
-            web.post("/v1/credentials", routes.credentials),
-            web.get("/v1/cluster/nodes", routes.cluster_nodes),
-            web.get("/v1/cluster/table", routes.cluster_table),
-            web.get("/v1/cluster/owner", routes.cluster_owner),
+            _route("GET", "/v1/status", routes.status),
+            _route("GET", "/v1/allocations", routes.allocations),
+            _route("GET", "/v1/allocations/{id}", routes.allocation),
+            _route("DELETE", "/v1/allocations/{id}", routes.kill),
+            _route("GET", "/v1/users", routes.users),
+            _route("PUT", "/v1/users/{name}", routes.add_user),
+            _route("DELETE", "/v1/users/{name}", routes.remove_user),
+            _route("GET", "/v1/secrets", routes.secrets),
+            _route("POST", "/v1/secrets", routes.add_secret),
+            _route("DELETE", "/v1/secrets/{id}", routes.retire_secret),
+            _route("GET", "/v1/keys", routes.keys),
+            _route("PUT", "/v1/keys/{id}", routes.add_key),
+            _route("DELETE", "/v1/keys/{id}", routes.remove_key),
+            _route("POST", "/v1/reload", routes.reload),
+            _route("POST", "/v1/drain", routes.drain),
+            _route("POST", "/v1/revoke/{username}", routes.revoke),
+            _route("POST", "/v1/credentials", routes.credentials),
+            _route("GET", "/v1/cluster/nodes", routes.cluster_nodes),
+            _route("GET", "/v1/cluster/table", routes.cluster_table),
+            _route("GET", "/v1/cluster/owner", routes.cluster_owner),
         ]
     )
     return app

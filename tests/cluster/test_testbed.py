@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 import pytest
@@ -88,21 +89,36 @@ class Answer:
     rounds: int
 
 
-def probe(
-    bed: TestBed, netns: str, targets: list[tuple[str, int]], flows: int
-) -> list[list[Answer | None]]:
-    """Send ``flows`` one-datagram flows from ``netns`` to each target; the answers per target."""
-    spec = {"targets": targets, "flows": flows, "wait": PROBE_WAIT, "rounds": PROBE_ROUNDS}
+def run_probe(
+    bed: TestBed,
+    netns: str,
+    targets: Sequence[Sequence[object]],
+    flows: int,
+    *,
+    wait: float = PROBE_WAIT,
+    rounds: int = PROBE_ROUNDS,
+    script: str = PROBE_SCRIPT,
+) -> Any:
+    """Run the probe ``script`` in ``netns``; what it prints: per target, per flow, the raw
+    answer or None."""
+    spec = {"targets": targets, "flows": flows, "wait": wait, "rounds": rounds}
     done = bed.run(
         netns,
-        [sys.executable, "-c", PROBE_SCRIPT, json.dumps(spec)],
+        [sys.executable, "-c", script, json.dumps(spec)],
         timeout=RUN_TIMEOUT,
         capture_output=True,
         text=True,
         check=True,
     )
+    return json.loads(done.stdout)
+
+
+def probe(
+    bed: TestBed, netns: str, targets: list[tuple[str, int]], flows: int
+) -> list[list[Answer | None]]:
+    """Send ``flows`` one-datagram flows from ``netns`` to each target; the answers per target."""
     results: list[list[Answer | None]] = []
-    for per_target in json.loads(done.stdout):
+    for per_target in run_probe(bed, netns, targets, flows):
         answers: list[Answer | None] = []
         for raw in per_target:
             if raw is None:
@@ -169,22 +185,18 @@ def test_service_ip_added_reported_and_removed_in_a_namespace(
 def test_service_ip_is_a_host_route_on_lo(scratch_netns: str) -> None:
     """The address lands on lo with a /32, and lo is up so it delivers."""
     ensure_service_ip_on_lo("10.77.255.1", netns=scratch_netns)
-    shown = subprocess.run(
-        ["ip", "-n", scratch_netns, "-o", "addr", "show", "dev", "lo"],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=True,
-    ).stdout
-    assert "10.77.255.1/32" in shown
-    link = subprocess.run(
-        ["ip", "-n", scratch_netns, "-o", "link", "show", "dev", "lo"],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=True,
-    ).stdout
-    assert ",UP" in link
+
+    def show_lo(what: str) -> str:
+        return subprocess.run(
+            ["ip", "-n", scratch_netns, "-o", what, "show", "dev", "lo"],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=True,
+        ).stdout
+
+    assert "10.77.255.1/32" in show_lo("addr")
+    assert ",UP" in show_lo("link")
 
 
 def test_without_cap_net_admin_is_permission_error_naming_it(scratch_netns: str) -> None:
@@ -240,26 +252,13 @@ def test_a_flow_stays_on_its_node(
     testbed: TestBed, service_echoes: dict[int, subprocess.Popen[str]]
 ) -> None:
     """Resending on one 5-tuple reaches the same node (the hash is per flow, not per packet)."""
-    spec = {
-        "targets": [[testbed.service_ip, SERVICE_PORT]],
-        "flows": 1,
-        "wait": PROBE_WAIT,
-        "rounds": 1,
-    }
+    target = [(testbed.service_ip, SERVICE_PORT)]
     script = PROBE_SCRIPT.replace(
         'sock.bind(("0.0.0.0", 0))', 'sock.bind(("0.0.0.0", 40000 + flow))'
     )
     tags = set()
     for _ in range(5):
-        done = testbed.run(
-            testbed.client_ns,
-            [sys.executable, "-c", script, json.dumps(spec)],
-            timeout=RUN_TIMEOUT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        (answer,) = json.loads(done.stdout)[0]
+        (answer,) = run_probe(testbed, testbed.client_ns, target, 1, rounds=1, script=script)[0]
         assert answer is not None
         tags.add(answer[2].split(" ", 1)[0])
     assert len(tags) == 1, tags
@@ -288,21 +287,9 @@ def test_no_next_hops_means_no_answer_then_back(
     try:
         testbed.set_next_hops([])
         testbed.set_next_hops([])  # removing an absent route is fine
-        spec = {
-            "targets": [[testbed.service_ip, SERVICE_PORT]],
-            "flows": 3,
-            "wait": 0.5,
-            "rounds": 1,
-        }
-        done = testbed.run(
-            testbed.client_ns,
-            [sys.executable, "-c", PROBE_SCRIPT, json.dumps(spec)],
-            timeout=RUN_TIMEOUT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert json.loads(done.stdout) == [[None, None, None]]
+        target = [(testbed.service_ip, SERVICE_PORT)]
+        answers = run_probe(testbed, testbed.client_ns, target, 3, wait=0.5, rounds=1)
+        assert answers == [[None, None, None]]
     finally:
         testbed.set_next_hops(everyone)
     assert len(ask_service(testbed)) == FLOWS

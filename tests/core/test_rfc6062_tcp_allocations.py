@@ -52,6 +52,19 @@ def connected(world: World, client: Client, peer: Address = PEER) -> int:
     return connection_id(reply)
 
 
+def connecting() -> tuple[World, Client, ConnectPeer]:
+    """A world that leaves connecting to the test, its TCP client, and the one action its
+    Connect to PEER asks for."""
+    world = World(connect_ok=None)
+    client = tcp_client(world)
+    client.fetch_nonce()
+    [ask] = world.client_packet(
+        client.five_tuple, client.build(Method.CONNECT, [at.XorPeerAddress(PEER)])
+    )
+    assert isinstance(ask, ConnectPeer)
+    return world, client, ask
+
+
 def bound(world: World, client: Client, port: int = 60001) -> tuple[int, Client]:
     """A peer connection to PEER, bound to a new data connection from ``port``."""
     cid = connected(world, client)
@@ -124,14 +137,7 @@ def test_tcp_allocate_with_udp_only_attributes_is_400(extra: Any) -> None:
 
 def test_connect_answers_a_connection_id_once_the_peer_is_connected() -> None:
     """§5.2: Connect opens a connection from the relayed address; success carries CONNECTION-ID."""
-    world = World(connect_ok=None)
-    alice = tcp_client(world)
-    alice.fetch_nonce()
-    actions = world.client_packet(
-        alice.five_tuple, alice.build(Method.CONNECT, [at.XorPeerAddress(PEER)])
-    )
-    [ask] = actions
-    assert isinstance(ask, ConnectPeer)
+    world, alice, ask = connecting()
     assert (ask.relay, ask.peer) == (alice.relayed, PEER)
     assert state(world, ask.connection_id) is ConnectionState.CONNECTING
     [answer] = world.server.peer_connected(ask.connection_id, True, world.now)
@@ -242,13 +248,7 @@ def test_connect_beyond_the_peer_connection_quota_is_403() -> None:
 
 def test_late_report_for_a_forgotten_connection_closes_the_socket() -> None:
     """§5.2: an allocation deleted while connecting answers 447; a late success is closed."""
-    world = World(connect_ok=None)
-    alice = tcp_client(world)
-    alice.fetch_nonce()
-    [ask] = world.client_packet(
-        alice.five_tuple, alice.build(Method.CONNECT, [at.XorPeerAddress(PEER)])
-    )
-    assert isinstance(ask, ConnectPeer)
+    world, alice, ask = connecting()
     actions = world.server.kill(alice.five_tuple, world.now)
     [refusal] = [decode(r) for r in replies(actions, alice.five_tuple)]
     assert error_code(refusal) == 447
@@ -274,13 +274,7 @@ def test_a_second_report_for_one_connect_is_ignored() -> None:
 
 def test_peer_connection_lost_while_connecting_answers_447() -> None:
     """§5.2: a connection that fails before the adapter reports it still gets its 447."""
-    world = World(connect_ok=None)
-    alice = tcp_client(world)
-    alice.fetch_nonce()
-    [ask] = world.client_packet(
-        alice.five_tuple, alice.build(Method.CONNECT, [at.XorPeerAddress(PEER)])
-    )
-    assert isinstance(ask, ConnectPeer)
+    world, alice, ask = connecting()
     actions = world.server.peer_connection_closed(ask.connection_id, world.now)
     assert actions[0] == ClosePeerConnection(ask.connection_id)
     [refusal] = [decode(r) for r in replies(actions, alice.five_tuple)]

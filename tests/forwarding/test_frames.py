@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import forwarding.frames as frames_module
@@ -26,13 +26,9 @@ from forwarding.frames import (
     FrameType,
 )
 from stun.addresses import Address
+from tests.fuzzing import fuzz
 
-FUZZ = settings(
-    derandomize=True,
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz(300)
 
 KEY0 = sha256(b"turnd test cluster key 0").digest()
 KEY1 = sha256(b"turnd test cluster key 1").digest()

@@ -33,6 +33,7 @@ import attrs
 
 from testkit import coturn as coturn_tools
 from testkit.coturn import EchoPeer, UclientError, UclientReport
+from tests.interop.aioice_peer import Collect, echo_peer
 from tests.interop.matrix_plan import Cell
 from tests.interop.matrix_turnd import MatrixTurnd
 
@@ -288,54 +289,36 @@ def run_werift(turnd: MatrixTurnd, jobs: Sequence[Job]) -> dict[str, ClientRepor
 # aioice
 
 
-class _Collect(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.received.put_nowait(data)
-
-
 async def _aioice_cell(turnd: MatrixTurnd, job: Job) -> ClientReport:
-    import asyncio_dgram
     from aioice import turn
 
     link = job.cell.link
     context = ssl.create_default_context(cafile=str(turnd.cert)) if link.kind == "tls" else None
-    echo = await asyncio_dgram.bind(("127.0.0.1", 0))
-
-    async def serve() -> None:
-        while True:
-            data, addr = await echo.recv()
-            await echo.send(data, addr)
-
-    server = asyncio.create_task(serve())
     sent = received = intact = 0
-    try:
-        relay, protocol = await turn.create_turn_endpoint(
-            _Collect,
-            (link.host, job.port),
-            job.username,
-            job.password,
-            transport="udp" if link.kind == "udp" else "tcp",
-            ssl=context,
-        )
+    async with echo_peer() as peer:
         try:
-            relayed = relay.get_extra_info("sockname")
-            for i in range(MESSAGES):
-                payload = f"m{i}:".encode().ljust(SIZE, b"x")
-                relay.sendto(payload, echo.sockname)
-                sent += 1
-                answer = await asyncio.wait_for(protocol.received.get(), STEP_TIMEOUT)
-                received += 1
-                intact += answer == payload
-        finally:
-            relay.close()
-    except Exception as exc:  # aioice raises its own types and plain ones alike
-        return attrs.evolve(failed(f"{type(exc).__name__}: {exc}"), sent=sent, received=received)
-    finally:
-        server.cancel()
-        echo.close()
+            relay, protocol = await turn.create_turn_endpoint(
+                Collect,
+                (link.host, job.port),
+                job.username,
+                job.password,
+                transport="udp" if link.kind == "udp" else "tcp",
+                ssl=context,
+            )
+            try:
+                relayed = relay.get_extra_info("sockname")
+                for i in range(MESSAGES):
+                    payload = f"m{i}:".encode().ljust(SIZE, b"x")
+                    relay.sendto(payload, peer)
+                    sent += 1
+                    answer, _ = await asyncio.wait_for(protocol.received.get(), STEP_TIMEOUT)
+                    received += 1
+                    intact += answer == payload
+            finally:
+                relay.close()
+        except Exception as exc:  # aioice raises its own types and plain ones alike
+            failure = failed(f"{type(exc).__name__}: {exc}")
+            return attrs.evolve(failure, sent=sent, received=received)
     problem = None
     if not (sent == received == intact == MESSAGES):
         problem = f"sent {sent}, echoed {received}, intact {intact} of {MESSAGES}"

@@ -12,9 +12,7 @@ import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import asyncio_dgram
 import pytest
 
 from testkit.coturn import (
@@ -31,6 +29,7 @@ from testkit.coturn import (
     assert_lossless as check_lossless,
 )
 from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
+from tests.interop.aioice_peer import Collect, echo_peer
 
 pytestmark = pytest.mark.interop
 
@@ -64,79 +63,52 @@ def assert_lossless(report: UclientReport, sessions: int) -> None:
     check_lossless(report, sessions, MESSAGES, LENGTH)
 
 
-@uclient_needed
-def test_uclient_over_tcp(daemon: Daemon, peer: EchoPeer) -> None:
-    """UDP relaying for a client that reaches turnd over TCP (RFC 8656 §3.1): 0 lost."""
-    report = run_uclient(
-        "127.0.0.1", daemon.ports["tcp"][0], "127.0.0.1", peer.port,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, tcp=True,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1))
+#: id -> (server host, listener transport, which of its ports, uclient options). Each run must
+#: relay every packet and every byte.
+UCLIENT_RUNS: dict[str, tuple[str, str, int, dict[str, bool]]] = {
+    # UDP relaying for a client that reaches turnd over TCP (RFC 8656 §3.1).
+    "over_tcp": ("127.0.0.1", "tcp", 0, {"tcp": True}),
+    # The same over TLS (uclient settles on TLS 1.2).
+    "over_tls": ("127.0.0.1", "tls", 0, {"tls": True}),
+    # RFC 6062: TCP allocations, Connect, ConnectionAttempt, ConnectionBind, spliced data; the
+    # relays talk to each other, no peer.
+    "tcp_relay_allocations": ("127.0.0.1", "tcp", 0, {"tcp_relay": True}),
+    # REQUESTED-ADDRESS-FAMILY IPv6 (-x): an IPv6 relay on ::1 relays to an IPv6 peer.
+    "ipv6_relay_on_loopback": ("::1", "udp", 1, {"ipv6": True}),
+}
 
 
 @uclient_needed
-def test_uclient_over_tls(daemon: Daemon, peer: EchoPeer) -> None:
-    """The same over TLS (uclient settles on TLS 1.2): 0 lost."""
+@pytest.mark.parametrize("run", UCLIENT_RUNS)
+def test_uclient_relays_every_packet(daemon: Daemon, peer: EchoPeer, run: str) -> None:
+    """uclient over TCP, TLS, TCP relays and an IPv6 relay: 0 lost, bytes equal."""
+    host, transport, index, options = UCLIENT_RUNS[run]
+    tcp_relay = options.get("tcp_relay", False)
     report = run_uclient(
-        "127.0.0.1", daemon.ports["tls"][0], "127.0.0.1", peer.port,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, tls=True,
+        host, daemon.ports[transport][index], None if tcp_relay else host,
+        None if tcp_relay else peer.port,
+        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, **options,
     )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1))
-
-
-@uclient_needed
-def test_uclient_tcp_relay_allocations(daemon: Daemon) -> None:
-    """RFC 6062: TCP allocations, Connect, ConnectionAttempt, ConnectionBind, spliced data."""
-    report = run_uclient(
-        "127.0.0.1", daemon.ports["tcp"][0], None, None,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, tcp_relay=True,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1, tcp_relay=True))
-
-
-@uclient_needed
-def test_uclient_ipv6_relay_on_loopback(daemon: Daemon, peer: EchoPeer) -> None:
-    """REQUESTED-ADDRESS-FAMILY IPv6 (-x): an IPv6 relay on ::1 relays to an IPv6 peer."""
-    report = run_uclient(
-        "::1", daemon.ports["udp"][1], "::1", peer.port,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, ipv6=True,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1))
-
-
-class _Collect(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.received.put_nowait(data)
+    assert_lossless(report, uclient_sessions(1, tcp_relay=tcp_relay))
 
 
 async def _aioice_round_trips(
     daemon: Daemon, transport: str, port: int, context: ssl.SSLContext | None
 ) -> list[bytes]:
     turn = pytest.importorskip("aioice.turn")
-    echo = await asyncio_dgram.bind(("127.0.0.1", 0))
-
-    async def serve() -> None:
-        while True:
-            data, addr = await echo.recv()
-            await echo.send(data, addr)
-
-    task = asyncio.create_task(serve())
-    relay, protocol = await turn.create_turn_endpoint(
-        _Collect, ("127.0.0.1", port), USER, PASSWORD, transport=transport, ssl=context
-    )
-    try:
-        answers = []
-        for i in range(10):
-            relay.sendto(f"over {transport} #{i}".encode(), echo.sockname)
-            answers.append(await asyncio.wait_for(protocol.received.get(), WAIT))
-        return answers
-    finally:
-        relay.close()
-        task.cancel()
-        echo.close()
+    async with echo_peer() as peer:
+        relay, protocol = await turn.create_turn_endpoint(
+            Collect, ("127.0.0.1", port), USER, PASSWORD, transport=transport, ssl=context
+        )
+        try:
+            answers = []
+            for i in range(10):
+                relay.sendto(f"over {transport} #{i}".encode(), peer)
+                data, _ = await asyncio.wait_for(protocol.received.get(), WAIT)
+                answers.append(data)
+            return answers
+        finally:
+            relay.close()
 
 
 def test_aioice_over_tcp(daemon: Daemon) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-import asyncio_dgram
 import pytest
 
 from auth.credentials import mint_rest_credentials
 from testkit.daemon import PASSWORD, REST_SECRET, USER, Daemon
+from tests.interop.aioice_peer import Collect, echo_peer
 
 turn = pytest.importorskip("aioice.turn", reason="aioice is not installed (pip install -e .[test])")
 
@@ -20,41 +19,24 @@ pytestmark = pytest.mark.interop
 WAIT = 10.0
 
 
-class _Collect(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.received.put_nowait((data, addr))
-
-
-async def _echo(stream: asyncio_dgram.DatagramServer) -> None:
-    while True:
-        data, addr = await stream.recv()
-        await stream.send(data, addr)
-
-
 async def _relay_round_trips(daemon: Daemon, username: str, password: str) -> list[bytes]:
-    peer = await asyncio_dgram.bind(("127.0.0.1", 0))
-    echo = asyncio.create_task(_echo(peer))
-    transport, protocol = await turn.create_turn_endpoint(
-        _Collect, ("127.0.0.1", daemon.port), username, password
-    )
-    try:
-        relayed = transport.get_extra_info("sockname")
-        assert relayed[0] == "127.0.0.1"
-        payloads = [f"message {i}".encode() * (i + 1) for i in range(20)]
-        answers = []
-        for payload in payloads:
-            transport.sendto(payload, peer.sockname)
-            data, addr = await asyncio.wait_for(protocol.received.get(), WAIT)
-            assert tuple(addr[:2]) == tuple(peer.sockname[:2])
-            answers.append(data)
-        return answers
-    finally:
-        transport.close()
-        echo.cancel()
-        peer.close()
+    async with echo_peer() as peer:
+        transport, protocol = await turn.create_turn_endpoint(
+            Collect, ("127.0.0.1", daemon.port), username, password
+        )
+        try:
+            relayed = transport.get_extra_info("sockname")
+            assert relayed[0] == "127.0.0.1"
+            payloads = [f"message {i}".encode() * (i + 1) for i in range(20)]
+            answers = []
+            for payload in payloads:
+                transport.sendto(payload, peer)
+                data, addr = await asyncio.wait_for(protocol.received.get(), WAIT)
+                assert tuple(addr[:2]) == tuple(peer[:2])
+                answers.append(data)
+            return answers
+        finally:
+            transport.close()
 
 
 def test_aioice_long_term_user_relays_through_channel(daemon: Daemon) -> None:
@@ -75,7 +57,7 @@ def test_aioice_wrong_password_is_refused(daemon: Daemon) -> None:
     from aioice.stun import TransactionFailed
 
     async def attempt() -> None:
-        await turn.create_turn_endpoint(_Collect, ("127.0.0.1", daemon.port), USER, "wrong")
+        await turn.create_turn_endpoint(Collect, ("127.0.0.1", daemon.port), USER, "wrong")
 
     with pytest.raises(TransactionFailed) as failure:
         asyncio.run(attempt())

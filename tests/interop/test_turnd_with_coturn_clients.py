@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,50 +46,35 @@ def assert_lossless(report: UclientReport, sessions: int) -> None:
     check_lossless(report, sessions, MESSAGES, LENGTH)
 
 
-def test_uclient_udp_channels_relay_every_packet(daemon: Daemon, peer: EchoPeer) -> None:
-    """ChannelBind + ChannelData over UDP with a long-term user: 0 lost, bytes equal."""
+#: id -> (uclient options besides the user, the messages and their length; the sessions the
+#: run makes). Each run must relay every packet and every byte.
+UCLIENT_RUNS: dict[str, tuple[dict[str, Any], int]] = {
+    # ChannelBind + ChannelData over UDP with a long-term user.
+    "udp_channels": ({"password": PASSWORD}, uclient_sessions(1)),
+    # CreatePermission + Send/Data indications (-s).
+    "send_indications": ({"password": PASSWORD, "send_indications": True}, uclient_sessions(1)),
+    # REST ephemeral credentials computed from the shared secret (-W) relay like a user's.
+    "rest_secret_credentials": ({"secret": REST_SECRET}, uclient_sessions(1)),
+    # Four clients (eight allocations) at once, channels and Send mixed by uclient.
+    "several_clients_at_once": ({"password": PASSWORD, "clients": 4}, uclient_sessions(4)),
+    # Two allocations of this server talking to each other (-y): relay-to-relay works, no peer.
+    "client_to_client_through_two_relays": (
+        {"password": PASSWORD, "client_to_client": True, "rtcp": False},
+        uclient_sessions(1, rtcp=False, client_to_client=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("run", UCLIENT_RUNS)
+def test_uclient_relays_every_packet(daemon: Daemon, peer: EchoPeer, run: str) -> None:
+    """Channels, Send indications, REST credentials, many clients, relay to relay: 0 lost."""
+    options, sessions = UCLIENT_RUNS[run]
+    to_peer = not options.get("client_to_client", False)
     report = run_uclient(
-        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH,
+        "127.0.0.1", daemon.port, "127.0.0.1" if to_peer else None, peer.port if to_peer else None,
+        user=USER, messages=MESSAGES, length=LENGTH, **options,
     )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1))
-
-
-def test_uclient_send_indications_relay_every_packet(daemon: Daemon, peer: EchoPeer) -> None:
-    """CreatePermission + Send/Data indications (-s): 0 lost, bytes equal."""
-    report = run_uclient(
-        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH, send_indications=True,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1))
-
-
-def test_uclient_rest_secret_credentials(daemon: Daemon, peer: EchoPeer) -> None:
-    """REST ephemeral credentials computed from the shared secret (-W) relay like a user's."""
-    report = run_uclient(
-        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
-        user=USER, secret=REST_SECRET, messages=MESSAGES, length=LENGTH,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1))
-
-
-def test_uclient_several_clients_at_once(daemon: Daemon, peer: EchoPeer) -> None:
-    """Four clients (eight allocations) at once, channels and Send mixed by uclient: 0 lost."""
-    report = run_uclient(
-        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
-        user=USER, password=PASSWORD, clients=4, messages=MESSAGES, length=LENGTH,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(4))
-
-
-def test_uclient_client_to_client_through_two_relays(daemon: Daemon) -> None:
-    """Two allocations of this server talking to each other (-y): relay-to-relay works."""
-    report = run_uclient(
-        "127.0.0.1", daemon.port, None, None,
-        user=USER, password=PASSWORD, messages=MESSAGES, length=LENGTH,
-        client_to_client=True, rtcp=False,
-    )  # fmt: skip
-    assert_lossless(report, uclient_sessions(1, rtcp=False, client_to_client=True))
+    assert_lossless(report, sessions)
 
 
 def test_uclient_wrong_password_cannot_allocate(daemon: Daemon, peer: EchoPeer) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from stun import (
@@ -26,13 +26,9 @@ from stun import attributes as at
 from stun.channeldata import frame_channel_data, is_valid_channel
 from stun.message import message_type
 from tests.conftest import FuzzMaterial, StunVector, raw_stun
+from tests.fuzzing import fuzz
 
-FUZZ = settings(
-    derandomize=True,
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz(150)
 
 INTEGRITY_TYPES = {
     at.AttributeType.MESSAGE_INTEGRITY,

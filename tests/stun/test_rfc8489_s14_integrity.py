@@ -143,46 +143,42 @@ def test_any_change_before_integrity_fails_verification() -> None:
         assert not check_integrity(decoded, KEY), position
 
 
+def _signed_then_appended(integrity: Integrity, *appended: tuple[int, bytes]) -> Message:
+    """The test message signed with ``integrity``, ``appended`` after it and a FINGERPRINT
+    last, decoded."""
+    signed = encode(_message(), key=KEY, integrity=integrity)
+    return decode(_append_raw(signed, *appended, fingerprint=True))
+
+
+def _kinds(message: Message) -> list[type]:
+    return [type(a) for a in message.attributes]
+
+
 def test_attributes_after_integrity_are_ignored() -> None:
     """Attributes after MESSAGE-INTEGRITY other than MI-SHA256 and FINGERPRINT are ignored,
     and do not spoil the MAC (§14.5)."""
-    signed = encode(_message(), key=KEY)
-    data = _append_raw(
-        signed,
+    decoded = _signed_then_appended(
+        Integrity.SHA1,
         (T.SOFTWARE, b"appended"),
         (T.MESSAGE_INTEGRITY, bytes(20)),
         (0x0055, b"unknown but ignored"),
         (T.LIFETIME, b"bad"),  # malformed, but ignored, so no error
-        fingerprint=True,
     )
-    decoded = decode(data)
-    assert [type(a) for a in decoded.attributes] == [
-        at.Username,
-        at.Software,
-        at.MessageIntegrity,
-        at.Fingerprint,
-    ]
+    assert _kinds(decoded) == [at.Username, at.Software, at.MessageIntegrity, at.Fingerprint]
     assert decoded.unknown_required() == ()
     assert check_integrity(decoded, KEY)
 
 
 def test_only_fingerprint_follows_sha256_integrity() -> None:
     """After MESSAGE-INTEGRITY-SHA256 everything but FINGERPRINT is ignored, even MI (§14.6)."""
-    signed = encode(_message(), key=KEY, integrity=Integrity.SHA256)
-    data = _append_raw(
-        signed,
+    decoded = _signed_then_appended(
+        Integrity.SHA256,
         (T.MESSAGE_INTEGRITY, bytes(20)),
         (T.MESSAGE_INTEGRITY_SHA256, bytes(32)),
         (T.USERNAME, b"other"),
-        fingerprint=True,
     )
-    decoded = decode(data)
-    assert [type(a) for a in decoded.attributes] == [
-        at.Username,
-        at.Software,
-        at.MessageIntegritySha256,
-        at.Fingerprint,
-    ]
+    kinds = [at.Username, at.Software, at.MessageIntegritySha256, at.Fingerprint]
+    assert _kinds(decoded) == kinds
     assert decoded.get(at.Username) == at.Username("evtj:h6vY")
     assert check_integrity(decoded, KEY)
 
