@@ -1081,6 +1081,7 @@ class TurnService:
         now = time.time()
         route: tuple[Address, Address, bytes] | Literal[False] | None = False
         try:
+            # CHANNEL_FIRST_BYTE_MIN/MAX of stun.channeldata, as literals: a global costs here.
             if data and 0x40 <= data[0] <= 0x7F and not core.timers_due(now):
                 route = core.channel_data_route(five_tuple, data, now)
             elif (head := data[:2]) == SEND_INDICATION_HEAD and not core.timers_due(now):
