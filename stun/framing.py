@@ -85,3 +85,11 @@ class StreamDeframer:
         self._buffer.clear()
         self._start = 0
         return rest
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data`` and return the frames it completes, in order (``push`` then ``pop``)."""
+        self.push(data)
+        frames: list[bytes] = []
+        while (frame := self.pop()) is not None:
+            frames.append(frame)
+        return frames

@@ -19,8 +19,6 @@ from typing import Any
 import attrs
 import pytest
 
-from stun.framing import StreamDeframer
-
 SHARED_DIR_ENV = "TURND_SHARED_DIR"
 
 
@@ -152,15 +150,6 @@ def raw_stun(
         body += struct.pack("!HH", attr_type, len(value)) + value + pad * (-len(value) % 4)
     size = len(body) if length is None else length
     return struct.pack("!HHI", msg_type, size, cookie) + transaction_id + bytes(body)
-
-
-def deframe(deframer: StreamDeframer, data: bytes) -> list[bytes]:
-    """Push ``data`` and pop every frame it completes, in order (as a stream listener reads)."""
-    deframer.push(data)
-    frames: list[bytes] = []
-    while (frame := deframer.pop()) is not None:
-        frames.append(frame)
-    return frames
 
 
 # --- fuzz seeds and captures -------------------------------------------------------------------

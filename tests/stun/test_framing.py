@@ -20,7 +20,7 @@ from stun import (
 )
 from stun import attributes as at
 from stun.framing import DEFAULT_MAX_MESSAGE_SIZE
-from tests.conftest import TEST_TRANSACTION_ID, FuzzMaterial, StunVector, deframe
+from tests.conftest import TEST_TRANSACTION_ID, FuzzMaterial, StunVector
 
 
 def _stun(size_hint: int) -> bytes:
@@ -52,7 +52,7 @@ def _mixed(vectors: dict[str, StunVector]) -> tuple[bytes, list[bytes]]:
 def _feed_all(deframer: StreamDeframer, chunks: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     for chunk in chunks:
-        out += deframe(deframer, chunk)
+        out += deframer.feed(chunk)
     return out
 
 
@@ -60,7 +60,7 @@ def test_whole_stream_yields_every_frame(stun_vectors: dict[str, StunVector]) ->
     """Fed in one piece, the stream gives each frame, ChannelData without its padding."""
     wire, frames = _mixed(stun_vectors)
     deframer = StreamDeframer()
-    assert deframe(deframer, wire) == frames
+    assert deframer.feed(wire) == frames
     assert deframer.buffered == 0
 
 
@@ -88,7 +88,7 @@ def test_random_chunks_yield_the_same_frames(
 def test_frames_decode_to_what_was_sent(stun_vectors: dict[str, StunVector]) -> None:
     """Frames cut from the stream are whole messages for decode / parse_channel_data."""
     wire, _ = _mixed(stun_vectors)
-    for frame in deframe(StreamDeframer(), wire):
+    for frame in StreamDeframer().feed(wire):
         if frame[0] < 0x40:
             assert decode(frame).raw == frame
         else:
@@ -100,11 +100,11 @@ def test_incomplete_frame_is_buffered() -> None:
     """Bytes of an incomplete frame are kept until the rest arrives."""
     message = _stun(10)
     deframer = StreamDeframer()
-    assert deframe(deframer, message[:3]) == []
+    assert deframer.feed(message[:3]) == []
     assert deframer.buffered == 3
-    assert deframe(deframer, message[3:-1]) == []
+    assert deframer.feed(message[3:-1]) == []
     assert deframer.buffered == len(message) - 1
-    assert deframe(deframer, message[-1:] + message[:2]) == [message]
+    assert deframer.feed(message[-1:] + message[:2]) == [message]
     assert deframer.buffered == 2
 
 
@@ -112,8 +112,8 @@ def test_channel_data_waits_for_its_padding() -> None:
     """A ChannelData frame is complete only once its padding has arrived (§12.5)."""
     padded = frame_channel_data(0x4000, b"abcde", pad=True)
     deframer = StreamDeframer()
-    assert deframe(deframer, padded[:-1]) == []
-    assert deframe(deframer, padded[-1:]) == [frame_channel_data(0x4000, b"abcde")]
+    assert deframer.feed(padded[:-1]) == []
+    assert deframer.feed(padded[-1:]) == [frame_channel_data(0x4000, b"abcde")]
 
 
 @pytest.mark.parametrize("first", [0x80, 0xBF, 0xC0, 0xFF])
@@ -122,16 +122,16 @@ def test_garbage_first_bits_fail_for_good(first: int) -> None:
     later call raises too."""
     deframer = StreamDeframer()
     with pytest.raises(StunDecodeError, match="neither"):
-        deframe(deframer, bytes([first, 0, 0, 0]))
+        deframer.feed(bytes([first, 0, 0, 0]))
     for later in (_stun(0), b"", frame_channel_data(0x4000, b"")):
         with pytest.raises(StunDecodeError, match="neither"):
-            deframe(deframer, later)
+            deframer.feed(later)
 
 
 def test_rfc5766_channel_numbers_are_framed() -> None:
     """Channels 0x5000-0x7FFF (RFC 5766 §11) are cut like any other ChannelData frame."""
     frames = [frame_channel_data(c, b"abcde", pad=True) for c in (0x5000, 0x7FFF)]
-    assert deframe(StreamDeframer(), b"".join(frames)) == [f[:9] for f in frames]
+    assert StreamDeframer().feed(b"".join(frames)) == [f[:9] for f in frames]
 
 
 @pytest.mark.parametrize(
@@ -148,25 +148,25 @@ def test_over_limit_frame_fails_as_soon_as_header_is_seen(header: bytes) -> None
     waiting for it."""
     deframer = StreamDeframer()
     with pytest.raises(StunDecodeError, match="exceeds"):
-        deframe(deframer, header)
+        deframer.feed(header)
     with pytest.raises(StunDecodeError, match="exceeds"):
-        deframe(deframer, _stun(0))
+        deframer.feed(_stun(0))
 
 
 def test_frame_at_the_limit_is_accepted() -> None:
     """A frame of exactly max_message_size bytes passes."""
     message = _stun(100)
     deframer = StreamDeframer(max_message_size=len(message))
-    assert deframe(deframer, message) == [message]
+    assert deframer.feed(message) == [message]
     assert StreamDeframer().max_message_size == DEFAULT_MAX_MESSAGE_SIZE
     with pytest.raises(StunDecodeError):
-        deframe(StreamDeframer(max_message_size=len(message) - 1), message)
+        StreamDeframer(max_message_size=len(message) - 1).feed(message)
 
 
 def test_short_garbage_waits_for_a_header() -> None:
     """Fewer than 4 bytes cannot be judged yet: the deframer waits."""
     deframer = StreamDeframer()
-    assert deframe(deframer, b"\xff\xff\xff") == []
+    assert deframer.feed(b"\xff\xff\xff") == []
     assert deframer.buffered == 3
 
 
@@ -194,7 +194,7 @@ def test_coturn_client_corpus_streams(fuzz_material: FuzzMaterial) -> None:
     for name, data in seeds.items():
         deframer = StreamDeframer()
         try:
-            frames = deframe(deframer, data)
+            frames = deframer.feed(data)
         except StunDecodeError:
             continue
         if all(frame[0] < 0x40 for frame in frames):
@@ -226,5 +226,5 @@ def test_buffer_is_compacted_while_streaming() -> None:
     deframer = StreamDeframer()
     frame = frame_channel_data(0x4000, b"x" * 100, pad=True)
     for _ in range(1000):
-        assert deframe(deframer, frame) == [frame]
+        assert deframer.feed(frame) == [frame]
     assert len(deframer._buffer) < 4 * len(frame)

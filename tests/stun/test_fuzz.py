@@ -25,7 +25,7 @@ from stun import (
 from stun import attributes as at
 from stun.channeldata import frame_channel_data, is_valid_channel
 from stun.message import message_type
-from tests.conftest import FuzzMaterial, StunVector, deframe, raw_stun
+from tests.conftest import FuzzMaterial, StunVector, raw_stun
 
 FUZZ = settings(
     derandomize=True,
@@ -72,11 +72,11 @@ def deframe_or_reject(chunks: list[bytes]) -> tuple[list[bytes], bool]:
     frames: list[bytes] = []
     for chunk in chunks:
         try:
-            frames += deframe(deframer, chunk)
+            frames += deframer.feed(chunk)
         except StunDecodeError:
             for _ in range(2):
                 try:
-                    deframe(deframer, b"\x00\x01\x00\x00")
+                    deframer.feed(b"\x00\x01\x00\x00")
                 except StunDecodeError:
                     continue
                 raise AssertionError("the deframer recovered after failing") from None
