@@ -22,6 +22,12 @@ import pytest
 SHARED_DIR_ENV = "TURND_SHARED_DIR"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Child Pythons (the turnd daemons, bench and matrix runs) turn warnings into errors too, as
+    ``filterwarnings = ["error"]`` does in this process."""
+    os.environ.setdefault("PYTHONWARNINGS", "error")
+
+
 def shared_dir() -> Path:
     """The shared folder: ``$TURND_SHARED_DIR`` or ``shared/`` beside the repository."""
     override = os.environ.get(SHARED_DIR_ENV)

@@ -107,6 +107,10 @@ def test_uclient_ipv6_relay_on_loopback(daemon: Daemon, peer: EchoPeer) -> None:
 class _Collect(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()  # aioice deleted the allocation and closed its socket
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.received.put_nowait(data)
@@ -135,6 +139,8 @@ async def _aioice_round_trips(
         return answers
     finally:
         relay.close()
+        # close() only starts a task; returning now would leave aioice's socket open.
+        await asyncio.wait_for(protocol.closed.wait(), WAIT)
         task.cancel()
         echo.close()
 

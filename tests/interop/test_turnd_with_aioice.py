@@ -23,6 +23,10 @@ WAIT = 10.0
 class _Collect(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.received: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()  # aioice deleted the allocation and closed its socket
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.received.put_nowait((data, addr))
@@ -53,6 +57,8 @@ async def _relay_round_trips(daemon: Daemon, username: str, password: str) -> li
         return answers
     finally:
         transport.close()
+        # close() only starts a task; returning now would leave aioice's socket open.
+        await asyncio.wait_for(protocol.closed.wait(), WAIT)
         echo.cancel()
         peer.close()
 
