@@ -105,28 +105,12 @@ def _loopback_index(ipr: Any, netns: str | None) -> int:
     return int(found[0])
 
 
-def _on_interface(ipr: Any, ip: IPAddress, index: int | None) -> bool:
-    query: dict[str, Any] = {"family": _family(ip)}
-    if index is not None:
-        query["index"] = index
-    for message in ipr.get_addr(**query):
+def _on_interface(ipr: Any, ip: IPAddress, index: int) -> bool:
+    for message in ipr.get_addr(family=_family(ip), index=index):
         held = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
         if held is not None and ipaddress.ip_address(held) == ip:
             return True
     return False
-
-
-def has_address(
-    address: str, *, interface: str | None = LOOPBACK, netns: str | None = None
-) -> bool:
-    """True if ``address`` is assigned to ``interface`` (``lo``; None: any interface), whatever
-    its prefix length."""
-    ip = _parse(address)
-    with _ipr(netns) as ipr:
-        if interface is None:
-            return _on_interface(ipr, ip, None)
-        found = ipr.link_lookup(ifname=interface)
-        return bool(found) and _on_interface(ipr, ip, int(found[0]))
 
 
 def ensure_service_ip_on_lo(address: str, *, netns: str | None = None) -> bool:
@@ -150,25 +134,3 @@ def ensure_service_ip_on_lo(address: str, *, netns: str | None = None) -> bool:
                 return False  # added by someone else since we looked
             raise
         return True
-
-
-def remove_service_ip_from_lo(address: str, *, netns: str | None = None) -> bool:
-    """Take ``address`` off ``lo``; True if it was removed, False if ``lo`` did not hold it.
-
-    Raises PermissionError without CAP_NET_ADMIN.
-    """
-    ip = _parse(address)
-    with _ipr(netns) as ipr:
-        index = _loopback_index(ipr, netns)
-        for message in ipr.get_addr(family=_family(ip), index=index):
-            held = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
-            if held is None or ipaddress.ip_address(held) != ip:
-                continue
-            try:
-                ipr.addr("del", index=index, address=str(ip), prefixlen=message["prefixlen"])
-            except Exception as error:
-                if _raced(error, errno.EADDRNOTAVAIL, "remove", str(ip), netns):
-                    return False  # removed by someone else since we looked
-                raise
-            return True
-        return False

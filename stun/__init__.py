@@ -3,7 +3,7 @@
 from stun.addresses import Address, AddressFamily, make_address
 from stun.attributes import AttributeType
 from stun.channeldata import PacketKind, classify, frame_channel_data, parse_channel_data
-from stun.errors import REASON_PHRASES, ErrorCodeValue, StunDecodeError
+from stun.errors import REASON_PHRASES, StunDecodeError
 from stun.framing import StreamDeframer
 from stun.message import (
     Header,
@@ -21,7 +21,6 @@ __all__ = [
     "Address",
     "AddressFamily",
     "AttributeType",
-    "ErrorCodeValue",
     "Header",
     "Integrity",
     "Message",

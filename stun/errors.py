@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,30 +21,8 @@ class StunDecodeError(ValueError):
         self.header = header
 
 
-class ErrorCodeValue(IntEnum):
-    """Error codes a TURN server sends (RFC 8489 §14.8, RFC 8656 §19, RFC 6062 §6.3)."""
-
-    TRY_ALTERNATE = 300
-    BAD_REQUEST = 400
-    UNAUTHENTICATED = 401
-    FORBIDDEN = 403
-    MOBILITY_FORBIDDEN = 405
-    UNKNOWN_ATTRIBUTE = 420
-    ALLOCATION_MISMATCH = 437
-    STALE_NONCE = 438
-    ADDRESS_FAMILY_NOT_SUPPORTED = 440
-    WRONG_CREDENTIALS = 441
-    UNSUPPORTED_TRANSPORT_PROTOCOL = 442
-    PEER_ADDRESS_FAMILY_MISMATCH = 443
-    CONNECTION_ALREADY_EXISTS = 446
-    CONNECTION_TIMEOUT_OR_FAILURE = 447
-    ALLOCATION_QUOTA_REACHED = 486
-    ROLE_CONFLICT = 487
-    SERVER_ERROR = 500
-    INSUFFICIENT_CAPACITY = 508
-
-
-#: Recommended reason phrases (IANA "STUN Error Codes" registry).
+#: The error codes a TURN server sends (RFC 8489 §14.8, RFC 8656 §19, RFC 6062 §6.3) and their
+#: recommended reason phrases (IANA "STUN Error Codes" registry).
 REASON_PHRASES: dict[int, str] = {
     300: "Try Alternate",
     400: "Bad Request",

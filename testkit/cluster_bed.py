@@ -235,9 +235,6 @@ class TestBed:
         self._created: list[str] = []
         self._processes: list[subprocess.Popen[Any]] = []
         self._built = False
-        # pyroute2 forks helper children; one that unwinds into our stack (a signal at the wrong
-        # moment) must not tear the bed down under its parent.
-        self._owner_pid = os.getpid()
 
     # --- life cycle -------------------------------------------------------------------------
 

@@ -173,16 +173,6 @@ def needs_tools(*names: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(bool(missing_tools(*names)), reason=skip_reason(*names))
 
 
-def require_tool(name: str) -> str:
-    """Return the path of ``name``, or skip the calling test with a clear reason."""
-    import pytest
-
-    path = find_tool(name)
-    if path is None:
-        pytest.skip(skip_reason(name))
-    return path
-
-
 def _tool(name: str, explicit: str | None) -> str:
     path = explicit or find_tool(name)
     if path is None:

@@ -1,12 +1,14 @@
 """Shared test material: the STUN vectors, fuzz seed corpora and captures under ``shared/vectors``.
 
 The ``shared/`` folder sits beside the repository (``../shared``); ``TURND_SHARED_DIR`` points
-elsewhere. Tests that need it are skipped, with the path they looked at, when it is missing.
+elsewhere. Tests that need it fail, with the path they looked at, when it is missing: a run
+without the conformance vectors must not pass as if they had been checked.
 Never paste bytes from these files into tests: go through the fixtures below.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,10 +28,23 @@ from testkit.vectors import go_quoted_bytes as go_quoted_bytes
 from testkit.vectors import read_go_fuzz_file as read_go_fuzz_file
 
 
-def _vectors_dir_or_skip() -> Path:
+def pytest_configure(config: pytest.Config) -> None:
+    """Child Pythons (the turnd daemons, bench and matrix runs) turn warnings into errors too, as
+    ``filterwarnings = ["error"]`` does in this process."""
+    os.environ.setdefault("PYTHONWARNINGS", "error")
+
+
+def _missing(path: Path) -> str:
+    return (
+        f"test vectors not found at {path}: check out the project's shared/ folder beside the"
+        f" repository (../shared) or set {SHARED_DIR_ENV} to where it is"
+    )
+
+
+def _vectors_dir_or_fail() -> Path:
     path = shared_dir() / "vectors"
     if not path.is_dir():
-        pytest.skip(f"test vectors not found at {path} (set {SHARED_DIR_ENV} to the shared folder)")
+        pytest.fail(_missing(path), pytrace=False)
     return path
 
 
@@ -41,7 +56,7 @@ def stun_vectors() -> dict[str, StunVector]:
     """Every vector of stun-vectors.json by name, valid and negative ones."""
     path = stun_vectors_path()
     if not path.is_file():
-        pytest.skip(f"{path} not found (set {SHARED_DIR_ENV} to the shared folder)")
+        pytest.fail(_missing(path), pytrace=False)
     return load_stun_vectors(path)
 
 
@@ -59,7 +74,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if path.is_file():
         names = [v.name for v in load_stun_vectors(path).values() if v.valid]
     else:
-        names = ["missing"]  # the stun_vectors fixture then skips, saying where it looked
+        names = ["missing"]  # the stun_vectors fixture then fails, saying where it looked
     metafunc.parametrize("stun_vector", names, indirect=True)
 
 
@@ -91,8 +106,8 @@ def raw_stun(
 
 @pytest.fixture(scope="session")
 def fuzz_material() -> FuzzMaterial:
-    """Access to the fuzz seeds and captures (skips when the shared folder is missing)."""
-    return FuzzMaterial(_vectors_dir_or_skip())
+    """Access to the fuzz seeds and captures (fails when the shared folder is missing)."""
+    return FuzzMaterial(_vectors_dir_or_fail())
 
 
 @pytest.fixture(scope="session")

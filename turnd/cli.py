@@ -134,7 +134,11 @@ async def _serve(
         return resolve_secrets(load_config(path, os.environ, overrides))[0]
 
     service = TurnService(config, config_source=fresh_config)
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()  # a failed start closes what it opened (side servers, sockets)
+        raise
     for note in notes:
         logs.event(logging.WARNING, "auth.generated_secret", note)
     if notes:

@@ -14,6 +14,16 @@ class Collect(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.received: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()  # aioice deleted the allocation and closed its socket
+
+    async def close(self, transport: asyncio.BaseTransport, wait: float) -> None:
+        """Close an aioice endpoint and wait until it has: ``close()`` only starts a task, and
+        returning at once would leave aioice's socket open (a ResourceWarning, an error here)."""
+        transport.close()
+        await asyncio.wait_for(self.closed.wait(), wait)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.received.put_nowait((data, addr))

@@ -315,7 +315,7 @@ async def _aioice_cell(turnd: MatrixTurnd, job: Job) -> ClientReport:
                     received += 1
                     intact += answer == payload
             finally:
-                relay.close()
+                await protocol.close(relay, STEP_TIMEOUT)
         except Exception as exc:  # aioice raises its own types and plain ones alike
             failure = failed(f"{type(exc).__name__}: {exc}")
             return attrs.evolve(failure, sent=sent, received=received)

@@ -108,7 +108,7 @@ async def _aioice_round_trips(
                 answers.append(data)
             return answers
         finally:
-            relay.close()
+            await protocol.close(relay, WAIT)
 
 
 def test_aioice_over_tcp(daemon: Daemon) -> None:

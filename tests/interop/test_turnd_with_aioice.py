@@ -36,7 +36,7 @@ async def _relay_round_trips(daemon: Daemon, username: str, password: str) -> li
                 answers.append(data)
             return answers
         finally:
-            transport.close()
+            await protocol.close(transport, WAIT)
 
 
 def test_aioice_long_term_user_relays_through_channel(daemon: Daemon) -> None:

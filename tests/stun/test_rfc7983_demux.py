@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stun import PacketKind, classify, frame_channel_data
+from stun.channeldata import CHANNEL_FIRST_BYTE_MAX, CHANNEL_FIRST_BYTE_MIN
 from tests.conftest import StunVector
 
 #: RFC 7983 §7 ranges: (first, last, kind). 16-19 ZRTP, 20-63 DTLS, 128-191 RTP are not ours.
@@ -27,6 +28,11 @@ def test_every_byte_is_in_exactly_one_range() -> None:
     """The ranges above cover 0-255 without overlap, so the table is complete."""
     covered = [b for first, last, _ in RANGES for b in range(first, last + 1)]
     assert covered == list(range(256))
+
+
+def test_channel_first_bytes_are_the_channel_range() -> None:
+    """The named first-byte bounds are 64-127, the numbers turnd.service's fork inlines."""
+    assert (CHANNEL_FIRST_BYTE_MIN, CHANNEL_FIRST_BYTE_MAX) == (64, 127)
 
 
 def test_empty_packet_is_other() -> None:

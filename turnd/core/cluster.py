@@ -43,6 +43,7 @@ from forwarding.router import MAX_HOPS, Router
 from forwarding.slices import SliceTable
 from stun import attributes as at
 from stun.addresses import Address
+from stun.channeldata import CHANNEL_FIRST_BYTE_MAX, CHANNEL_FIRST_BYTE_MIN
 from stun.errors import StunDecodeError
 from stun.message import decode
 from turnd.core.actions import FiveTuple, Transport
@@ -106,7 +107,7 @@ def classify(data: bytes) -> tuple[bool, bool]:
     if len(data) < 4:
         return True, False
     first = data[0]
-    if 0x40 <= first <= 0x7F:
+    if CHANNEL_FIRST_BYTE_MIN <= first <= CHANNEL_FIRST_BYTE_MAX:
         return False, False  # ChannelData
     if first & 0xC0 or len(data) < 20:
         return True, False

@@ -245,6 +245,7 @@ class TurnServer:
         a client: ChannelData and plain Send indications go straight to their peer and bare UDP
         Binding requests are answered in place (stun.hotpath); the rest is handle_client's."""
         due = self._timers and self._timers[0][0] <= now  # no bool(): a builtin call
+        # CHANNEL_FIRST_BYTE_MIN..MAX (stun.channeldata), written out: two global reads cost more
         if data and 0x40 <= data[0] <= 0x7F and not due:
             return self.channel_data_route(five_tuple, data, now)
         head = data[:2]
