@@ -34,6 +34,7 @@ from stun.errors import REASON_PHRASES
 from stun.message import Message
 from turnd.core.actions import Action, CloseRelay, FiveTuple, OpenRelay, SendToClient
 from turnd.core.allocation import Allocation, Relay
+from turnd.core.bucket import TokenBucket
 from turnd.core.request import Credential, Request, StunError
 from turnd.core.settings import CoreSettings
 from turnd.core.timers import TimerKind
@@ -354,8 +355,7 @@ def _create(server: TurnServer, pending: PendingAllocate, now: float) -> list[Ac
         budget_packets=server.packet_rate,
         budget_bytes=server.byte_rate,
         budget_time=now,
-        new_peer_tokens=server.settings.new_peer_burst,
-        new_peer_time=now,
+        new_peers=TokenBucket(server.settings.new_peer_burst, now),
     )
     attributes: list[Any] = [at.XorRelayedAddress(r.address) for r in alloc.relays.values()]
     attributes += [*pending.extra, at.Lifetime(int(pending.lifetime))]
