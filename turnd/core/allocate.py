@@ -18,6 +18,9 @@ Theory of operation:
 * Quotas count allocations being opened as well as live ones. A retransmitted Allocate is answered
   from the cached response; one arriving while the relays are being opened is dropped. A TCP/TLS
   connection that closes meanwhile gets no allocation: its relays are closed as they open.
+  :class:`PendingAllocations` (the server's ``pending``) holds those Allocates meanwhile.
+* Ports, hosts and reservations are the server's ``ports`` (turnd.core.ports), the counts and
+  checks its ``quotas`` (turnd.core.quotas); this module reaches no private of the server.
 """
 
 from __future__ import annotations

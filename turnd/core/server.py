@@ -13,7 +13,8 @@ Theory of operation (RFC 8489, RFC 8656):
   Relayed data (ChannelData, Send, Data) and bare Bindings have tuple-returning hot paths here.
 * Requests go through :mod:`turnd.core.dispatch` (one table ``(method, class) -> handler``, one
   place turning ``StunError`` into the error response of :mod:`turnd.core.responses`).
-  Authentication (RFC 8489 §9.2.4) happens before any state is created.
+  Authentication (RFC 8489 §9.2.4) happens before any state is created: no allocation, pending
+  allocation or counter keyed by the client exists until a request carries a valid credential.
 * The server owns its state as objects with public methods, which the request modules use:
   ``quotas`` (turnd.core.quotas), ``timers`` (turnd.core.timers, handlers in ``_TIMERS``),
   ``ports`` and reservations (turnd.core.ports), ``pending`` Allocates (turnd.core.allocate),
