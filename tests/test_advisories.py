@@ -98,7 +98,7 @@ def test_cve_2025_69217_ports_txids_and_tokens_all_come_from_the_injected_rng() 
     assert token is not None and token.token in drawn
     picks = [int.from_bytes(b, "big") for b in drawn if len(b) == 4]
     pool = world.server.ports.pools[AddressFamily.IPV4]
-    probed = {pool._port(p % pool.size) for p in picks}
+    probed = {pool.port_at(p % pool.size) for p in picks}
     assert probed & {alice.relayed.port, alice.relayed.port + 1}  # an even pair starts at the even
     assert error_code(alice.create_permission(PEER)) is None
     txids = []

@@ -59,7 +59,7 @@ class PortPool:
             total += last - first + 1
         self.size = total
 
-    def _port(self, index: int) -> int:
+    def port_at(self, index: int) -> int:
         """The ``index``-th usable port (0 <= index < size)."""
         slot = bisect.bisect_right(self._offsets, index) - 1
         return self.ranges[slot][0] + index - self._offsets[slot]
@@ -72,14 +72,14 @@ class PortPool:
         if not self.size:
             return None
         for _ in range(RANDOM_PROBES):
-            port = self._port(self._random_index())
+            port = self.port_at(self._random_index())
             if even_pair:
                 port &= ~1
             if self._free(port, even_pair):
                 return port
         start = self._random_index()
         for i in range(self.size):
-            port = self._port((start + i) % self.size)
+            port = self.port_at((start + i) % self.size)
             if even_pair and port % 2:
                 continue
             if self._free(port, even_pair):

@@ -1,5 +1,6 @@
-"""Response building: the bytes of every success and error response the core sends, and the
-transaction ids of the indications it originates (RFC 8489 §6.3, §9.2.4, §14.8).
+"""Response building: the bytes of every success and error response the core sends (RFC 8489
+§6.3, §9.2.4, §14.8). (The transaction ids of the indications the core originates are
+TurnServer.new_txid: the Data indication hot path calls it.)
 
 Theory of operation: a handler answers with :meth:`Responder.success` or raises ``StunError``,
 which exactly one place, :meth:`Responder.error`, turns into the error response, adding REALM and
@@ -10,7 +11,6 @@ reason phrase is cut so the answer stays within ``AMPLIFICATION_FACTOR`` times t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -32,34 +32,11 @@ UNAUTHENTICATED_OVERHEAD = 72
 #: short enough that the answer stays close to the request's size (amplification).
 MALFORMED_REASON_CHARS = 48
 
-#: Transaction ids of server-originated indications (Data, ConnectionAttempt) drawn per rng call:
-#: each must be cryptographically random (RFC 8489 §6; CVE-2025-69217 was a guessable one), and
-#: one rng call per relayed datagram would be one getrandom() system call each.
-TXID_BATCH = 256
-TXID_SIZE = 12
-
 
 def amplification_bound(realm: str) -> int:
     """Bytes an unauthenticated answer may exceed its request by, for ``realm``."""
     size = len(realm.encode())
     return UNAUTHENTICATED_OVERHEAD + size + (-size % 4)
-
-
-class TxidSource:
-    """Fresh random transaction ids, cut from batches the injected rng gives at once."""
-
-    def __init__(self, rng: Callable[[int], bytes]) -> None:
-        self._rng = rng
-        self._batch = b""
-        self._offset = 0
-
-    def next(self) -> bytes:
-        """One transaction id (TXID_SIZE random bytes, never given before)."""
-        offset = self._offset
-        if offset == len(self._batch):
-            self._batch, offset = self._rng(TXID_SIZE * TXID_BATCH), 0
-        self._offset = offset + TXID_SIZE
-        return self._batch[offset : offset + TXID_SIZE]
 
 
 class Responder:

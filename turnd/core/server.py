@@ -18,7 +18,7 @@ Theory of operation (RFC 8489, RFC 8656):
 * The server owns its state as objects with public methods, which the request modules use:
   ``quotas`` (turnd.core.quotas), ``timers`` (turnd.core.timers, handlers in ``_TIMERS``),
   ``ports`` and reservations (turnd.core.ports), ``pending`` Allocates (turnd.core.allocate),
-  ``tcp`` peer connections (turnd.core.tcp_relay), ``responses`` and ``txids``. Allocate is
+  ``tcp`` peer connections (turnd.core.tcp_relay), and ``responses``. Allocate is
   two-phase (:mod:`turnd.core.allocate`); permissions and channels are
   :mod:`turnd.core.permissions`; Refresh and every end of a relay :mod:`turnd.core.teardown`.
 * Drops are counted in :attr:`TurnServer.stats` under ``drop.<reason>``; nothing a client or peer
@@ -56,10 +56,16 @@ from turnd.core.ports import RelayPorts
 from turnd.core.quotas import AllocationQuotas
 from turnd.core.ratelimit import ByteCredit, FailureThrottle, SourceLimiter
 from turnd.core.request import Request, StunError
-from turnd.core.responses import Responder, TxidSource
+from turnd.core.responses import Responder
 from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 from turnd.core.timers import Schedule, TimerKind
+
+#: Transaction ids of server-originated indications (Data, ConnectionAttempt) drawn per rng call:
+#: each must be cryptographically random (RFC 8489 §6; CVE-2025-69217 was a guessable one), and
+#: one rng call per relayed datagram would be one getrandom() system call each.
+TXID_BATCH = 256
+TXID_SIZE = 12
 
 #: A timer's handler: (server, subject, detail, now) -> actions (turnd.core.timers).
 TimerHandler = Callable[["TurnServer", Any, Any, float], list[Action]]
@@ -102,12 +108,11 @@ class TurnServer:
         self.ports = RelayPorts(settings, rng)
         self.quotas = AllocationQuotas(settings, self.stats)
         self.responses = Responder(settings, self.auth)
-        self.txids = TxidSource(rng)
         self.timers = Schedule()
-        # Plain attributes for the hot path (one lookup each, no property): the schedule's heap
-        # (never replaced) and the txid source's bound method.
+        #: The schedule's heap itself (never replaced): the hot path reads it as one attribute.
         self._timers = self.timers.heap
-        self._new_txid = self.txids.next
+        self._txids = b""
+        self._txid_offset = 0
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -276,6 +281,17 @@ class TurnServer:
         """Count a drop under ``drop.<reason>``; no actions."""
         self.stats["drop." + reason] += 1
         return []
+
+    def _new_txid(self) -> bytes:
+        """A fresh random transaction id, cut from a batch the rng gave at once (a method of
+        the server, not of an owned object: peer_route calls it per Data indication)."""
+        offset = self._txid_offset
+        if offset == len(self._txids):
+            self._txids, offset = self.rng(TXID_SIZE * TXID_BATCH), 0
+        self._txid_offset = offset + TXID_SIZE
+        return self._txids[offset : offset + TXID_SIZE]
+
+    new_txid = _new_txid  # the public name, for ConnectionAttempt (turnd.core.tcp_relay)
 
     @staticmethod
     def reply(five_tuple: FiveTuple, data: bytes) -> list[Action]:

@@ -87,7 +87,8 @@ class PeerConnections:
         self.by_data: dict[FiveTuple, PeerConnection] = {}
         self._by_peer: dict[tuple[FiveTuple, Address], PeerConnection] = {}
         self._by_allocation: dict[FiveTuple, dict[int, PeerConnection]] = {}
-        self._next_id = 1
+        #: The next id to try (it wraps at MAX_CONNECTION_ID; ids in use are skipped).
+        self.next_id = 1
 
     @property
     def by_peer(self) -> Mapping[tuple[FiveTuple, Address], PeerConnection]:
@@ -101,8 +102,8 @@ class PeerConnections:
 
     def _new_id(self) -> int:
         while True:
-            connection_id = self._next_id
-            self._next_id = connection_id % MAX_CONNECTION_ID + 1
+            connection_id = self.next_id
+            self.next_id = connection_id % MAX_CONNECTION_ID + 1
             if connection_id not in self.by_id:
                 return connection_id
 
@@ -263,7 +264,7 @@ def peer_connection_arrived(
     attempt = Message(
         Method.CONNECTION_ATTEMPT,
         MessageClass.INDICATION,
-        server.txids.next(),
+        server.new_txid(),
         (at.XorPeerAddress(peer), at.ConnectionId(conn.connection_id)),
     )
     return conn.connection_id, [SendToClient(alloc.five_tuple, encode(attempt))]
