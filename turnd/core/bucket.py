@@ -47,9 +47,6 @@ class TokenBucket:
         self.tokens = tokens - cost
         return True
 
-    def __repr__(self) -> str:
-        return f"TokenBucket({self.tokens!r}, {self.time!r})"
-
 
 def add_bounded(table: dict[K, TokenBucket], key: K, bucket: TokenBucket, limit: int) -> None:
     """Put ``bucket`` under ``key``, first forgetting the oldest entry if ``table`` holds
