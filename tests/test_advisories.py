@@ -73,8 +73,8 @@ def test_cve_2025_69217_service_injects_os_urandom_into_the_core(tmp_path: Path)
 
     config, _ = resolve_secrets(load_config(str(write_config(tmp_path)), {}))
     core = TurnService(config, relay_ipv4="127.0.0.1").core
-    assert core._rng is os.urandom
-    assert all(pool._rng is os.urandom for pool in core._pools.values())
+    assert core.rng is os.urandom
+    assert all(pool.rng is os.urandom for pool in core.ports.pools.values())
     assert inspect.signature(build_core).parameters["rng"].default is inspect.Parameter.empty
 
 
@@ -98,8 +98,8 @@ def test_cve_2025_69217_ports_txids_and_tokens_all_come_from_the_injected_rng() 
     token = reply.get(at.ReservationToken)
     assert token is not None and token.token in drawn
     picks = [int.from_bytes(b, "big") for b in drawn if len(b) == 4]
-    pool = world.server._pools[AddressFamily.IPV4]
-    probed = {pool._port(p % pool.size) for p in picks}
+    pool = world.server.ports.pools[AddressFamily.IPV4]
+    probed = {pool.port_at(p % pool.size) for p in picks}
     assert probed & {alice.relayed.port, alice.relayed.port + 1}  # an even pair starts at the even
     assert error_code(alice.create_permission(PEER)) is None
     txids = []
@@ -277,8 +277,9 @@ def _counters(world: World) -> dict[str, Any]:
 
 def _assert_never_negative(world: World) -> None:
     server = world.server
-    assert all(v > 0 for v in server._per_user.values()), server._per_user
-    assert all(v > 0 for v in server._per_ip.values()), server._per_ip
+    quotas = server.quotas
+    assert all(v > 0 for v in quotas.per_user.values()), quotas.per_user
+    assert all(v > 0 for v in quotas.per_ip.values()), quotas.per_ip
 
 
 EMPTY = {"per_user": {}, "per_ip": {}, "node": 0, "ports": {AddressFamily.IPV4: set()}}
@@ -366,7 +367,7 @@ def test_ghsa_f6hc_79w3_p8pq_tcp_close_while_relay_is_opening_releases_once() ->
     alice.fetch_nonce()
     data = alice.build(Method.ALLOCATE, [at.RequestedTransport(17)])
     opened = world.server.handle_client(alice.five_tuple, data, world.now)
-    assert world.server._per_user == {"alice": 1}
+    assert world.server.quotas.per_user == {"alice": 1}
     world.settle(world.server.connection_closed(alice.five_tuple, world.now))
     world.settle(opened)  # the adapter's bind answer arrives after the close
     for teardown in (_kill, _timeout, _tcp_close):

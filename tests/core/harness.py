@@ -9,6 +9,7 @@ The peer policy refuses the server's own listener address (``SERVER``) like the 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from stun.addresses import Address, AddressFamily
@@ -47,7 +48,7 @@ class World(CoreWorld):
 
     def taken_ports(self, family: AddressFamily = AddressFamily.IPV4) -> set[int]:
         """Relay ports the core holds in ``family`` (allocations, binds pending, reservations)."""
-        return set(self.server._pools[family].taken)
+        return set(self.server.ports.pools[family].taken)
 
     def client_state(self) -> dict[str, Any]:
         """Everything the core keeps per client or allocation (empty before any allocation)."""
@@ -55,17 +56,17 @@ class World(CoreWorld):
         return {
             "allocations": dict(server.allocations),
             "by_relay": dict(server.by_relay),
-            "pending": dict(server._pending),
-            "pending_tuples": set(server._pending_tuples),
-            "abandoned": set(server._abandoned),
-            "reservations": dict(server._reservations),
-            "per_user": +server._per_user,
-            "per_ip": +server._per_ip,
-            "timers": list(server._timers),
-            "taken_ports": {f: set(p.taken) for f, p in server._pools.items()},
+            "pending": dict(server.pending.by_ticket),
+            "pending_tuples": set(server.pending.tuples),
+            "abandoned": set(server.pending.abandoned),
+            "reservations": dict(server.ports.reservations),
+            "per_user": +Counter(server.quotas.per_user),
+            "per_ip": +Counter(server.quotas.per_ip),
+            "timers": server.timers.entries(),
+            "taken_ports": {f: set(p.taken) for f, p in server.ports.pools.items()},
             "peer_connections": dict(server.tcp.by_id),
             "data_connections": dict(server.tcp.by_data),
-            "peer_index": (dict(server.tcp._by_peer), dict(server.tcp._by_allocation)),
+            "peer_index": (dict(server.tcp.by_peer), dict(server.tcp.by_allocation)),
         }
 
 

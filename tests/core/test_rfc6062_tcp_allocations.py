@@ -600,12 +600,12 @@ def test_connection_ids_are_unique_while_alive_and_wrap_around_in_32_bits() -> N
     use and never gives out one that is alive."""
     world = World()
     alice = tcp_client(world)
-    world.server.tcp._next_id = MAX_CONNECTION_ID
+    world.server.tcp.next_id = MAX_CONNECTION_ID
     last = connected(world, alice)
-    world.server.tcp._next_id = MAX_CONNECTION_ID
+    world.server.tcp.next_id = MAX_CONNECTION_ID
     wrapped = connected(world, alice, Address(PEER.host, 1))
     assert (last, wrapped) == (MAX_CONNECTION_ID, 1)
-    world.server.tcp._next_id = 1
+    world.server.tcp.next_id = 1
     skipped = connected(world, alice, Address(PEER.host, 2))
     assert skipped == 2
     assert len({last, wrapped, skipped}) == 3

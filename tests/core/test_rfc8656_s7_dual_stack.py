@@ -109,7 +109,7 @@ def test_ipv6_relay_that_cannot_be_bound_leaves_ipv4_with_address_error_508() ->
 def test_ipv6_ports_exhausted_leaves_ipv4_with_address_error_508() -> None:
     """§7.2 step 9: no free IPv6 port is a partial success too (508), without asking to bind."""
     world = dual_world(port_min=50000, port_max=50000)
-    world.server._pools[IPV6].take(50000)
+    world.server.ports.pools[IPV6].take(50000)
     reply = world.client().allocate(UDP, DUAL)
     assert [a.family for a in relayed(reply)] == [AddressFamily.IPV4]
     assert address_error(reply) == (IPV6, 508)

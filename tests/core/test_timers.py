@@ -189,8 +189,8 @@ def _dead_entries(world: World) -> int:
     live = world.server.allocations
     return sum(
         1
-        for entry in world.server._timers
-        if type(entry[3]) is Allocation and live.get(entry[3].five_tuple) is not entry[3]
+        for subject in world.server.timers.subjects()
+        if type(subject) is Allocation and live.get(subject.five_tuple) is not subject
     )
 
 
@@ -203,9 +203,9 @@ def test_a_deleted_allocation_leaves_no_timer_behind() -> None:
     alice.allocate()
     assert error_code(alice.channel_bind(0x4000, PEER)) is None
     assert error_code(alice.create_permission(Address("198.51.100.9", 1))) is None
-    assert world.server._timers
+    assert world.server.timers.entries()
     assert error_code(alice.refresh(0)) is None
-    assert world.server._timers == []
+    assert world.server.timers.entries() == []
     assert world.server.next_deadline() is None
 
 
@@ -221,8 +221,8 @@ def test_allocate_delete_loops_cannot_grow_the_timer_queue() -> None:
         clients.append(client)
     for client in clients[:50]:
         assert error_code(client.refresh(0)) is None
-        assert _dead_entries(world) * 2 <= len(world.server._timers)
+        assert _dead_entries(world) * 2 <= len(world.server.timers)
     live = {id(world.server.allocations[c.five_tuple]) for c in clients[50:]}
-    scheduled = {id(e[3]) for e in world.server._timers if type(e[3]) is Allocation}
+    scheduled = {id(s) for s in world.server.timers.subjects() if type(s) is Allocation}
     assert live <= scheduled
     world.advance(700.0)  # everything that was due ran without errors

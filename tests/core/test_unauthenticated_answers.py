@@ -12,7 +12,7 @@ from stun.message import Message, MessageClass, Method, encode
 from tests.core.harness import World, core_settings, replies
 from turnd.core.actions import FiveTuple, Transport
 from turnd.core.ratelimit import SourceLimiter
-from turnd.core.server import amplification_bound
+from turnd.core.responses import amplification_bound
 
 SERVER = Address("192.0.2.1", 3478)
 

@@ -18,10 +18,15 @@ Theory of operation:
 * Quotas count allocations being opened as well as live ones. A retransmitted Allocate is answered
   from the cached response; one arriving while the relays are being opened is dropped. A TCP/TLS
   connection that closes meanwhile gets no allocation: its relays are closed as they open.
+  :class:`PendingAllocations` (the server's ``pending``) holds those Allocates meanwhile.
+* Ports, hosts and reservations are the server's ``ports`` (turnd.core.ports), the counts and
+  checks its ``quotas`` (turnd.core.quotas); this module reaches no private of the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -29,9 +34,13 @@ import attrs
 from stun import attributes as at
 from stun.addresses import Address, AddressFamily
 from stun.errors import REASON_PHRASES
-from turnd.core.actions import Action, CloseRelay, OpenRelay, SendToClient
+from stun.message import Message
+from turnd.core.actions import Action, CloseRelay, FiveTuple, OpenRelay, SendToClient
 from turnd.core.allocation import Allocation, Relay
+from turnd.core.bucket import TokenBucket
 from turnd.core.request import Credential, Request, StunError
+from turnd.core.settings import CoreSettings
+from turnd.core.timers import TimerKind
 
 if TYPE_CHECKING:
     from turnd.core.server import TurnServer
@@ -74,12 +83,85 @@ class PendingAllocate:
     extra: list[Any] = attrs.field(factory=list)
 
 
-@attrs.define(slots=True)
-class Reservation:
-    """A relay port held by EVEN-PORT R=1 for a later Allocate (RFC 8656 §7.2)."""
+class PendingAllocations:
+    """The Allocates whose relays are being opened: by ``OpenRelay`` ticket and by 5-tuple, and
+    the 5-tuples whose stream connection closed meanwhile (abandoned: no allocation for them)."""
 
-    relay: Address
-    expires: float
+    def __init__(self) -> None:
+        self._by_ticket: dict[int, tuple[PendingAllocate, AddressFamily]] = {}
+        self._tuples: set[FiveTuple] = set()
+        self._abandoned: set[FiveTuple] = set()
+        self._next_ticket = 1
+
+    @property
+    def by_ticket(self) -> Mapping[int, tuple[PendingAllocate, AddressFamily]]:
+        """Ticket -> (Allocate, family of the relay it opens); a read-only view."""
+        return MappingProxyType(self._by_ticket)
+
+    @property
+    def tuples(self) -> frozenset[FiveTuple]:
+        """The 5-tuples with an Allocate being opened."""
+        return frozenset(self._tuples)
+
+    @property
+    def abandoned(self) -> frozenset[FiveTuple]:
+        """The 5-tuples whose connection closed while their Allocate was being opened."""
+        return frozenset(self._abandoned)
+
+    def __contains__(self, five_tuple: object) -> bool:
+        return five_tuple in self._tuples
+
+    def __len__(self) -> int:
+        return len(self._tuples)
+
+    def start(self, five_tuple: FiveTuple) -> None:
+        """An Allocate of ``five_tuple`` starts opening its relays."""
+        self._tuples.add(five_tuple)
+
+    def ticket(self, pending: PendingAllocate, family: AddressFamily) -> int:
+        """A new ticket for opening ``pending``'s relay of ``family``."""
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._by_ticket[ticket] = (pending, family)
+        return ticket
+
+    def answered(self, ticket: int) -> tuple[PendingAllocate, AddressFamily] | None:
+        """Forget ``ticket``: the adapter answered it. None if unknown."""
+        return self._by_ticket.pop(ticket, None)
+
+    def abandon(self, five_tuple: FiveTuple) -> bool:
+        """The connection of ``five_tuple`` closed: True if its Allocate is being opened (its
+        relays are then closed once the adapter answers)."""
+        if five_tuple not in self._tuples:
+            return False
+        self._abandoned.add(five_tuple)
+        return True
+
+    def is_abandoned(self, five_tuple: FiveTuple) -> bool:
+        """Whether the connection of ``five_tuple`` closed while its relays were opening."""
+        return five_tuple in self._abandoned
+
+    def finish(self, five_tuple: FiveTuple) -> bool:
+        """Every relay of ``five_tuple``'s Allocate is settled; returns whether it was
+        abandoned."""
+        self._tuples.discard(five_tuple)
+        if five_tuple not in self._abandoned:
+            return False
+        self._abandoned.discard(five_tuple)
+        return True
+
+
+def lifetime(settings: CoreSettings, message: Message) -> float:
+    """RFC 8656 §7.2/§8.2: the requested lifetime, at least the default, at most the max."""
+    requested = message.get(at.Lifetime)
+    if requested is None:
+        return settings.allocation_lifetime
+    return float(
+        min(
+            max(requested.seconds, settings.allocation_lifetime),
+            settings.max_allocation_lifetime,
+        )
+    )
 
 
 def handle_allocate(server: TurnServer, request: Request) -> list[Action]:
@@ -94,8 +176,8 @@ def handle_allocate(server: TurnServer, request: Request) -> list[Action]:
             server.stats["allocate.retransmissions"] += 1
             return [SendToClient(five_tuple, existing.allocate_response)]
         raise StunError(437)
-    if five_tuple in server._pending_tuples:
-        return server._drop("allocate_in_progress")
+    if five_tuple in server.pending:
+        return server.drop("allocate_in_progress")
     transport = message.get(at.RequestedTransport)
     if transport is None:
         raise StunError(400, "REQUESTED-TRANSPORT is required")
@@ -129,46 +211,45 @@ def handle_allocate(server: TurnServer, request: Request) -> list[Action]:
             raise StunError(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
         if reserve:  # step 8
             raise StunError(400, "EVEN-PORT with R=1 excludes ADDITIONAL-ADDRESS-FAMILY")
-    _check_quota(server, cred, request)
+    held = len(server.allocations) + len(server.pending)
+    server.quotas.check_allocate(cred.username, five_tuple.client.host, held, server.draining)
     pending = PendingAllocate(
         request,
         cred,
-        server._lifetime(message),
+        lifetime(server.settings, message),
         dont_fragment=dont_fragment,
         even=even_port is not None,
         tcp=tcp,
     )
+    ports = server.ports
     if token is not None:
-        resv = server._reservations.get(token.token)
-        if resv is None or resv.expires <= request.now:
-            # An expired one stays for its timer, which releases the port and the socket.
+        reserved = ports.claim(token.token, request.now)
+        if reserved is None:
             raise StunError(508, "unknown or expired reservation token")
-        del server._reservations[token.token]
-        pending.relays[resv.relay.family] = PendingRelay(resv.relay)
+        pending.relays[reserved.family] = PendingRelay(reserved)
         pending.reserved = True
     else:
         # Ports are taken only once nothing can be refused any more.
-        host = server._relay_hosts[family]
+        host = ports.host(family)
         if host is None:
             raise StunError(440)
-        port = server._pools[family].pick(even_pair=pending.even)
+        port = ports.pick(family, even_pair=pending.even)
         if port is None:
             raise StunError(508, "relay ports exhausted")
         pending.reserve = reserve
         _take(server, pending, Address(host, port))
         if additional is not None:
             _add_ipv6(server, pending)
-    server._pending_tuples.add(five_tuple)
-    server._per_user[cred.username] += 1
-    server._per_ip[five_tuple.client.host] += 1
+    server.pending.start(five_tuple)
+    server.quotas.add(cred.username, five_tuple.client.host)
     return [_open(server, pending, f) for f in pending.relays]
 
 
 def _add_ipv6(server: TurnServer, pending: PendingAllocate) -> None:
     """The IPv6 half of a dual allocation, or the ADDRESS-ERROR-CODE saying why not (step 9)."""
     family = AddressFamily.IPV6
-    host = server._relay_hosts[family]
-    port = None if host is None else server._pools[family].pick(even_pair=pending.even)
+    host = server.ports.host(family)
+    port = None if host is None else server.ports.pick(family, even_pair=pending.even)
     if host is None or port is None:
         code = 440 if host is None else 508
         pending.extra.append(at.AddressErrorCode(family, code, REASON_PHRASES[code]))
@@ -177,43 +258,13 @@ def _add_ipv6(server: TurnServer, pending: PendingAllocate) -> None:
 
 
 def _take(server: TurnServer, pending: PendingAllocate, relay: Address) -> None:
-    pool = server._pools[relay.family]
-    pool.take(relay.port)
-    if pending.reserve:
-        pool.take(relay.port + 1)
+    server.ports.take(relay, pair=pending.reserve)
     pending.relays[relay.family] = PendingRelay(relay)
 
 
-def _release(server: TurnServer, pending: PendingAllocate, relay: Address) -> None:
-    pool = server._pools[relay.family]
-    pool.release(relay.port)
-    if pending.reserve:
-        pool.release(relay.port + 1)
-
-
-def _check_quota(server: TurnServer, cred: Credential, request: Request) -> None:
-    """§7.2 step 10 (486) and the node's capacity (508); allocations being opened count."""
-    settings = server.settings
-    if server.draining:
-        server.stats["quota.draining"] += 1
-        raise StunError(508, "this server is draining: it takes no new allocations")
-    if len(server.allocations) + len(server._pending_tuples) >= settings.max_allocations:
-        server.stats["quota.node"] += 1
-        raise StunError(508, "node allocation limit reached")
-    if server._per_user[cred.username] >= settings.max_allocations_per_user:
-        server.stats["quota.user"] += 1
-        raise StunError(486)
-    if server._per_ip[request.five_tuple.client.host] >= settings.max_allocations_per_ip:
-        server.stats["quota.client_ip"] += 1
-        raise StunError(486, "Allocation Quota Reached for this client address")
-
-
 def _open(server: TurnServer, pending: PendingAllocate, family: AddressFamily) -> OpenRelay:
-    ticket = server._next_ticket
-    server._next_ticket += 1
-    server._pending[ticket] = (pending, family)
     return OpenRelay(
-        ticket,
+        server.pending.ticket(pending, family),
         pending.relays[family].relay,
         pending.reserve,
         pending.dont_fragment,
@@ -224,7 +275,7 @@ def _open(server: TurnServer, pending: PendingAllocate, family: AddressFamily) -
 
 def relay_opened(server: TurnServer, ticket: int, ok: bool, now: float) -> list[Action]:
     """The adapter's answer to ``OpenRelay(ticket)``."""
-    entry = server._pending.pop(ticket, None)
+    entry = server.pending.answered(ticket)
     if entry is None:
         return []
     pending, family = entry
@@ -246,22 +297,19 @@ def _retry(
     server: TurnServer, pending: PendingAllocate, family: AddressFamily, part: PendingRelay
 ) -> OpenRelay | None:
     """Another port for a refused one, or None (and why, in ``part``) when giving up."""
-    abandoned = pending.request.five_tuple in server._abandoned
+    abandoned = server.pending.is_abandoned(pending.request.five_tuple)
     if pending.reserved or part.attempts >= MAX_BIND_ATTEMPTS or abandoned:
         part.failure = "could not bind a relay port"
         return None
     # Another program holds the port: pick another while the refused one is still marked taken
     # (so it is not picked again), then give the refused one back.
-    pool = server._pools[family]
-    port = pool.pick(even_pair=pending.even)
+    port = server.ports.pick(family, even_pair=pending.even)
     if port is None:
         part.failure = "relay ports exhausted"
         return None
-    _release(server, pending, part.relay)
+    server.ports.release(part.relay, pair=pending.reserve)
     part.relay = Address(part.relay.host, port)
-    pool.take(port)
-    if pending.reserve:
-        pool.take(port + 1)
+    server.ports.take(part.relay, pair=pending.reserve)
     part.attempts += 1
     return _open(server, pending, family)
 
@@ -270,24 +318,22 @@ def _settle(server: TurnServer, pending: PendingAllocate, now: float) -> list[Ac
     """Every relay has its answer: create the allocation, or refuse and close what opened."""
     request = pending.request
     five_tuple = request.five_tuple
-    server._pending_tuples.discard(five_tuple)
+    abandoned = server.pending.finish(five_tuple)
     first = next(iter(pending.relays.values()))
-    abandoned = five_tuple in server._abandoned
     if abandoned or not first.bound:
-        server._abandoned.discard(five_tuple)
         actions: list[Action] = []
         for part in pending.relays.values():
-            _release(server, pending, part.relay)
+            server.ports.release(part.relay, pair=pending.reserve)
             if part.bound:
                 actions.append(CloseRelay(part.relay))
-        server._forget_user(pending.credential.username, five_tuple.client.host)
+        server.quotas.forget(pending.credential.username, five_tuple.client.host)
         if abandoned:  # the client's TCP/TLS connection closed meanwhile: nobody to answer
             server.stats["allocate.abandoned"] += 1
             return actions
-        return server._refuse(request, StunError(508, first.failure)) + actions
+        return server.refuse(request, StunError(508, first.failure)) + actions
     for family, part in list(pending.relays.items()):
         if not part.bound:  # the IPv6 half of a dual allocation (step 9)
-            _release(server, pending, part.relay)
+            server.ports.release(part.relay, pair=pending.reserve)
             del pending.relays[family]
             pending.extra.append(at.AddressErrorCode(family, 508, REASON_PHRASES[508]))
     return _create(server, pending, now)
@@ -312,24 +358,29 @@ def _create(server: TurnServer, pending: PendingAllocate, now: float) -> list[Ac
         budget_packets=server.packet_rate,
         budget_bytes=server.byte_rate,
         budget_time=now,
-        new_peer_tokens=server.settings.new_peer_burst,
-        new_peer_time=now,
+        new_peers=TokenBucket(server.settings.new_peer_burst, now),
     )
     attributes: list[Any] = [at.XorRelayedAddress(r.address) for r in alloc.relays.values()]
     attributes += [*pending.extra, at.Lifetime(int(pending.lifetime))]
     if pending.reserve:
         prefix = server.settings.reservation_prefix
-        token = prefix + server._rng(8 - len(prefix))
+        token = prefix + server.rng(8 - len(prefix))
         reserved = Address(alloc.relay.host, alloc.relay.port + 1)
         until = now + server.settings.reservation_lifetime
-        server._reservations[token] = Reservation(reserved, until)
-        server._schedule(until, "resv", None, token)
+        server.ports.reserve(token, reserved, until)
+        server.timers.add(until, TimerKind.RESERVATION, None, token)
         attributes.append(at.ReservationToken(token))
     attributes.append(at.XorMappedAddress(five_tuple.client))
-    alloc.allocate_response = server._response(request, *attributes)
+    alloc.allocate_response = server.responses.success(request, *attributes)
     server.allocations[five_tuple] = alloc
     for relay in alloc.relays.values():
         server.by_relay[relay.address] = alloc
-        server._schedule(relay.expires, "alloc", alloc, relay)
+        server.timers.add(relay.expires, TimerKind.RELAY, alloc, relay)
     server.stats["allocations.created"] += 1
     return [SendToClient(five_tuple, alloc.allocate_response)]
+
+
+def reservation_timer(server: TurnServer, _subject: None, token: bytes, now: float) -> list[Action]:
+    """A reservation's expiry (§7.2): its port is released and its socket closed."""
+    relay = server.ports.expire(token, now)
+    return [] if relay is None else [CloseRelay(relay)]

@@ -26,6 +26,7 @@ import attrs
 
 from stun.addresses import Address, AddressFamily
 from turnd.core.actions import FiveTuple
+from turnd.core.bucket import TokenBucket
 
 #: RFC 8656 §12: a channel number or peer address of an expired binding stays unusable for another
 #: binding for this long, so late packets are not misdelivered.
@@ -78,18 +79,21 @@ class Allocation:
     #: Expired bindings still in their reuse delay: number -> (peer, until).
     cooling: dict[int, tuple[Address, float]] = attrs.field(factory=dict)
     #: Traffic budget (token buckets, both directions together): packets, bytes, last refill.
+    #: Not turnd.core.bucket.TokenBucket: admit() runs per relayed datagram (see there).
     budget_packets: float = 0.0
     budget_bytes: float = 0.0
     budget_time: float = 0.0
     #: Peer transport addresses used so far, and the budget for new ones (port-scan guard).
     peers_seen: set[Address] = attrs.field(factory=set)
-    new_peer_tokens: float = 0.0
-    new_peer_time: float = 0.0
+    new_peers: TokenBucket = attrs.field(factory=lambda: TokenBucket(0.0, 0.0))
 
     def admit(self, size: int, now: float, packet_rate: float, byte_rate: float) -> bool:
         """Spend one packet and ``size`` bytes of the traffic budget; False: over the rate.
 
-        Buckets hold one second of the rates (the burst) and refill continuously."""
+        Buckets hold one second of the rates (the burst) and refill continuously. This is
+        turnd.core.bucket.TokenBucket's arithmetic written out for two buckets at once: it runs
+        for every relayed datagram (the hot path), where two refill() calls would cost more
+        than the arithmetic itself."""
         elapsed = now - self.budget_time
         packets = self.budget_packets
         octets = self.budget_bytes
@@ -117,12 +121,7 @@ class Allocation:
         checks of later Send indications."""
         if peer in self.peers_seen:
             return True
-        self.new_peer_tokens = min(burst, self.new_peer_tokens + (now - self.new_peer_time) * rate)
-        self.new_peer_time = now
-        if self.new_peer_tokens < 1:
-            return False
-        self.new_peer_tokens -= 1
-        return True
+        return self.new_peers.take(now, rate, burst)
 
     def remember_peer(self, peer: Address) -> None:
         """``peer`` passed every check: later traffic to it spends no new-peer budget."""

@@ -11,10 +11,12 @@ bytes received plus a small credit (RFC 9000 §8's anti-amplification limit). A 
 
 These are the only state turnd keeps about a source before it authenticates. Each is bounded: at
 most ``max_sources`` entries, the oldest forgotten first (a forgotten source starts full, which
-errs on the side of answering).
+errs on the side of answering). All three use the core's one token bucket (turnd.core.bucket).
 """
 
 from __future__ import annotations
+
+from turnd.core.bucket import TokenBucket, add_bounded
 
 #: Sources tracked at once: a flood of distinct (forged) sources cannot grow the table past it.
 MAX_SOURCES = 65536
@@ -29,23 +31,15 @@ class SourceLimiter:
         self.rate = rate
         self.burst = burst
         self.max_sources = max_sources
-        self._buckets: dict[str, list[float]] = {}  # host -> [tokens, last refill time]
+        self._buckets: dict[str, TokenBucket] = {}
 
     def allow(self, host: str, now: float) -> bool:
         """Take one token for ``host`` at ``now``; False when its bucket is empty."""
         bucket = self._buckets.get(host)
         if bucket is None:
-            if len(self._buckets) >= self.max_sources:
-                del self._buckets[next(iter(self._buckets))]
-            self._buckets[host] = [self.burst - 1, now]
-            return True
-        tokens = min(self.burst, bucket[0] + max(0.0, now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens < 1:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1
-        return True
+            bucket = TokenBucket(self.burst, now)
+            add_bounded(self._buckets, host, bucket, self.max_sources)
+        return bucket.take(now, self.rate, self.burst)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -78,24 +72,22 @@ class ByteCredit:
             raise ValueError("credit must not be negative")
         self.credit = float(credit)
         self.max_sources = max_sources
-        self._balances: dict[str, list[float]] = {}  # host -> [balance, last refill time]
+        self.refill_rate = self.credit / CREDIT_REFILL_SECONDS
+        self._balances: dict[str, TokenBucket] = {}
 
     def pay(self, host: str, received: int, answered: int, now: float) -> bool:
         """Charge ``answered`` bytes for a ``received``-byte request; False: cannot be paid."""
         entry = self._balances.get(host)
         if entry is None:
-            if len(self._balances) >= self.max_sources:
-                del self._balances[next(iter(self._balances))]
-            entry = self._balances[host] = [self.credit, now]
-        refill = max(0.0, now - entry[1]) * self.credit / CREDIT_REFILL_SECONDS
-        balance = min(self.credit, entry[0] + refill)
-        entry[1] = now
+            entry = TokenBucket(self.credit, now)
+            add_bounded(self._balances, host, entry, self.max_sources)
+        balance = entry.refill(now, self.refill_rate, self.credit)
         if answered <= AMPLIFICATION_FACTOR * received:
             balance = min(self.credit, balance + received)
         if answered > balance:
-            entry[0] = balance
+            entry.tokens = balance
             return False
-        entry[0] = balance - answered
+        entry.tokens = balance - answered
         return True
 
     def validated(self, host: str) -> None:
@@ -103,7 +95,7 @@ class ByteCredit:
         address is its own (RFC 9000 §8.1's address validation): its balance is full again."""
         entry = self._balances.get(host)
         if entry is not None:
-            entry[0] = self.credit
+            entry.tokens = self.credit
 
     def __len__(self) -> int:
         return len(self._balances)
@@ -134,38 +126,34 @@ class FailureThrottle:
         self.rate, self.burst = rate, burst
         self.user_rate, self.user_burst = user_rate, user_burst
         self.max_entries = max_entries
-        self._sources: dict[str, list[float]] = {}
-        self._users: dict[str, list[float]] = {}
+        self._sources: dict[str, TokenBucket] = {}
+        self._users: dict[str, TokenBucket] = {}
 
-    def _tokens(
-        self, table: dict[str, list[float]], key: str, rate: float, burst: float, now: float
-    ) -> list[float]:
+    def _bucket(
+        self, table: dict[str, TokenBucket], key: str, burst: float, now: float
+    ) -> TokenBucket:
         entry = table.get(key)
         if entry is None:
-            if len(table) >= self.max_entries:
-                del table[next(iter(table))]
-            entry = table[key] = [burst, now]
-        entry[0] = min(burst, entry[0] + max(0.0, now - entry[1]) * rate)
-        entry[1] = now
+            entry = TokenBucket(burst, now)
+            add_bounded(table, key, entry, self.max_entries)
         return entry
 
     def blocked(self, host: str, now: float) -> bool:
         """Whether ``host`` has used up its failures (its signed requests go unanswered)."""
-        if host not in self._sources:
+        source = self._sources.get(host)
+        if source is None:
             return False  # never failed: no entry is made for sources that do not fail
-        return self._tokens(self._sources, host, self.rate, self.burst, now)[0] < 1
+        return source.refill(now, self.rate, self.burst) < 1
 
     def failed(self, host: str, username: str | None, now: float) -> None:
         """Record one failed authentication from ``host`` for ``username``."""
-        source = self._tokens(self._sources, host, self.rate, self.burst, now)
-        source[0] = max(0.0, source[0] - 1)
+        source = self._bucket(self._sources, host, self.burst, now)
+        source.tokens = max(0.0, source.refill(now, self.rate, self.burst) - 1)
         if username is None:
             return
-        user = self._tokens(self._users, username, self.user_rate, self.user_burst, now)
-        if user[0] < 1:
-            source[0] = 0.0  # the username is under attack: the failing source waits a full refill
-        else:
-            user[0] -= 1
+        user = self._bucket(self._users, username, self.user_burst, now)
+        if not user.take(now, self.user_rate, self.user_burst):
+            source.tokens = 0.0  # the username is under attack: the failing source waits a refill
 
     def __len__(self) -> int:
         return len(self._sources) + len(self._users)

@@ -21,7 +21,9 @@ Theory of operation (RFC 6062 §5):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import attrs
@@ -39,7 +41,9 @@ from turnd.core.actions import (
     SpliceConnection,
 )
 from turnd.core.allocation import Allocation
+from turnd.core.permissions import admit_new_peer
 from turnd.core.request import Request, StunError
+from turnd.core.timers import TimerKind
 
 if TYPE_CHECKING:
     from turnd.core.server import TurnServer
@@ -83,12 +87,23 @@ class PeerConnections:
         self.by_data: dict[FiveTuple, PeerConnection] = {}
         self._by_peer: dict[tuple[FiveTuple, Address], PeerConnection] = {}
         self._by_allocation: dict[FiveTuple, dict[int, PeerConnection]] = {}
-        self._next_id = 1
+        #: The next id to try (it wraps at MAX_CONNECTION_ID; ids in use are skipped).
+        self.next_id = 1
+
+    @property
+    def by_peer(self) -> Mapping[tuple[FiveTuple, Address], PeerConnection]:
+        """(allocation 5-tuple, peer) -> connection; a read-only view."""
+        return MappingProxyType(self._by_peer)
+
+    @property
+    def by_allocation(self) -> Mapping[FiveTuple, dict[int, PeerConnection]]:
+        """Allocation 5-tuple -> its connections by id; a read-only view."""
+        return MappingProxyType(self._by_allocation)
 
     def _new_id(self) -> int:
         while True:
-            connection_id = self._next_id
-            self._next_id = connection_id % MAX_CONNECTION_ID + 1
+            connection_id = self.next_id
+            self.next_id = connection_id % MAX_CONNECTION_ID + 1
             if connection_id not in self.by_id:
                 return connection_id
 
@@ -143,7 +158,7 @@ class PeerConnections:
 
 def handle_connect(server: TurnServer, request: Request) -> list[Action]:
     """RFC 6062 §5.2: connect the allocation's relayed address to XOR-PEER-ADDRESS."""
-    alloc = server._own_allocation(request)  # 437 without an allocation, 441 for another user
+    alloc = server.own_allocation(request)  # 437 without an allocation, 441 for another user
     if not alloc.tcp:
         raise StunError(400, "Connect needs a TCP allocation")
     peer_attr = request.message.get(at.XorPeerAddress)
@@ -164,7 +179,7 @@ def handle_connect(server: TurnServer, request: Request) -> list[Action]:
         raise StunError(403, "too many peer connections on this allocation")
     # The port-scan guard of Send indications (§10.2's new-peer budget) holds for Connect too:
     # each Connect to a new transport address spends it, so one permission cannot sweep ports.
-    server.admit_new_peer(alloc, peer, request.now)
+    admit_new_peer(server, alloc, peer, request.now)
     alloc.remember_peer(peer)
     conn = server.tcp.open(alloc, relay.address, peer, ConnectionState.CONNECTING, request)
     server.stats["tcp.connects"] += 1
@@ -178,7 +193,7 @@ def handle_connection_bind(server: TurnServer, request: Request) -> list[Action]
         raise StunError(400, "ConnectionBind needs a TCP or TLS connection")
     if (
         five_tuple in server.allocations
-        or five_tuple in server._pending_tuples
+        or five_tuple in server.pending
         or five_tuple in server.tcp.by_data
     ):
         raise StunError(400, "ConnectionBind must come on a new connection")
@@ -196,17 +211,14 @@ def handle_connection_bind(server: TurnServer, request: Request) -> list[Action]
     server.tcp.bind(conn, five_tuple)
     server.stats["tcp.binds"] += 1
     return [
-        SendToClient(five_tuple, server._response(request)),
+        SendToClient(five_tuple, server.responses.success(request)),
         SpliceConnection(conn.connection_id, five_tuple),
     ]
 
 
 def _full(server: TurnServer, alloc: Allocation) -> bool:
     """Whether ``alloc`` holds all the peer connections it may (counted when so)."""
-    if server.tcp.count(alloc) < server.settings.max_peer_connections_per_allocation:
-        return False
-    server.stats["quota.peer_connections"] += 1
-    return True
+    return server.quotas.peer_connections_full(server.tcp.count(alloc))
 
 
 # --- the adapter's reports -----------------------------------------------------------------------
@@ -220,7 +232,7 @@ def peer_connected(server: TurnServer, connection_id: int, ok: bool, now: float)
         server.stats["drop.peer_connected_unknown"] += 1
         return [ClosePeerConnection(connection_id)] if ok else []
     if conn.state is not ConnectionState.CONNECTING:
-        return server._drop("peer_connected_twice")
+        return server.drop("peer_connected_twice")
     if not ok:
         server.tcp.remove(conn)
         return _connect_failed(server, conn, "could not connect to the peer")
@@ -228,8 +240,8 @@ def peer_connected(server: TurnServer, connection_id: int, ok: bool, now: float)
     assert request is not None  # CONNECTING connections keep their request
     conn.request = None
     conn.state = ConnectionState.PENDING
-    server._schedule(now + CONNECTION_BIND_TIMEOUT, "conn", conn)
-    reply = server._response(request, at.ConnectionId(connection_id))
+    server.timers.add(now + CONNECTION_BIND_TIMEOUT, TimerKind.CONNECTION, conn)
+    reply = server.responses.success(request, at.ConnectionId(connection_id))
     return [SendToClient(request.five_tuple, reply)]
 
 
@@ -239,20 +251,20 @@ def peer_connection_arrived(
     """A peer connected to a TCP allocation's relayed address (§5.3)."""
     alloc = server.by_relay.get(relay)
     if alloc is None or not alloc.tcp:
-        return None, server._drop("tcp_peer_no_allocation")
+        return None, server.drop("tcp_peer_no_allocation")
     if not alloc.has_permission(peer.host, now):
-        return None, server._drop("tcp_peer_no_permission")  # §5.3: close it at once
+        return None, server.drop("tcp_peer_no_permission")  # §5.3: close it at once
     if server.tcp.find(alloc, peer) is not None:
-        return None, server._drop("tcp_peer_duplicate")
+        return None, server.drop("tcp_peer_duplicate")
     if _full(server, alloc):
-        return None, server._drop("tcp_peer_quota")
+        return None, server.drop("tcp_peer_quota")
     conn = server.tcp.open(alloc, relay, peer, ConnectionState.PENDING)
-    server._schedule(now + CONNECTION_BIND_TIMEOUT, "conn", conn)
+    server.timers.add(now + CONNECTION_BIND_TIMEOUT, TimerKind.CONNECTION, conn)
     server.stats["tcp.peer_connections"] += 1
     attempt = Message(
         Method.CONNECTION_ATTEMPT,
         MessageClass.INDICATION,
-        server._new_txid(),
+        server.new_txid(),
         (at.XorPeerAddress(peer), at.ConnectionId(conn.connection_id)),
     )
     return conn.connection_id, [SendToClient(alloc.five_tuple, encode(attempt))]
@@ -276,7 +288,9 @@ def data_connection_closed(server: TurnServer, five_tuple: FiveTuple) -> list[Ac
     return [ClosePeerConnection(conn.connection_id)]
 
 
-def bind_timer(server: TurnServer, conn: PeerConnection) -> list[Action]:
+def bind_timer(
+    server: TurnServer, conn: PeerConnection, _detail: None, _now: float
+) -> list[Action]:
     """§5.2, §5.3: a connection still unbound after its 30 s is closed."""
     if conn.state is not ConnectionState.PENDING:
         return []
@@ -310,4 +324,4 @@ def _connect_failed(server: TurnServer, conn: PeerConnection, why: str) -> list[
     """§5.2: the connection attempt failed or timed out: 447 to the Connect request."""
     request = conn.request
     assert request is not None  # CONNECTING connections keep their request
-    return server._refuse(request, StunError(447, why))
+    return server.refuse(request, StunError(447, why))
