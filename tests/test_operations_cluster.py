@@ -259,7 +259,7 @@ def test_drain_tells_the_other_nodes_at_once(
     assert sorted(node for node, _ in sent) == [1, 3]
     for node, data in sent:
         if node == 1:
-            assert node1.receive(data, time.time()) is None
+            assert node1.backbone_frame(data, time.time()) == []
     assert node1.membership.draining_nodes == {2}
     assert 2 not in node1.membership.accepting
 
@@ -268,7 +268,7 @@ def test_drain_tells_the_other_nodes_at_once(
     assert not link_of(node2).node.membership.draining
     for node, data in sent:
         if node == 1:
-            node1.receive(data, time.time())
+            node1.backbone_frame(data, time.time())
     assert node1.membership.draining_nodes == frozenset()
     assert 2 in node1.membership.accepting
 
@@ -347,13 +347,13 @@ def test_reload_rotates_the_cluster_key_without_a_restart(tmp_path: Path) -> Non
     receiver.reload(reloaded(tmp_path, 2, rotated(2, OLD_KEY, NEW_KEY)))
     new_frame = next(f.data for f in link_of(sender).node.heartbeats(time.time()) if f.node == 2)
     receiving = link_of(receiver).node
-    assert receiving.receive(new_frame, time.time()) is None
-    assert receiving.receive(old_frame, time.time()) is None
+    assert receiving.backbone_frame(new_frame, time.time()) == []
+    assert receiving.backbone_frame(old_frame, time.time()) == []
     assert not any(k.startswith("backbone.drop") for k in receiver.core.stats)
     receiver.reload(reloaded(tmp_path, 2, rotated(2, NEW_KEY)))
     stale = make_service(tmp_path / "node3", 3)  # still on the old key only
     old_again = next(f.data for f in link_of(stale).node.heartbeats(time.time()) if f.node == 2)
-    receiving.receive(old_again, time.time())
+    receiving.backbone_frame(old_again, time.time())
     assert receiver.core.stats["backbone.drop.key"] == 1
 
 

@@ -40,8 +40,11 @@ from turnd.core.actions import (
     ClosePeerConnection,
     CloseRelay,
     ConnectPeer,
+    EntryPoint,
     FiveTuple,
+    ForwardToNode,
     OpenRelay,
+    RevokeUser,
     SendToClient,
     SendToPeer,
     SpliceConnection,
@@ -255,27 +258,6 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         self.service.core.stats["socket.listener_errors"] += 1
 
 
-class _ClusterClientDatagrams(_ClientDatagrams):
-    """A UDP listener of a cluster node: a datagram of a flow another node owns goes to it."""
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        five_tuple = self.five_tuples[addr]
-        link = self.service.cluster
-        assert link is not None
-        node = link.node
-        try:
-            target = node.client_target(five_tuple, data)
-        except Exception:
-            self.service.internal_error("client datagram routing")
-            return
-        if node.outbox:
-            link.flush()
-        if target == node.node_id:
-            self.service.client_message(five_tuple, data)
-        else:
-            link.send(target, node.forward_client(target, five_tuple, data))
-
-
 class _RelayDatagrams(asyncio.DatagramProtocol):
     """A relay socket: every datagram goes to ``TurnServer.handle_peer``."""
 
@@ -287,7 +269,7 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
         self.handle(self.service.peers[addr], data)
 
     def handle(self, peer: Address, data: bytes) -> None:
-        """One datagram from ``peer`` (received here, or forwarded by another node)."""
+        """One datagram from ``peer``."""
         service = self.service
         try:
             out = service.core.peer_message(self.relay, peer, data, time.time())
@@ -468,10 +450,13 @@ class TurnService:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: This node's cluster I/O, when [cluster] lists nodes (DESIGN.md "The cluster").
         self.cluster: ClusterLink | None = None
+        #: Where every client message goes: the core, or the cluster node around it.
+        self.entry: EntryPoint = self.core
         if config.cluster.enabled:
             from turnd.cluster import ClusterLink, build_node
 
             self.cluster = ClusterLink(self, config.cluster, build_node(self, config))
+            self.entry = self.cluster.node
 
     @staticmethod
     def _relay_address(config: Config) -> str:
@@ -551,8 +536,9 @@ class TurnService:
             self._report("udp", host, port, False, bind_failure_reason(exc, port))
             return
         bound = Address(host, sock.getsockname()[1])
-        kind = _ClientDatagrams if self.cluster is None else _ClusterClientDatagrams
-        transport, _ = await loop.create_datagram_endpoint(lambda: kind(self, bound), sock=sock)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _ClientDatagrams(self, bound), sock=sock
+        )
         self._listeners[bound] = transport
         self.bound.append(("udp", bound))
         self._report("udp", host, bound.port, True)
@@ -910,7 +896,7 @@ class TurnService:
         new = username not in self.revoked
         self.revoked.add(username)
         if broadcast and self.cluster is not None:
-            self.cluster.broadcast({"op": "revoke", "username": username})
+            self.cluster.send_all(self.cluster.node.announce_revocation(username))
         now = time.time()
         actions = self.core.revoke(username, now)
         if new:
@@ -1034,6 +1020,9 @@ class TurnService:
             elif kind is SendToClient:
                 assert isinstance(action, SendToClient)
                 self.send_to_client(action.five_tuple, action.data)
+            elif kind is ForwardToNode:
+                assert isinstance(action, ForwardToNode) and self.cluster is not None
+                self.cluster.send(action.node, action.data)
             elif kind is OpenRelay:
                 assert isinstance(action, OpenRelay)
                 self._open_relay(action)
@@ -1058,15 +1047,18 @@ class TurnService:
                 closing = self._streams.get(action.five_tuple)
                 if closing is not None:
                     closing.close()
+            elif kind is RevokeUser:
+                assert isinstance(action, RevokeUser)
+                self.revoke(action.username, broadcast=False)
         self._arm_timer()
 
     def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """One client message of ``five_tuple``: a UDP datagram (received here, or forwarded by
-        another node) or a frame of a TCP/TLS connection, carried out as the core says
+        """One client message of ``five_tuple``: a UDP datagram or a frame of a TCP/TLS
+        connection, carried out as the entry point (the core, or the cluster node) says
         (``TurnServer.client_message``: relayed data and bare Binding answers come back as
         plain tuples and bytes, the hot path; everything else as actions)."""
         try:
-            out = self.core.client_message(five_tuple, data, time.time())
+            out = self.entry.client_message(five_tuple, data, time.time())
         except Exception:
             self.internal_error("client message")
             return
@@ -1082,22 +1074,6 @@ class TurnService:
             self.send_to_client(five_tuple, out)
         elif out:
             self.execute(cast("list[Action]", out))  # only lists are left
-
-    def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """Handle a UDP client datagram another node forwarded, as if its listener had it."""
-        listener = self._listeners.get(five_tuple.server)
-        if listener is None:
-            self.core.stats["drop.listener_missing"] += 1
-        else:
-            self.client_message(five_tuple, data)
-
-    def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
-        """Handle a peer datagram another node forwarded, as if relay ``relay`` had it."""
-        transport = self._relays.get(relay)
-        if transport is None:
-            self.core.stats["drop.relay_socket_missing"] += 1
-            return
-        cast(_RelayDatagrams, transport.get_protocol()).handle(peer, data)
 
     def send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
         """Send to a client over its listener (UDP) or its connection (TCP/TLS)."""

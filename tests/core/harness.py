@@ -31,6 +31,7 @@ from turnd.core.actions import (
     SendToClient,
     SendToPeer,
     Transport,
+    as_actions,
 )
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.server import TurnServer
@@ -168,22 +169,6 @@ class World:
             "data_connections": dict(server.tcp.by_data),
             "peer_index": (dict(server.tcp._by_peer), dict(server.tcp._by_allocation)),
         }
-
-
-def as_actions(out: object, five_tuple: FiveTuple | None = None) -> list[Action]:
-    """What ``TurnServer.client_message``/``peer_message`` returned, as the actions it stands for
-    (``five_tuple``: the sender, whom a bytes answer goes to)."""
-    if out is None:
-        return []
-    if isinstance(out, bytes):
-        assert five_tuple is not None
-        return [SendToClient(five_tuple, out)]
-    if isinstance(out, tuple) and len(out) == 3:
-        return [SendToPeer(*out)]
-    if isinstance(out, tuple):
-        return [SendToClient(*out)]
-    assert isinstance(out, list)
-    return out
 
 
 def replies(actions: Iterable[Action], five_tuple: FiveTuple | None = None) -> list[bytes]:

@@ -72,9 +72,11 @@ from turnd.core import allocate, tcp_relay
 from turnd.core.actions import (
     Action,
     AllocationEnded,
+    ClientOutcome,
     CloseConnection,
     CloseRelay,
     FiveTuple,
+    PeerOutcome,
     SendToClient,
     SendToPeer,
     Transport,
@@ -90,10 +92,6 @@ from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 
 Handler = Callable[["TurnServer", Request], list[Action]]
-#: What :meth:`TurnServer.client_message` gives back (see the comment above it).
-ClientOutcome = tuple[Address, Address, bytes] | bytes | list[Action] | None
-#: What :meth:`TurnServer.peer_message` gives back.
-PeerOutcome = tuple[FiveTuple, bytes] | list[Action] | None
 _UDP = Transport.UDP  # a module constant: Enum member reads cost a descriptor call on 3.11
 
 
