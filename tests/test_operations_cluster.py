@@ -7,6 +7,7 @@ router, and the frames a drain sends are opened by a second node's real codec.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -383,3 +384,42 @@ def test_a_tcp_flow_is_owned_by_the_node_that_accepted_it(
     monkeypatch.setitem(node2.core.allocations, flow, object())
     here = ops.cluster_owner("tls", "203.0.113.5:5000", "127.0.0.1:3478")
     assert here is not None and (here["node"], here["alive"], here["here"]) == (2, True, True)
+
+
+# --- operator actions between nodes (CONTROL frames through the real ClusterLink) -------------
+
+
+def test_a_revocation_from_another_node_holds_here_and_is_not_announced_again(
+    tmp_path: Path, node2: TurnService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 1's ``revoke`` reaches node 2's backbone socket: node 2 refuses the name, keeps it
+    in its state file (a restart still refuses it), and tells nobody else."""
+    sent: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(link_of(node2), "send", lambda node, data: sent.append((node, data)))
+    node1 = link_of(make_service(tmp_path / "node1", node_id=1)).node
+    [frame] = [f for f in node1.announce_revocation("alice") if f.node == 2]
+    link_of(node2).frame_received(frame.data)
+    assert "alice" in node2.revoked
+    assert "alice" in node2.core.auth.authenticator.revoked
+    assert sent == []
+    assert "alice" in make_service(tmp_path / "node2").revoked
+
+
+def test_a_node_that_asks_gets_every_revocation_held_here(
+    tmp_path: Path, node2: TurnService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revocation made on node 2 is announced to 1 and 3; node 1 asking later (it just saw
+    node 2 join) gets it again, in a frame its real codec opens."""
+    sent: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(link_of(node2), "send", lambda node, data: sent.append((node, data)))
+    node2.revoke("bob")
+    assert sorted(node for node, _ in sent) == [1, 3]
+    sent.clear()
+    node1 = link_of(make_service(tmp_path / "node1", node_id=1)).node
+    [ask] = node1.joined([2])
+    link_of(node2).frame_received(ask.data)
+    assert [node for node, _ in sent] == [1]
+    assert json.loads(node1.codec.open(sent[0][1]).payload) == {
+        "op": "revoke",
+        "usernames": ["bob"],
+    }
