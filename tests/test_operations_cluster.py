@@ -7,6 +7,7 @@ router, and the frames a drain sends are opened by a second node's real codec.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -261,7 +262,7 @@ def test_drain_tells_the_other_nodes_at_once(
     assert sorted(node for node, _ in sent) == [1, 3]
     for node, data in sent:
         if node == 1:
-            assert node1.receive(data, time.time()) is None
+            assert node1.backbone_frame(data, time.time()) == []
     assert node1.membership.draining_nodes == {2}
     assert 2 not in node1.membership.accepting
 
@@ -270,7 +271,7 @@ def test_drain_tells_the_other_nodes_at_once(
     assert not link_of(node2).node.membership.draining
     for node, data in sent:
         if node == 1:
-            node1.receive(data, time.time())
+            node1.backbone_frame(data, time.time())
     assert node1.membership.draining_nodes == frozenset()
     assert 2 in node1.membership.accepting
 
@@ -349,13 +350,13 @@ def test_reload_rotates_the_cluster_key_without_a_restart(tmp_path: Path) -> Non
     receiver.reload(reloaded(tmp_path, 2, rotated(2, OLD_KEY, NEW_KEY)))
     new_frame = next(f.data for f in link_of(sender).node.heartbeats(time.time()) if f.node == 2)
     receiving = link_of(receiver).node
-    assert receiving.receive(new_frame, time.time()) is None
-    assert receiving.receive(old_frame, time.time()) is None
+    assert receiving.backbone_frame(new_frame, time.time()) == []
+    assert receiving.backbone_frame(old_frame, time.time()) == []
     assert not any(k.startswith("backbone.drop") for k in receiver.core.stats)
     receiver.reload(reloaded(tmp_path, 2, rotated(2, NEW_KEY)))
     stale = make_service(tmp_path / "node3", 3)  # still on the old key only
     old_again = next(f.data for f in link_of(stale).node.heartbeats(time.time()) if f.node == 2)
-    receiving.receive(old_again, time.time())
+    receiving.backbone_frame(old_again, time.time())
     assert receiver.core.stats["backbone.drop.key"] == 1
 
 
@@ -385,3 +386,42 @@ def test_a_tcp_flow_is_owned_by_the_node_that_accepted_it(
     monkeypatch.setitem(node2.core.allocations, flow, object())
     here = ops.cluster_owner("tls", "203.0.113.5:5000", "127.0.0.1:3478")
     assert here is not None and (here["node"], here["alive"], here["here"]) == (2, True, True)
+
+
+# --- operator actions between nodes (CONTROL frames through the real ClusterLink) -------------
+
+
+def test_a_revocation_from_another_node_holds_here_and_is_not_announced_again(
+    tmp_path: Path, node2: TurnService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 1's ``revoke`` reaches node 2's backbone socket: node 2 refuses the name, keeps it
+    in its state file (a restart still refuses it), and tells nobody else."""
+    sent: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(link_of(node2), "send", lambda node, data: sent.append((node, data)))
+    node1 = link_of(make_service(tmp_path / "node1", node_id=1)).node
+    [frame] = [f for f in node1.announce_revocation("alice") if f.node == 2]
+    link_of(node2).frame_received(frame.data)
+    assert "alice" in node2.revoked
+    assert "alice" in node2.core.auth.authenticator.revoked
+    assert sent == []
+    assert "alice" in make_service(tmp_path / "node2").revoked
+
+
+def test_a_node_that_asks_gets_every_revocation_held_here(
+    tmp_path: Path, node2: TurnService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revocation made on node 2 is announced to 1 and 3; node 1 asking later (it just saw
+    node 2 join) gets it again, in a frame its real codec opens."""
+    sent: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(link_of(node2), "send", lambda node, data: sent.append((node, data)))
+    node2.revoke("bob")
+    assert sorted(node for node, _ in sent) == [1, 3]
+    sent.clear()
+    node1 = link_of(make_service(tmp_path / "node1", node_id=1)).node
+    [ask] = node1.joined([2])
+    link_of(node2).frame_received(ask.data)
+    assert [node for node, _ in sent] == [1]
+    assert json.loads(node1.codec.open(sent[0][1]).payload) == {
+        "op": "revoke",
+        "usernames": ["bob"],
+    }

@@ -1,12 +1,14 @@
 """The cluster's sockets: the backbone, heartbeats, and the catch sockets of other nodes' ports.
 
-Every decision is :class:`turnd.core.cluster.ClusterNode`'s; this module moves bytes. Three kinds
-of socket:
+Every decision is :class:`turnd.core.cluster.ClusterNode`'s (operator actions between nodes
+included: :mod:`turnd.core.cluster_control`); this module moves bytes and hands what the node
+answers to ``ClusterHost.execute``. Three kinds of socket:
 
 * the backbone socket, UDP on this node's backbone address: sealed frames to and from the other
   nodes (client and peer datagrams forwarded to their owner, heartbeats, operator actions);
-* the listeners of :mod:`turnd.packet_path`, which hand a client datagram here when another node
-  owns its flow;
+* the listeners of :mod:`turnd.packet_path`, which hand every client datagram to the node (their
+  entry point); one of a flow another node owns comes back as a ``ForwardToNode`` for
+  :meth:`ClusterLink.send`;
 * one *catch* socket per relay port of the other nodes' slices, bound on the service IP: the
   network may deliver a peer's datagram for any relay port to any node, and this node forwards
   what it catches to the slice's owner. Named limit: a node holds one socket per relay port of
@@ -39,11 +41,12 @@ from forwarding.membership import Membership
 from forwarding.slices import SliceTable
 from stun.addresses import Address
 from turnd.config import ClusterConfig, Config, Secret
-from turnd.core.cluster import ClientHere, ClusterNode, ControlHere, PeerHere, ToNode
+from turnd.core.actions import ForwardToNode, as_actions
+from turnd.core.cluster import ClusterNode
 from turnd.logs import event
 
 if TYPE_CHECKING:
-    from turnd.core.actions import FiveTuple
+    from turnd.core.actions import Action
     from turnd.core.server import TurnServer
 
 
@@ -60,16 +63,10 @@ class ClusterHost(Protocol):
 
     @property
     def revoked(self) -> set[str]:
-        """The usernames revoked here."""
+        """The usernames revoked here (the node answers ``revocations?`` with them)."""
 
-    def revoke(self, username: str, *, broadcast: bool = True) -> int:
-        """Revoke ``username`` here (and, with ``broadcast``, on every other node)."""
-
-    def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """A client datagram another node forwarded."""
-
-    def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
-        """A peer datagram another node forwarded."""
+    def execute(self, actions: list[Action]) -> None:
+        """Carry out what the node answered (ForwardToNode, RevokeUser, the core's actions)."""
 
     def internal_error(self, where: str) -> None:
         """Log and count a bug surfaced while handling a frame."""
@@ -125,7 +122,15 @@ def build_node(service: ClusterHost, config: Config) -> ClusterNode:
     membership = Membership(cluster.node_id, ids, cluster.dead_after, started=now)
     slices = SliceTable(config.relay.port_min, config.relay.port_max, ids, cluster.slice_size)
     backbone = {node.id: Address(node.backbone.host, node.backbone.port) for node in cluster.nodes}
-    return ClusterNode(service.core, codec, membership, slices, backbone, started=now)
+    return ClusterNode(
+        service.core,
+        codec,
+        membership,
+        slices,
+        backbone,
+        started=now,
+        revoked=lambda: service.revoked,  # reassigned when pruned: read it each time
+    )
 
 
 class _Backbone(asyncio.DatagramProtocol):
@@ -289,24 +294,17 @@ class ClusterLink:
             return
         backbone.sendto(data, self._destinations[node])
 
-    def send_all(self, frames: Iterable[ToNode]) -> None:
+    def send_all(self, frames: Iterable[ForwardToNode]) -> None:
+        """Send frames the node made outside an input (heartbeats, announcements)."""
         for frame in frames:
             self.send(frame.node, frame.data)
-
-    def flush(self) -> None:
-        """Send what the cluster logic queued on the way (pins)."""
-        frames, self.node.outbox = self.node.outbox, []
-        self.send_all(frames)
-
-    def broadcast(self, body: dict[str, Any]) -> None:
-        """Tell every other node about an operator action."""
-        self.send_all(self.node.broadcast(body))
 
     # --- receiving ---------------------------------------------------------------------------
 
     def _catch_ready(self, sock: socket.socket, relay: Address) -> None:
-        """A peer datagram for a port of another node's slice: forward it to the owner."""
+        """A peer datagram for a port of another node's slice: the node forwards it to the owner."""
         node = self.node
+        service = self.service
         for _ in range(CATCH_BATCH):
             try:
                 data, addr = sock.recvfrom(DATAGRAM_MAX)
@@ -315,49 +313,23 @@ class ClusterLink:
             except OSError:
                 self.stats["socket.relay_errors"] += 1
                 return
-            target = node.peer_target(relay)
-            if target is None:
-                continue  # counted: the slice's owner is down
-            peer = Address(addr[0], addr[1])
-            if target == self.node_id:
-                self.stats["drop.peer_no_allocation"] += 1
+            try:
+                out = node.peer_message(relay, Address(addr[0], addr[1]), data, time.time())
+            except Exception:
+                service.internal_error("caught peer datagram")
                 continue
-            self.send(target, node.forward_peer(target, relay, peer, data))
+            if out is not None:  # None: dropped, counted (the slice's owner is down)
+                service.execute(as_actions(out))
 
     def frame_received(self, data: bytes) -> None:
-        """A datagram on the backbone socket: open it and act on what it says."""
+        """A datagram on the backbone socket: the node opens it; carry out what it says."""
         try:
-            delivery = self.node.receive(data, time.time())
+            actions = self.node.backbone_frame(data, time.time())
         except Exception:
             self.service.internal_error("backbone frame")
             return
-        if self.node.outbox:
-            self.flush()
-        if isinstance(delivery, ClientHere):
-            self.service.client_datagram(delivery.five_tuple, delivery.data)
-        elif isinstance(delivery, PeerHere):
-            self.service.peer_datagram(delivery.relay, delivery.peer, delivery.data)
-        elif isinstance(delivery, ToNode):
-            self.send(delivery.node, delivery.data)
-        elif isinstance(delivery, ControlHere):
-            self._control(delivery)
-
-    def _control(self, control: ControlHere) -> None:
-        """Operator actions from other nodes: a revocation (one name or a list), or a request
-        for every revocation (and reservation pin) this node holds, from a node that just saw
-        this one join."""
-        body = control.body
-        op = body.get("op")
-        names = body.get("usernames", [body.get("username")])
-        if op == "revoke" and isinstance(names, list) and all(isinstance(n, str) for n in names):
-            for name in names:
-                if name not in self.service.revoked:
-                    self.service.revoke(name, broadcast=False)
-        elif op == "revocations?":
-            self.send_all(self.node.revocations(control.origin, sorted(self.service.revoked)))
-            self.send_all(self.node.pins_for(control.origin))
-        else:
-            self.stats["backbone.drop.unknown_control"] += 1
+        if actions:
+            self.service.execute(actions)
 
     # --- heartbeats --------------------------------------------------------------------------
 
@@ -379,9 +351,7 @@ class ClusterLink:
             joined = sorted(alive - self._last_view)
             left = sorted(self._last_view - alive)
             self._last_view = alive
-            for node in joined:
-                if node != self.node_id:  # it may hold revocations made while we were apart
-                    self.send(node, self.node.tell(node, {"op": "revocations?"}).data)
+            self.send_all(self.node.joined(joined))
             event(
                 logging.INFO,
                 "cluster.view",

@@ -127,7 +127,7 @@ class CredentialState:
         new = username not in self.revoked
         self.revoked.add(username)
         if broadcast and self._owner.cluster is not None:
-            self._owner.cluster.broadcast({"op": "revoke", "username": username})
+            self._owner.cluster.send_all(self._owner.cluster.node.announce_revocation(username))
         now = time.time()
         actions = self._owner.core.revoke(username, now)
         if new:

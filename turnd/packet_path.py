@@ -33,8 +33,11 @@ from turnd.core.actions import (
     ClosePeerConnection,
     CloseRelay,
     ConnectPeer,
+    EntryPoint,
     FiveTuple,
+    ForwardToNode,
     OpenRelay,
+    RevokeUser,
     SendToClient,
     SendToPeer,
     SpliceConnection,
@@ -95,27 +98,6 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
         self.service.core.stats["socket.listener_errors"] += 1
 
 
-class _ClusterClientDatagrams(_ClientDatagrams):
-    """A UDP listener of a cluster node: a datagram of a flow another node owns goes to it."""
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        five_tuple = self.five_tuples[addr]
-        link = self.service.cluster
-        assert link is not None
-        node = link.node
-        try:
-            target = node.client_target(five_tuple, data)
-        except Exception:
-            self.service.internal_error("client datagram routing")
-            return
-        if node.outbox:
-            link.flush()
-        if target == node.node_id:
-            self.service.client_message(five_tuple, data)
-        else:
-            link.send(target, node.forward_client(target, five_tuple, data))
-
-
 class _RelayDatagrams(asyncio.DatagramProtocol):
     """A relay socket: every datagram goes to ``TurnServer.handle_peer``."""
 
@@ -127,7 +109,7 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
         self.handle(self.service.peers[addr], data)
 
     def handle(self, peer: Address, data: bytes) -> None:
-        """One datagram from ``peer`` (received here, or forwarded by another node)."""
+        """One datagram from ``peer``."""
         service = self.service
         try:
             out = service.core.peer_message(self.relay, peer, data, time.time())
@@ -154,11 +136,15 @@ class PacketPath:
         core: TurnServer,
         config: Callable[[], Config],
         allocation_ended: Callable[[AllocationEnded], None],
+        revoke_user: Callable[[RevokeUser], object],
     ) -> None:
         self.core = core
         self._config = config
         #: This node's cluster I/O, when [cluster] lists nodes (set once, by the service).
         self.cluster: ClusterLink | None = None
+        #: Where every client message goes: the core, or (set with ``cluster``) the cluster
+        #: node around it.
+        self.entry: EntryPoint = core
         self._listeners: dict[Address, asyncio.DatagramTransport] = {}
         self._relays: dict[Address, asyncio.DatagramTransport] = {}
         #: Peer datagram sources -> their Address, for every relay socket.
@@ -173,7 +159,7 @@ class PacketPath:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: One handler per action type, bound once: ``execute`` costs a dict lookup per action.
-        self._handlers: dict[type, Callable[[Any], None]] = {
+        self._handlers: dict[type, Callable[[Any], object]] = {
             SendToPeer: self._send_to_peer,
             SendToClient: self._send_action,
             OpenRelay: self._open_relay,
@@ -183,6 +169,8 @@ class PacketPath:
             ConnectPeer: self._connect_peer,
             ClosePeerConnection: self._close_peer_connection,
             CloseConnection: self._close_connection,
+            ForwardToNode: self._forward_to_node,
+            RevokeUser: revoke_user,
         }
 
     @property
@@ -207,8 +195,9 @@ class PacketPath:
     async def listen_udp(self, bound: Address, sock: socket.socket) -> None:
         """Serve clients on the bound UDP socket ``sock`` (bound at ``bound``)."""
         loop = asyncio.get_running_loop()
-        kind = _ClientDatagrams if self.cluster is None else _ClusterClientDatagrams
-        transport, _ = await loop.create_datagram_endpoint(lambda: kind(self, bound), sock=sock)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _ClientDatagrams(self, bound), sock=sock
+        )
         self._listeners[bound] = transport
 
     def internal_error(self, where: str) -> None:
@@ -240,6 +229,13 @@ class PacketPath:
     def _send_action(self, action: SendToClient) -> None:
         self.send_to_client(action.five_tuple, action.data)
 
+    def _forward_to_node(self, action: ForwardToNode) -> None:
+        cluster = self.cluster
+        if cluster is None:  # only a cluster node answers ForwardToNode
+            self.core.stats["backbone.drop.not_started"] += 1
+        else:
+            cluster.send(action.node, action.data)
+
     def _splice(self, action: SpliceConnection) -> None:
         client = self._streams.get(action.five_tuple)
         self.tcp_relays.splice(action.connection_id, action.five_tuple, client)
@@ -256,12 +252,12 @@ class PacketPath:
             closing.close()
 
     def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """One client message of ``five_tuple``: a UDP datagram (received here, or forwarded by
-        another node) or a frame of a TCP/TLS connection, carried out as the core says
+        """One client message of ``five_tuple``: a UDP datagram or a frame of a TCP/TLS
+        connection, carried out as the entry point (the core, or the cluster node) says
         (``TurnServer.client_message``: relayed data and bare Binding answers come back as
         plain tuples and bytes, the hot path; everything else as actions)."""
         try:
-            out = self.core.client_message(five_tuple, data, time.time())
+            out = self.entry.client_message(five_tuple, data, time.time())
         except Exception:
             self.internal_error("client message")
             return
@@ -277,22 +273,6 @@ class PacketPath:
             self.send_to_client(five_tuple, out)
         elif out:
             self.execute(cast("list[Action]", out))  # only lists are left
-
-    def client_datagram(self, five_tuple: FiveTuple, data: bytes) -> None:
-        """Handle a UDP client datagram another node forwarded, as if its listener had it."""
-        listener = self._listeners.get(five_tuple.server)
-        if listener is None:
-            self.core.stats["drop.listener_missing"] += 1
-        else:
-            self.client_message(five_tuple, data)
-
-    def peer_datagram(self, relay: Address, peer: Address, data: bytes) -> None:
-        """Handle a peer datagram another node forwarded, as if relay ``relay`` had it."""
-        transport = self._relays.get(relay)
-        if transport is None:
-            self.core.stats["drop.relay_socket_missing"] += 1
-            return
-        cast(_RelayDatagrams, transport.get_protocol()).handle(peer, data)
 
     def send_to_client(self, five_tuple: FiveTuple, data: bytes) -> None:
         """Send to a client over its listener (UDP) or its connection (TCP/TLS)."""

@@ -72,12 +72,15 @@ class TurnService:
         self.core = build_core(config, self.relay_ipv4, os.urandom, self.local_networks)
         self.credentials = CredentialState(self)
         self.usage = UsageLog(self)
-        self.packets = PacketPath(self.core, lambda: self.config, self.usage.allocation_ended)
+        self.packets = PacketPath(
+            self.core,
+            lambda: self.config,
+            self.usage.allocation_ended,
+            lambda action: self.revoke(action.username, broadcast=False),
+        )
         self.listeners = Listeners(self.packets)
         self.side = SideServers(self)
-        # Forwarded datagrams and packet errors go straight to the packet path (ClusterHost).
-        self.client_datagram = self.packets.client_datagram
-        self.peer_datagram = self.packets.peer_datagram
+        # Packet errors go straight to the packet path (ClusterHost).
         self.internal_error = self.packets.internal_error
         #: This node's cluster I/O, when [cluster] lists nodes (DESIGN.md "The cluster").
         self.cluster: ClusterLink | None = None
@@ -86,6 +89,7 @@ class TurnService:
 
             self.cluster = ClusterLink(self, config.cluster, build_node(self, config))
             self.packets.cluster = self.cluster
+            self.packets.entry = self.cluster.node
 
     @property
     def bound(self) -> list[tuple[str, Address]]:

@@ -1,9 +1,10 @@
 """An in-memory anycast cluster: several cores, each wrapped in a ClusterNode, and a backbone.
 
 No sockets. The "network" hands every client and peer datagram to a node chosen at random (as
-ECMP would, but without its stickiness — the harshest case); a node either handles it or seals it
-into a backbone frame, which the world delivers to the target node's ``receive``. Heartbeats are
-delivered when the test calls :meth:`MemoryCluster.heartbeat` (or :meth:`advance`).
+ECMP would, but without its stickiness — the harshest case), through the node's entry points
+(``client_message``, ``peer_message``); a node either handles it or answers ``ForwardToNode``,
+which the world delivers to the target node's ``backbone_frame``. Heartbeats are delivered when
+the test calls :meth:`MemoryCluster.heartbeat` (or :meth:`advance`).
 
 A :class:`MemoryCluster` stands in for the harness's ``World``, so the harness's ``Client``
 speaks TURN through the whole cluster. Every relay bind is checked: the port must be in the
@@ -12,25 +13,36 @@ binding node's own slices and bound nowhere else.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable
 
 from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
-from forwarding.frames import BackboneCodec
+from forwarding.frames import BackboneCodec, FrameError, FrameType
 from forwarding.membership import Membership
 from forwarding.slices import SliceTable
 from stun.addresses import Address
 from tests.core.harness import SERVER, START, Client, core_settings, counter_rng
-from turnd.core.actions import Action, AllocationEnded, CloseRelay, FiveTuple, OpenRelay
-from turnd.core.cluster import ClientHere, ClusterNode, ControlHere, PeerHere, ToNode
+from turnd.core.actions import (
+    Action,
+    AllocationEnded,
+    CloseRelay,
+    FiveTuple,
+    ForwardToNode,
+    OpenRelay,
+    as_actions,
+)
+from turnd.core.cluster import ClusterNode
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.server import TurnServer
 
 KEY_ID = 7
 KEY = bytes(range(32))
 PORT_MIN, PORT_MAX = 50000, 50511
+#: The node id of the world's own tap on the backbone (no node has it).
+TAP_ID = 65535
 
 
 class MemoryCluster:
@@ -68,11 +80,11 @@ class MemoryCluster:
         self.hops: Counter[int] = Counter()
         #: Datagrams handled, by whether the node that got them from the network handled them.
         self.handled: Counter[str] = Counter()
-        #: Node that handled the latest client datagram.
-        self.answered_by: int | None = None
         #: Frames tapped off the backbone (for tampering tests).
         self.tapped: list[tuple[int, bytes]] = []
-        #: Operator actions delivered: (receiving node, body).
+        #: Opens tapped frames (a codec of its own: the nodes' replay windows are theirs).
+        self.tap = BackboneCodec({KEY_ID: KEY}, KEY_ID, TAP_ID, 1, [TAP_ID, *self.ids])
+        #: Operator actions delivered (CONTROL frames but pins): (receiving node, body).
         self.controls: list[tuple[int, dict[str, object]]] = []
         self.heartbeat()
 
@@ -92,26 +104,50 @@ class MemoryCluster:
         """A client datagram reaches a random node; the actions of whichever node handled it."""
         first = self.pick()
         node = self.nodes[first]
-        target = node.client_target(five_tuple, data)
-        self.flush(first)
-        if target == first:
-            self.handled["first"] += 1
-            return self._client_here(first, five_tuple, data)
-        self.handled["forwarded"] += 1
-        return self.deliver(target, node.forward_client(target, five_tuple, data), hop=1)
+        forwarded = node.stats["cluster.forwarded.client"]
+        out = node.client_message(five_tuple, data, self.now)
+        self._count(node.stats["cluster.forwarded.client"] > forwarded)
+        return self.carry(first, as_actions(out, five_tuple), hop=0)
 
     def peer_packet(self, relay: Address, peer: Address, data: bytes) -> list[Action]:
         """A peer datagram to ``relay`` reaches a random node."""
         first = self.pick()
         node = self.nodes[first]
-        target = node.peer_target(relay)
-        if target is None:
+        forwarded = node.stats["cluster.forwarded.peer"]
+        out = node.peer_message(relay, peer, data, self.now)
+        if out is None:
             return []
-        if target == first:
-            self.handled["first"] += 1
-            return self.settle(first, node.core.handle_peer(relay, peer, data, self.now))
-        self.handled["forwarded"] += 1
-        return self.deliver(target, node.forward_peer(target, relay, peer, data), hop=1)
+        self._count(node.stats["cluster.forwarded.peer"] > forwarded)
+        return self.carry(first, as_actions(out), hop=0)
+
+    def _count(self, forwarded: bool) -> None:
+        self.handled["forwarded" if forwarded else "first"] += 1
+
+    def carry(self, node_id: int, actions: list[Action], hop: int) -> list[Action]:
+        """What ``node_id`` answered to a datagram that had taken ``hop`` backbone hops: the
+        frames it forwards are delivered (what their nodes answer replaces them), the rest
+        settled."""
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, ForwardToNode):
+                out += self.deliver(action.node, action.data, hop + 1)
+            else:
+                out += self.settle(node_id, [action])
+        return out
+
+    def _control_of(self, data: bytes) -> dict[str, object] | None:
+        """The body of a CONTROL frame (None for any other frame, or one that does not open)."""
+        try:
+            frame = self.tap.open(data)
+        except FrameError:
+            return None
+        if frame.type is not FrameType.CONTROL:
+            return None
+        try:
+            body = json.loads(frame.payload)
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
 
     def deliver(self, node_id: int, frame: bytes, hop: int = 1) -> list[Action]:
         """A frame arrives at ``node_id`` over the backbone (lost if that node is down)."""
@@ -119,24 +155,10 @@ class MemoryCluster:
         if node_id not in self.up:
             return []
         self.hops[hop] += 1
-        delivery = self.nodes[node_id].receive(frame, self.now)
-        self.flush(node_id)
-        if isinstance(delivery, ClientHere):
-            return self._client_here(node_id, delivery.five_tuple, delivery.data)
-        if isinstance(delivery, PeerHere):
-            core = self.nodes[node_id].core
-            actions = core.handle_peer(delivery.relay, delivery.peer, delivery.data, self.now)
-            return self.settle(node_id, actions)
-        if isinstance(delivery, ToNode):
-            return self.deliver(delivery.node, delivery.data, hop + 1)
-        if isinstance(delivery, ControlHere):
-            self.controls.append((node_id, dict(delivery.body)))
-        return []
-
-    def _client_here(self, node_id: int, five_tuple: FiveTuple, data: bytes) -> list[Action]:
-        self.answered_by = node_id
-        core = self.nodes[node_id].core
-        return self.settle(node_id, core.handle_client(five_tuple, data, self.now))
+        body = self._control_of(frame)
+        if body is not None and body.get("op") not in ("pin", "unpin"):
+            self.controls.append((node_id, body))
+        return self.carry(node_id, self.nodes[node_id].backbone_frame(frame, self.now), hop)
 
     def settle(self, node_id: int, actions: list[Action]) -> list[Action]:
         """Bind relays for ``node_id`` (checking slice ownership), as its adapter would."""
@@ -159,13 +181,6 @@ class MemoryCluster:
                     self.deliver(frame.node, frame.data)
         return out
 
-    def flush(self, node_id: int) -> None:
-        """Deliver what a node queued on the way (pins), as its adapter would send it."""
-        node = self.nodes[node_id]
-        frames, node.outbox = node.outbox, []
-        for frame in frames:
-            self.deliver(frame.node, frame.data)
-
     # --- time and membership -----------------------------------------------------------------
 
     def heartbeat(self) -> None:
@@ -173,7 +188,7 @@ class MemoryCluster:
         for node_id in sorted(self.up):
             for frame in self.nodes[node_id].heartbeats(self.now):
                 if frame.node in self.up:
-                    self.nodes[frame.node].receive(frame.data, self.now)
+                    self.nodes[frame.node].backbone_frame(frame.data, self.now)
         for node_id in self.up:
             self.nodes[node_id].expire(self.now)
 

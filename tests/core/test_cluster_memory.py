@@ -159,23 +159,23 @@ def test_forged_tampered_and_replayed_frames_are_dropped_and_counted() -> None:
     node_id, frame = next((n, f) for n, f in cluster.tapped if n in cluster.up)
     target = cluster.nodes[node_id]
     stats = target.core.stats
-    assert target.receive(frame, cluster.now) is None
+    assert target.backbone_frame(frame, cluster.now) == []
     assert stats["backbone.drop.replay"] == 1
     other = cluster.nodes[1 if node_id != 1 else 2]
     five_tuple = FiveTuple(Transport.UDP, PEER, SERVER)
     tampered = bytearray(other.forward_client(node_id, five_tuple, b"\x40\x00\x00\x00"))
     tampered[-3] ^= 0x01
-    assert target.receive(bytes(tampered), cluster.now) is None
+    assert target.backbone_frame(bytes(tampered), cluster.now) == []
     assert stats["backbone.drop.auth"] == 1
     forger = BackboneCodec({KEY_ID: bytes(32)}, KEY_ID, 1, 99, [1, 2, 3])
     forged = forger.seal(Frame(FrameType.CLIENT, 1, 1, "udp", PEER, SERVER, b"\x00" * 20))
-    assert target.receive(forged, cluster.now) is None
+    assert target.backbone_frame(forged, cluster.now) == []
     assert stats["backbone.drop.auth"] == 2
     stranger = BackboneCodec({KEY_ID: bytes(range(32))}, KEY_ID, 9, 99, [1, 2, 3, 9])
     foreign = stranger.seal(Frame(FrameType.CLIENT, 9, 1, "udp", PEER, SERVER, b"\x00" * 20))
-    assert target.receive(foreign, cluster.now) is None
+    assert target.backbone_frame(foreign, cluster.now) == []
     assert stats["backbone.drop.unknown_node"] == 1
-    assert target.receive(b"\x01", cluster.now) is None
+    assert target.backbone_frame(b"\x01", cluster.now) == []
     assert stats["backbone.drop.short"] == 1
 
 

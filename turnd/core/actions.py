@@ -1,13 +1,15 @@
 """What the sans-I/O core asks the adapters to do: one frozen class per effect.
 
-The core answers every input (a client packet, a peer packet, a relay socket opened, a timer) with
-a list of these. The adapter executes them in order and never decides anything itself.
+The core answers every input (a client packet, a peer packet, a backbone frame, a relay socket
+opened, a timer) with a list of these. The adapter executes them in order and never decides
+anything itself. The entry points per datagram (:class:`EntryPoint`) may answer relayed data with
+plain tuples instead (the hot path); :func:`as_actions` says which actions those stand for.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import attrs
 
@@ -140,6 +142,23 @@ class ClosePeerConnection:
     connection_id: int
 
 
+@attrs.frozen
+class ForwardToNode:
+    """Send ``data``, a sealed backbone frame, to cluster node ``node``'s backbone address."""
+
+    node: int
+    data: bytes
+
+
+@attrs.frozen
+class RevokeUser:
+    """Another cluster node revoked ``username``: refuse it here too, end its allocations and
+    keep the revocation (revoked.runtime), as a local revocation does, without telling the
+    other nodes again."""
+
+    username: str
+
+
 Action = (
     SendToClient
     | SendToPeer
@@ -150,23 +169,50 @@ Action = (
     | ConnectPeer
     | SpliceConnection
     | ClosePeerConnection
+    | ForwardToNode
+    | RevokeUser
 )
 
+# --- the one entry point per datagram --------------------------------------------------------
+# What ``client_message`` and ``peer_message`` answer (TurnServer's, and ClusterNode's, which
+# adds ForwardToNode lists for flows another node holds), carried out by its type:
+#   tuple (relay, peer, payload)  -- send payload from relay socket ``relay`` to ``peer``;
+#   tuple (five_tuple, frame)     -- (peer_message) send frame to that client;
+#   bytes                         -- (client_message) the answer to this message's sender;
+#   list of actions               -- everything else, in order;
+#   None                          -- dropped and counted.
 
-def as_actions(out: object, five_tuple: FiveTuple | None = None) -> list[Action]:
-    """What ``TurnServer.client_message`` or ``peer_message`` returned, as the actions it stands
-    for (``five_tuple``: the sender, whom a bytes answer goes to) — for tests, tools and slow
-    paths; the adapter's hot path reads the tuples as they are."""
+#: What ``client_message`` gives back (see the comment above).
+ClientOutcome = tuple[Address, Address, bytes] | bytes | list[Action] | None
+#: What ``peer_message`` gives back.
+PeerOutcome = tuple[FiveTuple, bytes] | list[Action] | None
+
+
+class EntryPoint(Protocol):
+    """Where the adapter hands each datagram: the core, or the cluster node around it."""
+
+    def client_message(self, five_tuple: FiveTuple, data: bytes, now: float) -> ClientOutcome:
+        """A client's datagram (UDP) or whole frame (TCP/TLS)."""
+        ...
+
+    def peer_message(self, relay: Address, peer: Address, data: bytes, now: float) -> PeerOutcome:
+        """A datagram from ``peer`` to relay address ``relay``."""
+        ...
+
+
+def as_actions(
+    out: ClientOutcome | PeerOutcome, five_tuple: FiveTuple | None = None
+) -> list[Action]:
+    """An entry point's outcome as the actions it stands for (``five_tuple``: the sender of the
+    client message, whom a bytes answer goes to)."""
     if out is None:
         return []
-    if isinstance(out, bytes):
+    if type(out) is bytes:
         if five_tuple is None:
             raise ValueError("a bytes answer needs the sender's five_tuple")
         return [SendToClient(five_tuple, out)]
-    if isinstance(out, tuple) and len(out) == 3:
-        return [SendToPeer(*out)]
-    if isinstance(out, tuple):
+    if type(out) is tuple:
+        if len(out) == 3:
+            return [SendToPeer(*out)]
         return [SendToClient(*out)]
-    if not isinstance(out, list):
-        raise TypeError(f"not an outcome of the core's entry points: {out!r}")
-    return out
+    return out  # type: ignore[return-value]  # only lists are left

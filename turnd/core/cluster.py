@@ -20,7 +20,14 @@ Binding requests are answered by whichever node receives them (they need no stat
 clients belong to the node that accepted the connection: neither is ever forwarded. Heartbeats
 carry a node's draining flag; CONTROL frames carry operator actions (revocations) to every node,
 and a node that sees another join asks it for the revocations it holds, so one that was down
-or restarted catches up.
+or restarted catches up. Every CONTROL operation is a row of
+:data:`turnd.core.cluster_control.CONTROL_OPS`.
+
+Like the core, the node answers with the core's actions: :meth:`ClusterNode.client_message` and
+:meth:`ClusterNode.peer_message` keep :class:`~turnd.core.server.TurnServer`'s outcome contract
+(see :mod:`turnd.core.actions`), so the adapter hands every datagram to the node exactly as a
+single node hands it to the core; a datagram for another node comes back as a
+:class:`~turnd.core.actions.ForwardToNode`, and so do frames decided on the way (pins).
 
 Counters (in ``TurnServer.stats``): ``cluster.arrived.client`` (client datagrams from the
 network), ``cluster.forwarded.client|peer`` (sent to the owner),
@@ -31,10 +38,7 @@ network), ``cluster.forwarded.client|peer`` (sent to the owner),
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any
-
-import attrs
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from forwarding.frames import BackboneCodec, Frame, FrameError, FrameType
 from forwarding.hashing import flow_key
@@ -45,8 +49,18 @@ from stun import attributes as at
 from stun.addresses import Address
 from stun.channeldata import CHANNEL_FIRST_BYTE_MAX, CHANNEL_FIRST_BYTE_MIN
 from stun.errors import StunDecodeError
-from stun.message import decode
-from turnd.core.actions import FiveTuple, Transport
+from stun.message import MessageClass, Method, decode, split_type
+from turnd.core import cluster_control as control
+from turnd.core.actions import (
+    UDP,
+    Action,
+    ClientOutcome,
+    FiveTuple,
+    ForwardToNode,
+    PeerOutcome,
+    Transport,
+    as_actions,
+)
 from turnd.core.server import TurnServer
 
 #: Pinned flows remembered (RESERVATION-TOKEN allocations away from their owner); the oldest
@@ -56,45 +70,9 @@ MAX_PINS = 65536
 CONTROL_PAYLOAD_MAX = 1200
 #: What HEARTBEAT and CONTROL frames carry as their (unused) addresses.
 NOWHERE = Address("0.0.0.0", 0)
-#: STUN methods (RFC 8489 §5, RFC 8656 §17) the router treats specially.
-_BINDING, _ALLOCATE = 0x001, 0x003
 _TYPE_NAMES = {kind: kind.name.lower() for kind in FrameType}
-
-
-@attrs.frozen
-class ToNode:
-    """Send ``data`` (a sealed frame) to ``node``'s backbone address."""
-
-    node: int
-    data: bytes
-
-
-@attrs.frozen
-class ClientHere:
-    """Handle ``data`` as if it had arrived from ``five_tuple.client`` on this node's listener."""
-
-    five_tuple: FiveTuple
-    data: bytes
-
-
-@attrs.frozen
-class PeerHere:
-    """Handle ``data`` as if it had arrived from ``peer`` on this node's relay ``relay``."""
-
-    relay: Address
-    peer: Address
-    data: bytes
-
-
-@attrs.frozen
-class ControlHere:
-    """An operator action another node broadcast (e.g. ``{"op": "revoke", "username": ...}``)."""
-
-    origin: int
-    body: Mapping[str, Any]
-
-
-Delivery = ToNode | ClientHere | PeerHere | ControlHere | None
+#: No frames decided on the way.
+_NO_PINS: tuple[ForwardToNode, ...] = ()
 
 
 def classify(data: bytes) -> tuple[bool, bool]:
@@ -111,17 +89,20 @@ def classify(data: bytes) -> tuple[bool, bool]:
         return False, False  # ChannelData
     if first & 0xC0 or len(data) < 20:
         return True, False
-    kind = (first << 8) | data[1]
-    method = (kind & 0x000F) | ((kind & 0x00E0) >> 1) | ((kind & 0x3E00) >> 2)
-    request = not kind & 0x0110
-    return method == _BINDING, method == _ALLOCATE and request
+    method, cls = split_type((first << 8) | data[1])
+    return method == Method.BINDING, method == Method.ALLOCATE and cls is MessageClass.REQUEST
+
+
+def _nothing_revoked() -> Collection[str]:
+    return ()
 
 
 class ClusterNode:
     """The cluster logic of the node ``codec.node_id`` around its ``core``.
 
     ``backbone`` maps every configured node id to its backbone address (the adapter sends
-    :class:`ToNode` there). The core's relay ports are restricted to this node's slices.
+    :class:`ForwardToNode` there). The core's relay ports are restricted to this node's slices.
+    ``revoked`` gives the usernames the adapter holds revoked (for ``revocations?``).
     """
 
     def __init__(
@@ -132,6 +113,7 @@ class ClusterNode:
         slices: SliceTable,
         backbone: Mapping[int, Address],
         started: float | None = None,
+        revoked: Callable[[], Collection[str]] = _nothing_revoked,
     ) -> None:
         self.core = core
         #: Until then this node is *joining*: it tells the others it takes no new flows (as a
@@ -145,70 +127,94 @@ class ClusterNode:
         self.router = Router(self.node_id, membership, slices)
         self.backbone = dict(backbone)
         self.stats = core.stats
+        self.revoked = revoked
         #: Flows whose allocation lives on a node other than their owner (the node holding the
         #: reserved port of a RESERVATION-TOKEN), told by that node: flow -> node.
         self.pins: dict[FiveTuple, int] = {}
         #: Flows this node pinned to itself (it tells the others when they end).
         self.pinned_here: set[FiveTuple] = set()
-        #: Frames decided on the way (pins): the adapter sends them after each call.
-        self.outbox: list[ToNode] = []
         core.restrict_ports(slices.ranges(self.node_id))
 
-    # --- datagrams that arrived from the network ---------------------------------------------
+    # --- datagrams that arrived from the network (TurnServer's entry points) -----------------
 
-    def client_target(self, five_tuple: FiveTuple, data: bytes) -> int:
-        """The node that must handle a client datagram that arrived here (this node's id: here)."""
+    def client_message(self, five_tuple: FiveTuple, data: bytes, now: float) -> ClientOutcome:
+        """A client message that arrived here: the core's outcome when this node handles it,
+        else ``[ForwardToNode]`` to the node that does (after any pins decided on the way).
+        TCP/TLS frames belong to the node that accepted the connection and are not counted."""
+        core = self.core
+        if five_tuple.transport is not UDP:
+            return core.client_message(five_tuple, data, now)
         self.stats["cluster.arrived.client"] += 1
-        if five_tuple.transport is not Transport.UDP or five_tuple in self.core.allocations:
-            return self.node_id
+        if five_tuple in core.allocations:
+            return core.client_message(five_tuple, data, now)
+        target, pins = self._client_target(five_tuple, data)
+        if target != self.node_id:
+            return [*pins, ForwardToNode(target, self.forward_client(target, five_tuple, data))]
+        if not pins:
+            return core.client_message(five_tuple, data, now)
+        return [*pins, *as_actions(core.client_message(five_tuple, data, now), five_tuple)]
+
+    def _client_target(
+        self, five_tuple: FiveTuple, data: bytes
+    ) -> tuple[int, Sequence[ForwardToNode]]:
+        """The node that must handle a client datagram of a flow with no allocation here, and
+        the pins decided on the way."""
         stateless, creates = classify(data)
         if stateless:
-            return self.node_id
+            return self.node_id, _NO_PINS
         pinned = self.pins.get(five_tuple) if self.pins else None
         if pinned is not None and pinned in self.membership.alive:
-            return pinned
+            return pinned, _NO_PINS
         if creates:
-            holder = self._token_holder(five_tuple, data)
+            holder, pins = self._token_holder(five_tuple, data)
             if holder is not None:
-                return holder
+                return holder, pins
         key = flow_key(five_tuple.transport.value, five_tuple.client, five_tuple.server)
-        return self.router.client(key, 0, self.node_id, False, creates)
+        return self.router.client(key, 0, self.node_id, False, creates), _NO_PINS
 
-    def _token_holder(self, five_tuple: FiveTuple, data: bytes) -> int | None:
+    def _token_holder(
+        self, five_tuple: FiveTuple, data: bytes
+    ) -> tuple[int | None, Sequence[ForwardToNode]]:
         """For an Allocate redeeming a RESERVATION-TOKEN: the node holding the reserved port (its
         id starts the token); None for any other Allocate. When that is this node and the flow
-        is owned elsewhere, the flow is pinned here and every other node told."""
+        is owned elsewhere, the flow is pinned here: the frames telling every other node."""
         try:
             token = decode(data).get(at.ReservationToken)
         except StunDecodeError:
-            return None
+            return None, _NO_PINS
         if token is None or len(token.token) < 2:
-            return None
+            return None, _NO_PINS
         holder = int.from_bytes(token.token[:2], "big")
         if holder not in self.backbone or holder not in self.membership.alive:
-            return self.node_id  # the core answers 508: no such reservation here
+            return self.node_id, _NO_PINS  # the core answers 508: no such reservation here
         if holder == self.node_id:
-            self._pin(five_tuple)
-        return holder
+            return holder, self._pin(five_tuple)
+        return holder, _NO_PINS
 
-    def _pin(self, five_tuple: FiveTuple) -> None:
+    def _pin(self, five_tuple: FiveTuple) -> list[ForwardToNode]:
         key = flow_key(five_tuple.transport.value, five_tuple.client, five_tuple.server)
         if self.router.owner_of(key) == self.node_id or five_tuple in self.pinned_here:
-            return
+            return []
         self.pinned_here.add(five_tuple)
         self.stats["cluster.pins"] += 1
-        self.outbox += self.broadcast({"op": "pin", "flow": _flow_text(five_tuple)})
+        return self.broadcast(control.pin(five_tuple))
 
-    def pins_for(self, node: int) -> list[ToNode]:
+    def learn_pin(self, five_tuple: FiveTuple, node: int) -> None:
+        """``node`` holds the allocation of ``five_tuple`` (a ``pin`` it sent)."""
+        if len(self.pins) >= MAX_PINS:
+            del self.pins[next(iter(self.pins))]
+        self.pins[five_tuple] = node
+
+    def pins_for(self, node: int) -> list[ForwardToNode]:
         """The pins of this node's flows, for ``node`` (one that joined after they were made)."""
-        return [self.tell(node, {"op": "pin", "flow": _flow_text(f)}) for f in self.pinned_here]
+        return [self.tell(node, control.pin(flow)) for flow in self.pinned_here]
 
-    def allocation_ended(self, five_tuple: FiveTuple) -> list[ToNode]:
+    def allocation_ended(self, five_tuple: FiveTuple) -> list[ForwardToNode]:
         """An allocation of this node ended: if its flow was pinned here, unpin it everywhere."""
         if five_tuple not in self.pinned_here:
             return []
         self.pinned_here.discard(five_tuple)
-        return self.broadcast({"op": "unpin", "flow": _flow_text(five_tuple)})
+        return self.broadcast(control.unpin(five_tuple))
 
     def forward_client(
         self, target: int, five_tuple: FiveTuple, data: bytes, hop: int = 1
@@ -226,88 +232,75 @@ class ClusterNode:
         )
         return self._seal(frame)
 
-    def peer_target(self, relay: Address) -> int | None:
-        """The node that must handle a peer datagram sent to ``relay``; None: nobody (drop)."""
+    def peer_message(self, relay: Address, peer: Address, data: bytes, now: float) -> PeerOutcome:
+        """A peer datagram sent to ``relay`` that arrived here: the core's outcome when one of
+        this node's relays is bound to it, else ``[ForwardToNode]`` to the owner of the port's
+        slice; None when that owner is down or is this node (dropped, counted)."""
         if relay in self.core.by_relay:
-            return self.node_id
+            return self.core.peer_message(relay, peer, data, now)
         target = self.router.peer(relay.port, 0, False)
         if target is None:
             self.stats["drop.peer_slice_owner_down"] += 1
-        return target
-
-    def forward_peer(self, target: int, relay: Address, peer: Address, data: bytes) -> bytes:
-        """A PEER frame carrying ``data`` to the owner of ``relay``'s slice, counted."""
+            return None
+        if target == self.node_id:
+            self.stats["drop.peer_no_allocation"] += 1
+            return None
         self.stats["cluster.forwarded.peer"] += 1
-        return self._seal(Frame(FrameType.PEER, self.node_id, 1, "udp", peer, relay, data))
+        frame = Frame(FrameType.PEER, self.node_id, 1, "udp", peer, relay, data)
+        return [ForwardToNode(target, self._seal(frame))]
 
     # --- the backbone ------------------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> Delivery:
-        """Open a backbone datagram and say what to do with it; bad frames are counted drops."""
+    def backbone_frame(self, data: bytes, now: float) -> list[Action]:
+        """A datagram from the backbone: open it and act on it. CLIENT and PEER frames go
+        through the core's entry points (or once more to another node); bad frames are
+        counted drops."""
         try:
             frame = self.codec.open(data)
         except FrameError as exc:
             self.stats["backbone.drop." + exc.reason] += 1
-            return None
+            return []
         self.stats["backbone.received." + _TYPE_NAMES[frame.type]] += 1
         if frame.type is FrameType.CLIENT:
-            return self._client_frame(frame)
+            return self._client_frame(frame, now)
         if frame.type is FrameType.PEER:
-            if frame.destination in self.core.by_relay:
-                return PeerHere(frame.destination, frame.source, frame.payload)
-            self.stats["drop.peer_no_allocation"] += 1
-            return None
+            relay, peer = frame.destination, frame.source
+            return as_actions(self.core.peer_message(relay, peer, frame.payload, now))
         if frame.type is FrameType.HEARTBEAT:
             draining = frame.payload[:1] == b"\x01"
             self.membership.heard(frame.origin, now, draining)
-            return None
-        try:
-            body = json.loads(frame.payload)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            self.stats["backbone.drop.malformed"] += 1
-            return None
-        if body.get("op") in ("pin", "unpin"):
-            flow = _flow_of(body.get("flow"))
-            if flow is None:
-                self.stats["backbone.drop.malformed"] += 1
-            elif body["op"] == "unpin":
-                self.pins.pop(flow, None)
-            else:
-                if len(self.pins) >= MAX_PINS:
-                    del self.pins[next(iter(self.pins))]
-                self.pins[flow] = frame.origin
-            return None
-        return ControlHere(frame.origin, body)
+            return []
+        return control.run_control(self, frame.origin, frame.payload)
 
-    def _client_frame(self, frame: Frame) -> Delivery:
+    def _client_frame(self, frame: Frame, now: float) -> list[Action]:
         try:
             transport = Transport(frame.transport)
         except ValueError:
             self.stats["backbone.drop.malformed"] += 1
-            return None
+            return []
         five_tuple = FiveTuple(transport, frame.source, frame.destination)
+        data = frame.payload
         if five_tuple in self.core.allocations:
-            return ClientHere(five_tuple, frame.payload)
-        _, creates = classify(frame.payload)
+            return as_actions(self.core.client_message(five_tuple, data, now), five_tuple)
+        _, creates = classify(data)
         pinned = self.pins.get(five_tuple) if self.pins else None
+        pins: Sequence[ForwardToNode] = _NO_PINS
         if pinned is None and creates:
-            pinned = self._token_holder(five_tuple, frame.payload)
+            pinned, pins = self._token_holder(five_tuple, data)
         if pinned is not None and pinned != self.node_id and frame.hop < MAX_HOPS:
-            return ToNode(pinned, self.forward_client(pinned, five_tuple, frame.payload, 2))
-        if pinned is not None:
-            return ClientHere(five_tuple, frame.payload)
-        key = flow_key(frame.transport, frame.source, frame.destination)
-        target = self.router.client(key, frame.hop, frame.origin, False, creates)
-        if target == self.node_id:
-            return ClientHere(five_tuple, frame.payload)
-        self.stats["cluster.second_chance"] += 1
-        return ToNode(target, self.forward_client(target, five_tuple, frame.payload, frame.hop + 1))
+            return [*pins, ForwardToNode(pinned, self.forward_client(pinned, five_tuple, data, 2))]
+        if pinned is None:
+            key = flow_key(frame.transport, frame.source, frame.destination)
+            target = self.router.client(key, frame.hop, frame.origin, False, creates)
+            if target != self.node_id:
+                self.stats["cluster.second_chance"] += 1
+                sealed = self.forward_client(target, five_tuple, data, frame.hop + 1)
+                return [ForwardToNode(target, sealed)]
+        return [*pins, *as_actions(self.core.client_message(five_tuple, data, now), five_tuple)]
 
     # --- membership and control --------------------------------------------------------------
 
-    def heartbeats(self, now: float) -> list[ToNode]:
+    def heartbeats(self, now: float) -> list[ForwardToNode]:
         """One HEARTBEAT frame for every other configured node (the adapter sends them).
 
         The frame says whether this node takes new flows: not while draining or joining.
@@ -317,37 +310,49 @@ class ClusterNode:
         flag = b"\x01" if closed else b"\x00"
         self.membership.set_draining(closed)
         frame = Frame(FrameType.HEARTBEAT, self.node_id, 0, "udp", NOWHERE, NOWHERE, flag)
-        return [ToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id]
+        return [
+            ForwardToNode(node, self._seal(frame)) for node in self.backbone if node != self.node_id
+        ]
 
     def expire(self, now: float) -> bool:
         """Forget nodes not heard for ``dead_after`` seconds; True when the view changed."""
         return self.membership.expire(now)
 
-    def broadcast(self, body: Mapping[str, Any]) -> list[ToNode]:
+    def joined(self, nodes: Iterable[int]) -> list[ForwardToNode]:
+        """Nodes that just joined this node's view may hold revocations made while we were
+        apart: ask each (``revocations?``)."""
+        ask = control.ask_revocations()
+        return [self.tell(node, ask) for node in nodes if node != self.node_id]
+
+    def announce_revocation(self, username: str) -> list[ForwardToNode]:
+        """An operator revoked ``username`` here: tell every other node (``revoke``)."""
+        return self.broadcast(control.revoke(username))
+
+    def broadcast(self, body: Mapping[str, object]) -> list[ForwardToNode]:
         """A CONTROL frame with ``body`` (JSON) for every other configured node."""
         return [self.tell(node, body) for node in self.backbone if node != self.node_id]
 
-    def tell(self, node: int, body: Mapping[str, Any]) -> ToNode:
+    def tell(self, node: int, body: Mapping[str, object]) -> ForwardToNode:
         """A CONTROL frame with ``body`` (JSON) for ``node`` alone."""
         payload = json.dumps(body, separators=(",", ":")).encode()
         frame = Frame(FrameType.CONTROL, self.node_id, 0, "udp", NOWHERE, NOWHERE, payload)
-        return ToNode(node, self._seal(frame))
+        return ForwardToNode(node, self._seal(frame))
 
-    def revocations(self, node: int, usernames: Iterable[str]) -> list[ToNode]:
+    def revocations(self, node: int, usernames: Iterable[str]) -> list[ForwardToNode]:
         """``usernames`` for ``node`` as ``{"op": "revoke", "usernames": [...]}`` frames, each
         under :data:`CONTROL_PAYLOAD_MAX` bytes of JSON (a single longer name goes alone)."""
-        frames: list[ToNode] = []
+        frames: list[ForwardToNode] = []
         chunk: list[str] = []
         size = 0
         for name in usernames:
             cost = len(json.dumps(name)) + 1
             if chunk and size + cost > CONTROL_PAYLOAD_MAX:
-                frames.append(self.tell(node, {"op": "revoke", "usernames": chunk}))
+                frames.append(self.tell(node, control.revoke_all(chunk)))
                 chunk, size = [], 0
             chunk.append(name)
             size += cost
         if chunk:
-            frames.append(self.tell(node, {"op": "revoke", "usernames": chunk}))
+            frames.append(self.tell(node, control.revoke_all(chunk)))
         return frames
 
     def owner(self, transport: str, client: Address, server: Address) -> int:
@@ -357,28 +362,3 @@ class ClusterNode:
     def _seal(self, frame: Frame) -> bytes:
         self.stats["backbone.sent." + _TYPE_NAMES[frame.type]] += 1
         return self.codec.seal(frame)
-
-
-def _flow_text(five_tuple: FiveTuple) -> list[object]:
-    """A 5-tuple as JSON data: [transport, client host, client port, server host, server port]."""
-    client, server = five_tuple.client, five_tuple.server
-    return [five_tuple.transport.value, client.host, client.port, server.host, server.port]
-
-
-def _flow_of(value: object) -> FiveTuple | None:
-    """The 5-tuple of :func:`_flow_text`'s data, or None if it is not that."""
-    if not isinstance(value, list) or len(value) != 5:
-        return None
-    transport, client_host, client_port, server_host, server_port = value
-    if not (isinstance(client_port, int) and isinstance(server_port, int)):
-        return None
-    if not (isinstance(client_host, str) and isinstance(server_host, str)):
-        return None
-    try:
-        return FiveTuple(
-            Transport(transport),
-            Address(client_host, client_port),
-            Address(server_host, server_port),
-        )
-    except ValueError:
-        return None

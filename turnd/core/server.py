@@ -56,7 +56,15 @@ from stun.hotpath import (
 )
 from stun.message import Message, MessageClass, Method, decode
 from turnd.core import allocate, dispatch, permissions, tcp_relay, teardown
-from turnd.core.actions import Action, FiveTuple, SendToClient, SendToPeer, Transport
+from turnd.core.actions import (
+    Action,
+    ClientOutcome,
+    FiveTuple,
+    PeerOutcome,
+    SendToClient,
+    SendToPeer,
+    Transport,
+)
 from turnd.core.allocate import PendingAllocations
 from turnd.core.allocation import Allocation
 from turnd.core.authn import RequestAuthenticator
@@ -70,10 +78,6 @@ from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 from turnd.core.timers import Schedule, TimerKind
 
-#: What :meth:`TurnServer.client_message` gives back (see the comment above it).
-ClientOutcome = tuple[Address, Address, bytes] | bytes | list[Action] | None
-#: What :meth:`TurnServer.peer_message` gives back.
-PeerOutcome = tuple[FiveTuple, bytes] | list[Action] | None
 _UDP = Transport.UDP  # a module constant: Enum member reads cost a descriptor call on 3.11
 
 #: Transaction ids of server-originated indications (Data, ConnectionAttempt) drawn per rng call:
