@@ -30,7 +30,7 @@ def answer(server: TurnServer, request: Request) -> list[Action]:
     message, five_tuple, now = request.message, request.five_tuple, request.now
     handler = DISPATCH.get((message.method, message.cls))
     unsigned = message.mi_offset is None and message.mi256_offset is None
-    if unsigned and not server.may_answer_unauthenticated(five_tuple, now):
+    if unsigned and not server.gate.may_answer(five_tuple, now):
         return []  # no credential can come of it: the answer would be unauthenticated
     if not unsigned and not _allocation_owner(server, request) and server.auth.throttled(request):
         return []  # too many failed authentications from this source: guessing is slowed
@@ -46,7 +46,7 @@ def answer(server: TurnServer, request: Request) -> list[Action]:
         return handler(server, request)
     except StunError as err:
         refused = request.credential is None and not unsigned
-        if refused and not server.may_answer_unauthenticated(five_tuple, now):
+        if refused and not server.gate.may_answer(five_tuple, now):
             return []  # credentials were offered and refused: unauthenticated answer too
         server.stats[f"error.{err.code}"] += 1
         return server.reply(five_tuple, server.responses.error(request, err))

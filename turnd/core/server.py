@@ -68,6 +68,7 @@ from turnd.core.actions import (
 from turnd.core.allocate import PendingAllocations
 from turnd.core.allocation import Allocation
 from turnd.core.authn import RequestAuthenticator
+from turnd.core.gate import UnauthenticatedGate
 from turnd.core.peer_policy import PeerPolicy
 from turnd.core.ports import RelayPorts
 from turnd.core.quotas import AllocationQuotas
@@ -115,6 +116,7 @@ class TurnServer:
         self.auth = RequestAuthenticator(authenticator, nonces, self.stats, throttle)
         self.limiter = SourceLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
         self.credit = ByteCredit(settings.unauthenticated_credit)
+        self.gate = UnauthenticatedGate(self.limiter, self.credit, self.stats)
         #: Per-allocation traffic rates; 0 in the settings means no limit.
         self.packet_rate = settings.allocation_packet_rate or math.inf
         self.byte_rate = settings.allocation_byte_rate or math.inf
@@ -155,11 +157,11 @@ class TurnServer:
         except StunDecodeError as exc:
             header = exc.header
             if header is not None and header.cls is MessageClass.REQUEST:
-                if not self.may_answer_unauthenticated(five_tuple, now):
+                if not self.gate.may_answer(five_tuple, now):
                     return []
                 self.stats["request.malformed"] += 1
                 answer = self.responses.malformed(header, 400, exc.reason, len(data))
-                return self._paid(five_tuple, len(data), self.reply(five_tuple, answer), now)
+                return self.gate.paid(five_tuple, len(data), self.reply(five_tuple, answer), now)
             return self.drop("malformed_stun")
         if message.cls is MessageClass.REQUEST:
             return self._handle_request(five_tuple, message, len(data), now)
@@ -214,10 +216,8 @@ class TurnServer:
             return self.handle_peer(relay, peer, data, now)
         return self.peer_route(relay, peer, data, now)
 
-    # --- hot path (DESIGN.md "Hot path exception") -------------------------------------------
-    # The adapter calls these two directly for relayed data when timers_due() is False: the same
-    # checks and counters as the action-returning paths (which are built on them), but plain
-    # tuples out, so relaying a packet builds no action object and re-arms no timer.
+    # --- hot path: the routes the entry points take when no timer is due; the same checks and
+    # counters as the action-returning paths (which are built on them), plain tuples out.
 
     def timers_due(self, now: float) -> bool:
         """Whether handle_timer has work at ``now`` (then use the action-returning inputs)."""
@@ -354,42 +354,15 @@ class TurnServer:
 
     # --- requests ----------------------------------------------------------------------------
 
-    def may_answer_unauthenticated(self, five_tuple: FiveTuple, now: float) -> bool:
-        """The per-source limit on unauthenticated answers (turnd.core.ratelimit)."""
-        if self.limiter.allow(five_tuple.client.host, now):
-            return True
-        self.stats["drop.unauthenticated_rate"] += 1
-        return False
-
-    def _paid(
-        self, five_tuple: FiveTuple, received: int, actions: list[Action], now: float
-    ) -> list[Action]:
-        """``actions`` answer an unauthenticated request of ``received`` bytes: sent only if the
-        source's byte credit pays for them (turnd.core.ratelimit.ByteCredit), else dropped.
-        TCP and TLS are exempt: their handshake proved the source address (RFC 9000 §8.1), so
-        nothing is reflected to a forged one."""
-        answered = sum(len(a.data) for a in actions if type(a) is SendToClient)
-        return actions if self._credit_pays(five_tuple, received, answered, now) else []
-
-    def _credit_pays(self, five_tuple: FiveTuple, received: int, answered: int, now: float) -> bool:
-        """Whether the source's byte credit pays ``answered`` bytes for ``received`` (streams
-        always: see :meth:`_paid`); a refusal is counted."""
-        if five_tuple.transport.is_stream or self.credit.pay(
-            five_tuple.client.host, received, answered, now
-        ):
-            return True
-        self.stats["drop.unauthenticated_credit"] += 1
-        return False
-
     def _handle_request(
         self, five_tuple: FiveTuple, message: Message, size: int, now: float
     ) -> list[Action]:
         request = Request(five_tuple, message, now, message.has(at.Fingerprint), size=size)
         actions = dispatch.answer(self, request)
         if request.credential is not None:
-            self.credit.validated(five_tuple.client.host)
+            self.gate.validated(five_tuple)
             return actions
-        return self._paid(five_tuple, size, actions, now)
+        return self.gate.paid(five_tuple, size, actions, now)
 
     # --- Binding (RFC 8489 §6.3.1) -----------------------------------------------------------
 
@@ -402,10 +375,10 @@ class TurnServer:
         parsed = parse_binding(data)
         if parsed is None:
             return False
-        if not self.may_answer_unauthenticated(five_tuple, now):
+        if not self.gate.may_answer(five_tuple, now):
             return True
         answer = build_binding_success(parsed[0], five_tuple.client, parsed[1])
-        if not self._credit_pays(five_tuple, len(data), len(answer), now):
+        if not self.gate.pays(five_tuple, len(data), len(answer), now):
             return True
         self.stats["stun.binding_requests"] += 1
         return answer
