@@ -182,13 +182,8 @@ class TurnServer:
         return [] if route is None else [SendToClient(*route)]
 
     # --- the one entry point per datagram (DESIGN.md "Hot path exception") ------------------
-    # The adapter hands every client message and every peer datagram to these two, and carries
-    # out what comes back by its type, without building action objects for relayed data:
-    #   tuple (relay, peer, payload)  -- send payload from relay socket ``relay`` to ``peer``;
-    #   tuple (five_tuple, frame)     -- (peer_message) send frame to that client;
-    #   bytes                         -- (client_message) the answer to this message's sender;
-    #   list of actions               -- everything else, in order (timers ran first);
-    #   None                          -- dropped and counted.
+    # The adapter hands every client message and peer datagram to these two and carries out
+    # the outcome by its type (turnd.core.actions: ClientOutcome, PeerOutcome); timers run first.
 
     def client_message(self, five_tuple: FiveTuple, data: bytes, now: float) -> ClientOutcome:
         """A datagram (UDP, here or forwarded by another node) or a whole frame (TCP/TLS) from
