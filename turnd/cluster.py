@@ -43,23 +43,16 @@ from stun.addresses import Address
 from turnd.config import ClusterConfig, Config, Secret
 from turnd.core.actions import ForwardToNode, as_actions
 from turnd.core.cluster import ClusterNode
+from turnd.host import ServiceHost
 from turnd.logs import event
 
 if TYPE_CHECKING:
     from turnd.core.actions import Action
-    from turnd.core.server import TurnServer
 
 
-class ClusterHost(Protocol):
-    """What the cluster's I/O asks of the service (:class:`turnd.service.TurnService`)."""
-
-    @property
-    def config(self) -> Config:
-        """The current configuration (the relay port range)."""
-
-    @property
-    def core(self) -> TurnServer:
-        """This node's core."""
+class ClusterHost(ServiceHost, Protocol):
+    """What the cluster's I/O asks of the service (:class:`turnd.service.TurnService`), beyond
+    the configuration (the relay port range) and this node's core."""
 
     @property
     def revoked(self) -> set[str]:

@@ -15,40 +15,26 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from auth.credentials import parse_rest_username
 from stun.keys import unquote
 from turnd.assembly import build_authenticator
 from turnd.config import Config
 from turnd.core.actions import Action, AllocationEnded
-from turnd.core.server import TurnServer
+from turnd.host import ClusteredHost
 from turnd.logs import event
 from turnd.runtime import RuntimeCredentials
 from turnd.state import StateError
-
-if TYPE_CHECKING:
-    from turnd.cluster import ClusterLink
 
 #: Seconds between prunes of expired REST revocations: they can only grow on a revoke, so the
 #: prune runs then, at most this often (an expired name costs memory only, never a wrong answer).
 REVOCATION_PRUNE_INTERVAL = 600.0
 
 
-class CredentialOwner(Protocol):
-    """What the credential state asks of the service that holds it."""
-
-    @property
-    def config(self) -> Config:
-        """The current configuration (a reload swaps it)."""
-
-    @property
-    def core(self) -> TurnServer:
-        """The core whose authenticator this state rebuilds."""
-
-    @property
-    def cluster(self) -> ClusterLink | None:
-        """This node's cluster link, told of every revocation."""
+class CredentialOwner(ClusteredHost, Protocol):
+    """What the credential state asks of the service that holds it, beyond the configuration,
+    the core whose authenticator it rebuilds and the cluster link (told of every revocation)."""
 
     def execute(self, actions: list[Action]) -> None:
         """Carry out the core's actions (the allocations a revocation ends)."""

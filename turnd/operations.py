@@ -15,26 +15,22 @@ from auth.credentials import mint_rest_credentials
 from stun.addresses import Address
 from turnd.core.actions import FiveTuple, Transport
 from turnd.core.allocation import Allocation
+from turnd.host import ClusteredHost
 from turnd.runtime import secret_id
 
 if TYPE_CHECKING:
-    from turnd.cluster import ClusterLink
     from turnd.config import Config
     from turnd.core.actions import Action
-    from turnd.core.server import TurnServer
     from turnd.credential_state import CredentialState
 
 
-class OperationsHost(Protocol):
-    """What the operator's levers read and change (:class:`turnd.service.TurnService`)."""
+class OperationsHost(ClusteredHost, Protocol):
+    """What the operator's levers read and change (:class:`turnd.service.TurnService`), beyond
+    the configuration, the core and the cluster link."""
 
     @property
     def started(self) -> float:
         """When the service started (Unix time)."""
-
-    @property
-    def config(self) -> Config:
-        """The current configuration."""
 
     @property
     def bound(self) -> list[tuple[str, Address]]:
@@ -47,14 +43,6 @@ class OperationsHost(Protocol):
     @property
     def relay_ipv6(self) -> str | None:
         """The IPv6 relay address, if any."""
-
-    @property
-    def core(self) -> TurnServer:
-        """The core."""
-
-    @property
-    def cluster(self) -> ClusterLink | None:
-        """This node's cluster link, if any."""
 
     @property
     def credentials(self) -> CredentialState:

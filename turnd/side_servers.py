@@ -19,6 +19,7 @@ from turnd.listeners import Listeners, bind_failure_reason
 from turnd.logs import event
 
 if TYPE_CHECKING:
+    from turnd.config_values import Endpoint
     from turnd.metrics import MetricsSource
     from turnd.operations import OperationsHost
     from turnd.side_http import SideLimits
@@ -62,7 +63,6 @@ class SideServers:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        from turnd import side_http
         from turnd.metrics import registry_for
 
         registry = registry_for(self._owner)
@@ -73,27 +73,10 @@ class SideServers:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        runner = side_http.runner(app, self.side_limits(), access_log=None)
-        await runner.setup()
-        site = side_http.TCPSite(
-            runner, endpoint.host, endpoint.port, name="metrics", limits=self.side_limits()
-        )
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            self._owner.listeners.report(
-                "metrics",
-                endpoint.host,
-                endpoint.port,
-                False,
-                bind_failure_reason(exc, endpoint.port),
-            )
+        served = await self._serve("metrics", app, endpoint, access_log=None)
+        if served is None:
             return
-        self._metrics = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else endpoint.port
+        self._metrics, port = served
         self.metrics_address = Address(endpoint.host, port)
         event(logging.INFO, "metrics.started", address=endpoint.host, port=port)
 
@@ -120,7 +103,6 @@ class SideServers:
             return
 
         from auth.endpoint import make_app
-        from turnd import side_http
 
         try:
             app = make_app(self._api_settings(owner.config), owner.credentials, time.time)
@@ -129,23 +111,35 @@ class SideServers:
                 "api", endpoint.host, endpoint.port, False, f"bad [api] settings: {exc}"
             )
             return
-        runner = side_http.runner(app, self.side_limits())
+        served = await self._serve("api", app, endpoint)
+        if served is None:
+            return
+        self._api_runner, port = served
+        self._api = app
+        event(logging.INFO, "api.started", address=endpoint.host, port=port)
+
+    async def _serve(
+        self, name: str, app: Any, endpoint: Endpoint, **runner_options: Any
+    ) -> tuple[Any, int] | None:
+        """Serve ``app`` on ``endpoint`` as the side server ``name``: its runner and bound port
+        (the real one when 0 was asked), or None: it could not bind, reported as a failed
+        listener."""
+        from turnd import side_http
+
+        limits = self.side_limits()
+        runner = side_http.runner(app, limits, **runner_options)
         await runner.setup()
-        site = side_http.TCPSite(
-            runner, endpoint.host, endpoint.port, name="api", limits=self.side_limits()
-        )
+        site = side_http.TCPSite(runner, endpoint.host, endpoint.port, name=name, limits=limits)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             reason = bind_failure_reason(exc, endpoint.port)
-            self._owner.listeners.report("api", endpoint.host, endpoint.port, False, reason)
-            return
-        self._api, self._api_runner = app, runner
+            self._owner.listeners.report(name, endpoint.host, endpoint.port, False, reason)
+            return None
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else endpoint.port
-        event(logging.INFO, "api.started", address=endpoint.host, port=port)
+        return runner, sockets[0].getsockname()[1] if sockets else endpoint.port
 
     def side_limits(self) -> SideLimits:
         """The bounds of each side HTTP server (``limits.side_*``), counted in the core's stats."""

@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from turnd.config import Config
 from turnd.core.actions import AllocationEnded
-from turnd.core.server import TurnServer
 from turnd.credential_state import CredentialState
+from turnd.host import ClusteredHost
 from turnd.logs import event
 
-if TYPE_CHECKING:
-    from turnd.cluster import ClusterLink
 
-
-class UsageOwner(Protocol):
-    """What usage accounting asks of the service that holds it."""
-
-    @property
-    def config(self) -> Config:
-        """The current configuration (``[usage] file``)."""
-
-    @property
-    def core(self) -> TurnServer:
-        """The core, whose stats count failed writes."""
-
-    @property
-    def cluster(self) -> ClusterLink | None:
-        """This node's cluster link, told of every ended allocation."""
+class UsageOwner(ClusteredHost, Protocol):
+    """What usage accounting asks of the service that holds it, beyond ``[usage] file``, the
+    core's stats (failed writes) and the cluster link (told of every ended allocation)."""
 
     @property
     def credentials(self) -> CredentialState:
