@@ -21,20 +21,23 @@ from typing import Any
 
 import attrs
 
-from stun import attributes as at
-from stun.addresses import Address
-from stun.channeldata import PacketKind, classify, frame_channel_data, parse_channel_data
-from stun.errors import StunDecodeError
-from stun.keys import PasswordAlgorithm, long_term_key, userhash
-from stun.message import (
+from stun import (
+    Address,
     Integrity,
     Message,
     MessageClass,
     Method,
+    PacketKind,
+    StunDecodeError,
     check_integrity,
+    classify,
     decode,
     encode,
+    frame_channel_data,
+    parse_channel_data,
 )
+from stun import attributes as at
+from stun.keys import PasswordAlgorithm, long_term_key, userhash
 
 #: REQUESTED-TRANSPORT values (RFC 8656 §18.8, RFC 6062 §6.1: IANA protocol numbers).
 UDP_PROTOCOL = 17
@@ -311,3 +314,47 @@ class TurnSession:
         if request.retries >= self.max_retries or not stale or not self.learn(reply):
             return None
         return self.request(request.method, *request.attributes, retries=request.retries + 1)
+
+
+class SessionState:
+    """The session's state as tests read and set it, for a driver that holds ``session``
+    (the memory, sync and asyncio drivers)."""
+
+    session: TurnSession
+
+    @property
+    def username(self) -> str:
+        return self.session.username
+
+    @property
+    def password(self) -> str:
+        return self.session.password
+
+    @property
+    def sha256(self) -> bool:
+        return self.session.sha256
+
+    @property
+    def realm(self) -> str | None:
+        return self.session.realm
+
+    @realm.setter
+    def realm(self, value: str | None) -> None:
+        self.session.realm = value
+
+    @property
+    def nonce(self) -> str | None:
+        return self.session.nonce
+
+    @nonce.setter
+    def nonce(self, value: str | None) -> None:
+        self.session.nonce = value
+
+    @property
+    def relay(self) -> Address | None:
+        """The XOR-RELAYED-ADDRESS of the last successful Allocate."""
+        return self.session.relay
+
+    @relay.setter
+    def relay(self, value: Address | None) -> None:
+        self.session.relay = value

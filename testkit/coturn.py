@@ -56,6 +56,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
+from testkit.links import ClosesOnExit
+
 if TYPE_CHECKING:
     import pytest
 
@@ -325,7 +327,7 @@ def _tcp_accepts(host: str, port: int) -> bool:
 
 
 @attrs.frozen(eq=False)
-class EchoPeer:
+class EchoPeer(ClosesOnExit):
     """A running turnutils_peer: UDP echo on ``port`` and ``port + 1`` on each of ``hosts``.
 
     turnutils_peer speaks UDP only; uclient's TCP relay mode (``-T``) needs no peer because it
@@ -352,11 +354,7 @@ class EchoPeer:
         _stop_process(self.process)
         self._log.close()
 
-    def __enter__(self) -> EchoPeer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    close = stop
 
 
 def start_peer(
@@ -819,7 +817,7 @@ def run_stunclient(
 
 
 @attrs.frozen(eq=False)
-class CoturnServer:
+class CoturnServer(ClosesOnExit):
     """A running coturn turnserver on loopback (UDP and TCP on ``port``, TLS on ``tls_port``)."""
 
     hosts: tuple[str, ...]
@@ -849,11 +847,7 @@ class CoturnServer:
         """Stop turnserver (SIGTERM by PID, SIGKILL if it lingers); safe to call twice."""
         _stop_process(self.process)
 
-    def __enter__(self) -> CoturnServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    close = stop
 
 
 def make_self_signed_cert(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
