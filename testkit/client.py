@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
@@ -38,6 +38,8 @@ from stun import (
 )
 from stun import attributes as at
 from stun.keys import PasswordAlgorithm, long_term_key, userhash
+
+T = TypeVar("T")
 
 #: REQUESTED-TRANSPORT values (RFC 8656 §18.8, RFC 6062 §6.1: IANA protocol numbers).
 UDP_PROTOCOL = 17
@@ -316,45 +318,36 @@ class TurnSession:
         return self.request(request.method, *request.attributes, retries=request.retries + 1)
 
 
+class FromSession(Generic[T]):
+    """A driver attribute that reads and writes the session's attribute of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, driver: None, owner: type) -> FromSession[T]: ...
+    @overload
+    def __get__(self, driver: SessionState, owner: type) -> T: ...
+    def __get__(self, driver: SessionState | None, owner: type) -> T | FromSession[T]:
+        if driver is None:
+            return self
+        value: T = getattr(driver.session, self.name)
+        return value
+
+    def __set__(self, driver: SessionState, value: T) -> None:
+        setattr(driver.session, self.name, value)
+
+
 class SessionState:
     """The session's state as tests read and set it, for a driver that holds ``session``
     (the memory, sync and asyncio drivers)."""
 
     session: TurnSession
 
-    @property
-    def username(self) -> str:
-        return self.session.username
-
-    @property
-    def password(self) -> str:
-        return self.session.password
-
-    @property
-    def sha256(self) -> bool:
-        return self.session.sha256
-
-    @property
-    def realm(self) -> str | None:
-        return self.session.realm
-
-    @realm.setter
-    def realm(self, value: str | None) -> None:
-        self.session.realm = value
-
-    @property
-    def nonce(self) -> str | None:
-        return self.session.nonce
-
-    @nonce.setter
-    def nonce(self, value: str | None) -> None:
-        self.session.nonce = value
-
-    @property
-    def relay(self) -> Address | None:
-        """The XOR-RELAYED-ADDRESS of the last successful Allocate."""
-        return self.session.relay
-
-    @relay.setter
-    def relay(self, value: Address | None) -> None:
-        self.session.relay = value
+    username: FromSession[str] = FromSession()
+    password: FromSession[str] = FromSession()
+    sha256: FromSession[bool] = FromSession()
+    realm: FromSession[str | None] = FromSession()
+    nonce: FromSession[str | None] = FromSession()
+    #: The XOR-RELAYED-ADDRESS of the last successful Allocate.
+    relay: FromSession[Address | None] = FromSession()
