@@ -22,6 +22,7 @@ from testkit.client import (
     DataIndication,
     Received,
     Request,
+    SessionState,
     TurnSession,
     parse,
     raise_for_error,
@@ -42,7 +43,7 @@ class _Datagrams(asyncio.DatagramProtocol):
             self.queue.put_nowait(data)
 
 
-class AsyncTurnClient:
+class AsyncTurnClient(SessionState):
     """A TURN client on the event loop; make one with :meth:`open`."""
 
     def __init__(self, server: tuple[str, int], session: TurnSession, timeout: float) -> None:
@@ -91,11 +92,6 @@ class AsyncTurnClient:
         while chunk := await reader.read(1 << 16):
             for frame in deframer.feed(chunk):
                 self.queue.put_nowait(frame)
-
-    @property
-    def relay(self) -> Address | None:
-        """The XOR-RELAYED-ADDRESS of the last successful Allocate."""
-        return self.session.relay
 
     async def close(self) -> None:
         if self._udp is not None:

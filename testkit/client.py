@@ -17,24 +17,29 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
-from stun import attributes as at
-from stun.addresses import Address
-from stun.channeldata import PacketKind, classify, frame_channel_data, parse_channel_data
-from stun.errors import StunDecodeError
-from stun.keys import PasswordAlgorithm, long_term_key, userhash
-from stun.message import (
+from stun import (
+    Address,
     Integrity,
     Message,
     MessageClass,
     Method,
+    PacketKind,
+    StunDecodeError,
     check_integrity,
+    classify,
     decode,
     encode,
+    frame_channel_data,
+    parse_channel_data,
 )
+from stun import attributes as at
+from stun.keys import PasswordAlgorithm, long_term_key, userhash
+
+T = TypeVar("T")
 
 #: REQUESTED-TRANSPORT values (RFC 8656 §18.8, RFC 6062 §6.1: IANA protocol numbers).
 UDP_PROTOCOL = 17
@@ -311,3 +316,38 @@ class TurnSession:
         if request.retries >= self.max_retries or not stale or not self.learn(reply):
             return None
         return self.request(request.method, *request.attributes, retries=request.retries + 1)
+
+
+class FromSession(Generic[T]):
+    """A driver attribute that reads and writes the session's attribute of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, driver: None, owner: type) -> FromSession[T]: ...
+    @overload
+    def __get__(self, driver: SessionState, owner: type) -> T: ...
+    def __get__(self, driver: SessionState | None, owner: type) -> T | FromSession[T]:
+        if driver is None:
+            return self
+        value: T = getattr(driver.session, self.name)
+        return value
+
+    def __set__(self, driver: SessionState, value: T) -> None:
+        setattr(driver.session, self.name, value)
+
+
+class SessionState:
+    """The session's state as tests read and set it, for a driver that holds ``session``
+    (the memory, sync and asyncio drivers)."""
+
+    session: TurnSession
+
+    username: FromSession[str] = FromSession()
+    password: FromSession[str] = FromSession()
+    sha256: FromSession[bool] = FromSession()
+    realm: FromSession[str | None] = FromSession()
+    nonce: FromSession[str | None] = FromSession()
+    #: The XOR-RELAYED-ADDRESS of the last successful Allocate.
+    relay: FromSession[Address | None] = FromSession()

@@ -39,12 +39,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from types import TracebackType
 from typing import Any
 
 import attrs
 
 from forwarding.netsetup import ensure_service_ip_on_lo
+from testkit.links import ClosesOnExit
 
 DEFAULT_PREFIX = "turnd-tb"
 DEFAULT_SERVICE_IP = "10.77.255.1"
@@ -206,7 +206,7 @@ def wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:
         )
 
 
-class TestBed:
+class TestBed(ClosesOnExit):
     """Router, client, peer and node namespaces wired as the module docstring draws them."""
 
     __test__ = False  # not a pytest test class, despite the name
@@ -242,14 +242,6 @@ class TestBed:
         self.build()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
-
     def build(self) -> None:
         """Create every namespace and link, and route the service IP over all nodes. On failure
         whatever was made is removed again before the error propagates."""
@@ -283,6 +275,8 @@ class TestBed:
         self._created.clear()
         remove_stale_namespaces(self.prefix)
         atexit.unregister(self.destroy)
+
+    close = destroy
 
     # --- topology ---------------------------------------------------------------------------
 

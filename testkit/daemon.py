@@ -176,6 +176,17 @@ def start_turnd(
     raise RuntimeError(f"turnd did not start:\n{log_path.read_text()}")
 
 
+def run_turnd(config: Path, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run turnd on ``config`` to its end (a start-up meant to fail), its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "turnd", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @contextmanager
 def running_turnd(directory: Path, extra: str = "") -> Iterator[Daemon]:
     daemon = start_turnd(directory, extra)

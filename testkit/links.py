@@ -14,7 +14,7 @@ import ssl
 import struct
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, Self
 
 from stun.framing import StreamDeframer
 
@@ -42,6 +42,20 @@ class Link(Protocol):
     def send(self, data: bytes) -> None: ...
     def receive(self) -> list[bytes]: ...
     def close(self) -> None: ...
+
+
+class ClosesOnExit:
+    """``with thing:`` ends with ``thing.close()`` (the testkit's clients, peers, servers and
+    beds)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def bind_unused(sock: socket.socket, addresses: Iterator[tuple[str, int]]) -> None:

@@ -20,7 +20,7 @@ from stun import attributes as at
 from stun.addresses import Address
 from stun.channeldata import parse_channel_data
 from stun.message import Message, Method, decode
-from testkit.client import MAX_RETRIES, Request, TurnSession, counter_txids
+from testkit.client import MAX_RETRIES, Request, SessionState, TurnSession, counter_txids
 from turnd.core.actions import (
     Action,
     ConnectPeer,
@@ -69,7 +69,7 @@ def to_peer(actions: Iterable[Action]) -> list[SendToPeer]:
     return [a for a in actions if isinstance(a, SendToPeer)]
 
 
-class MemoryClient:
+class MemoryClient(SessionState):
     """A TURN client whose every message goes straight into ``world`` (see the module doc)."""
 
     def __init__(
@@ -98,44 +98,6 @@ class MemoryClient:
             **session,
         )
         self.last_actions: list[Action] = []
-
-    # The session's state, as the tests read and set it.
-
-    @property
-    def username(self) -> str:
-        return self.session.username
-
-    @property
-    def password(self) -> str:
-        return self.session.password
-
-    @property
-    def sha256(self) -> bool:
-        return self.session.sha256
-
-    @property
-    def nonce(self) -> str | None:
-        return self.session.nonce
-
-    @nonce.setter
-    def nonce(self, value: str | None) -> None:
-        self.session.nonce = value
-
-    @property
-    def realm(self) -> str | None:
-        return self.session.realm
-
-    @realm.setter
-    def realm(self, value: str | None) -> None:
-        self.session.realm = value
-
-    @property
-    def relay(self) -> Address | None:
-        return self.session.relay
-
-    @relay.setter
-    def relay(self, value: Address | None) -> None:
-        self.session.relay = value
 
     @property
     def five_tuple(self) -> FiveTuple:

@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from stun.addresses import Address
@@ -28,6 +27,7 @@ from testkit.client import (
     DataIndication,
     Received,
     Request,
+    SessionState,
     TurnError,
     TurnSession,
     error_code,
@@ -37,6 +37,7 @@ from testkit.client import (
 from testkit.links import (
     LOOPBACK,
     MAX_DATAGRAM,
+    ClosesOnExit,
     Link,
     open_link,
     read_exactly,
@@ -75,7 +76,7 @@ def random_txid() -> bytes:
     return os.urandom(12)
 
 
-class TurnClient:
+class TurnClient(SessionState, ClosesOnExit):
     """A TURN client on a blocking driver: UDP from ``bind`` (127.0.0.1 unless told), or a
     TCP/TLS connection, or any ``link`` given.
 
@@ -105,16 +106,6 @@ class TurnClient:
         self.on_stray = on_stray
         self._pending: deque[Received] = deque()
 
-    # The session's state, as the tests read and set it.
-
-    @property
-    def username(self) -> str:
-        return self.session.username
-
-    @property
-    def password(self) -> str:
-        return self.session.password
-
     @property
     def key(self) -> Callable[[], bytes]:
         """The long-term key for the learned realm (a test may replace it to sign with
@@ -124,27 +115,6 @@ class TurnClient:
     @key.setter
     def key(self, value: Callable[[], bytes]) -> None:
         self.session.key_override = value
-
-    @property
-    def realm(self) -> str | None:
-        return self.session.realm
-
-    @realm.setter
-    def realm(self, value: str | None) -> None:
-        self.session.realm = value
-
-    @property
-    def nonce(self) -> str | None:
-        return self.session.nonce
-
-    @nonce.setter
-    def nonce(self, value: str | None) -> None:
-        self.session.nonce = value
-
-    @property
-    def relay(self) -> Address | None:
-        """The XOR-RELAYED-ADDRESS of the last successful Allocate."""
-        return self.session.relay
 
     @property
     def sock(self) -> socket.socket:
@@ -158,17 +128,6 @@ class TurnClient:
 
     def close(self) -> None:
         self.link.close()
-
-    def __enter__(self) -> TurnClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- raw I/O -------------------------------------------------------------------------------
 
@@ -283,7 +242,7 @@ class TurnClient:
         self.send_raw(self.session.channel_data(channel, data, pad=not self.link.datagram))
 
 
-class EchoPeer:
+class EchoPeer(ClosesOnExit):
     """A UDP peer on 127.0.0.1 that sends every datagram back to where it came from.
 
     It runs on a thread until :meth:`stop`; what it received is kept in :attr:`received` as
@@ -324,16 +283,7 @@ class EchoPeer:
         self._thread.join(timeout=TIMEOUT)
         self.sock.close()
 
-    def __enter__(self) -> EchoPeer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    close = stop
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:

@@ -165,15 +165,20 @@ def service_echoes(testbed: TestBed) -> Iterator[dict[int, subprocess.Popen[str]
 # --- forwarding.netsetup -------------------------------------------------------------------
 
 
-def lo_addresses(netns: str) -> str:
-    """What ``ip -o addr show dev lo`` prints inside ``netns``."""
+def show_lo(netns: str, what: str) -> str:
+    """What ``ip -o <what> show dev lo`` prints inside ``netns`` (``addr`` or ``link``)."""
     return subprocess.run(
-        ["ip", "-n", netns, "-o", "addr", "show", "dev", "lo"],
+        ["ip", "-n", netns, "-o", what, "show", "dev", "lo"],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
         check=True,
     ).stdout
+
+
+def lo_addresses(netns: str) -> str:
+    """What ``ip -o addr show dev lo`` prints inside ``netns``."""
+    return show_lo(netns, "addr")
 
 
 @pytest.mark.parametrize("address", ["10.77.255.1", "fd77::1"])
@@ -191,14 +196,7 @@ def test_service_ip_is_a_host_route_on_lo(scratch_netns: str) -> None:
     """The address lands on lo with a /32, and lo is up so it delivers."""
     ensure_service_ip_on_lo("10.77.255.1", netns=scratch_netns)
     assert "10.77.255.1/32" in lo_addresses(scratch_netns)
-    link = subprocess.run(
-        ["ip", "-n", scratch_netns, "-o", "link", "show", "dev", "lo"],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=True,
-    ).stdout
-    assert ",UP" in link
+    assert ",UP" in show_lo(scratch_netns, "link")
 
 
 def test_without_cap_net_admin_is_permission_error_naming_it(scratch_netns: str) -> None:

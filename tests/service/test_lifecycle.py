@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import pytest
 
 from testkit.daemon import (
     PASSWORD,
-    START_TIMEOUT,
     USER,
     Daemon,
+    run_turnd,
     start_turnd,
     wait_for_event,
     write_config,
@@ -117,12 +116,7 @@ def test_unreadable_users_file_at_start_exits_1_naming_it(tmp_path: Path) -> Non
     config.write_text(
         config.read_text().replace(USERS_LINE, f'{USERS_LINE}\nusers_file = "{missing}"')
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "turnd", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-    )
+    done = run_turnd(config)
     assert done.returncode == 1
     assert f"turnd: auth.users_file: cannot read {missing}: No such file or directory" in (
         done.stderr.splitlines()

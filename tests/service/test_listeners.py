@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stun import attributes as at
-from testkit.daemon import START_TIMEOUT, start_turnd, write_config
+from testkit.daemon import run_turnd, start_turnd, write_config
 from testkit.sync import LOOPBACK, TIMEOUT, error_code
 from tests.service.conftest import ClientFactory
 from turnd.listeners import bind_failure_reason
@@ -57,12 +55,7 @@ def test_no_listener_bound_exits_nonzero_naming_each(tmp_path: Path, busy_ports:
     why, each by transport, address and port."""
     listen = "[" + ", ".join(f'"udp:{port}"' for port in busy_ports) + "]"
     config = write_config(tmp_path, listen=listen)
-    done = subprocess.run(
-        [sys.executable, "-m", "turnd", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-    )
+    done = run_turnd(config)
     assert done.returncode == 1
     [summary] = [line for line in done.stderr.splitlines() if line.startswith("turnd:")]
     assert "no listener could be started" in summary

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from testkit.daemon import start_turnd, wait_for_event, write_config
+from testkit.daemon import run_turnd, start_turnd, wait_for_event, write_config
 from turnd.turnctl import app as turnctl_app
 
 #: Bound on waiting for turnd to refuse to start, or for one notification.
@@ -55,13 +53,7 @@ def test_start_on_a_bad_state_file_exits_nonzero_naming_it(
     """turnd exits non-zero with one line naming the file and what to do; no traceback."""
     config = write_config(tmp_path)
     _damage(tmp_path / "state", name, how)
-    done = subprocess.run(
-        [sys.executable, "-m", "turnd", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
+    done = run_turnd(config, timeout=WAIT)
     assert done.returncode == 2  # the unit's RestartPreventExitStatus: no restart loop
     assert str(tmp_path / "state" / name) in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
