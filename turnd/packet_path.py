@@ -99,7 +99,7 @@ class _ClientDatagrams(asyncio.DatagramProtocol):
 
 
 class _RelayDatagrams(asyncio.DatagramProtocol):
-    """A relay socket: every datagram goes to ``TurnServer.handle_peer``."""
+    """A relay socket: every datagram goes to ``TurnServer.peer_message``."""
 
     def __init__(self, service: PacketPath, relay: Address) -> None:
         self.service = service
