@@ -106,13 +106,9 @@ class _RelayDatagrams(asyncio.DatagramProtocol):
         self.relay = relay
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.handle(self.service.peers[addr], data)
-
-    def handle(self, peer: Address, data: bytes) -> None:
-        """One datagram from ``peer``."""
         service = self.service
         try:
-            out = service.core.peer_message(self.relay, peer, data, time.time())
+            out = service.core.peer_message(self.relay, service.peers[addr], data, time.time())
         except Exception:
             service.internal_error("peer datagram")
             return

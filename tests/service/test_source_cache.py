@@ -69,7 +69,9 @@ def test_the_caches_never_outgrow_their_bound(
     monkeypatch.setattr(
         turnd.packets, "client_message", lambda five_tuple, data: clients.append(five_tuple)
     )
-    monkeypatch.setattr(relay, "handle", lambda peer, data: peers.append(peer))
+    monkeypatch.setattr(
+        turnd.core, "peer_message", lambda relay, peer, data, now: peers.append(peer)
+    )
     largest = 0
     addrs = sources(1000)
     for addr in addrs:
