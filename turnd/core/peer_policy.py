@@ -196,7 +196,7 @@ class PeerPolicy:
         if any((ip, port) in self.own_addresses for ip in forms):
             return False
         if self.own_networks:
-            ips = embedded_addresses(ipaddress.ip_address(host))
+            ips = _embedded(host)
             return not any(
                 port == own_port and ip.version == net.version and ip in net
                 for net, own_port in self.own_networks
@@ -206,9 +206,15 @@ class PeerPolicy:
 
 
 @lru_cache(maxsize=65536)
+def _embedded(host: str) -> tuple[IPAddress, ...]:
+    """``host`` (a valid IP) and every IPv4 address it embeds."""
+    return embedded_addresses(ipaddress.ip_address(host))
+
+
+@lru_cache(maxsize=65536)
 def _canonical_forms(host: str) -> tuple[str, ...]:
-    """The canonical text of ``host`` and of every IPv4 address it embeds (a valid IP)."""
-    return tuple(str(ip) for ip in embedded_addresses(ipaddress.ip_address(host)))
+    """The canonical text of each address of :func:`_embedded`."""
+    return tuple(map(str, _embedded(host)))
 
 
 def _ip_allowed(policy: PeerPolicy, host: str) -> bool:

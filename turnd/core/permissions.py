@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 def handle_create_permission(server: TurnServer, request: Request) -> list[Action]:
     """RFC 8656 §9.2: install or refresh a permission per XOR-PEER-ADDRESS, all or none."""
     alloc = server.own_allocation(request)
-    peers = _peer_addresses(server, request, alloc)
+    peers, keys = _peer_addresses(server, request, alloc)
     server.quotas.check_permissions(alloc, {p.host for p in peers})
     for peer in peers:
         _install_permission(server, alloc, peer.host, request.now)
-    for key in _peer_keys(request, peers):
+    for key in keys:
         alloc.remember_peer(key)
     return server.reply(request.five_tuple, server.responses.success(request))
 
@@ -79,10 +79,13 @@ def admit_new_peer(server: TurnServer, alloc: Allocation, peer: Address, now: fl
         raise StunError(403, "too many new peer addresses per second")
 
 
-def _peer_addresses(server: TurnServer, request: Request, alloc: Allocation) -> list[Address]:
+def _peer_addresses(
+    server: TurnServer, request: Request, alloc: Allocation
+) -> tuple[list[Address], list[Address]]:
     """The request's XOR-PEER-ADDRESSes, each checked against the policy and the new-peer
-    budget. Nothing is remembered yet: the handler calls ``alloc.remember_peer`` for each
-    key of :func:`_peer_keys` once the whole request has succeeded."""
+    budget, and the keys that budget counted (IPs for CreatePermission, port 0; transport
+    addresses otherwise; each once). Nothing is remembered yet: the handler remembers the
+    keys once the whole request has succeeded."""
     peers = [a.address for a in request.message.attributes if type(a) is at.XorPeerAddress]
     if not peers:
         raise StunError(400, "XOR-PEER-ADDRESS is required")
@@ -97,17 +100,12 @@ def _peer_addresses(server: TurnServer, request: Request, alloc: Allocation) -> 
         if not allowed:
             server.stats["denied.peer"] += 1
             raise StunError(403, "peer address is not allowed")
-    for key in _peer_keys(request, peers):
+    keys = list(
+        dict.fromkeys(Address(p.host, 0) for p in peers) if per_ip else dict.fromkeys(peers)
+    )
+    for key in keys:
         admit_new_peer(server, alloc, key, request.now)
-    return peers
-
-
-def _peer_keys(request: Request, peers: list[Address]) -> list[Address]:
-    """What the new-peer budget counts for ``peers``, each once: IPs for CreatePermission
-    (port 0), transport addresses otherwise."""
-    if request.message.method == Method.CREATE_PERMISSION:
-        return list(dict.fromkeys(Address(peer.host, 0) for peer in peers))
-    return list(dict.fromkeys(peers))
+    return peers, keys
 
 
 def _install_permission(server: TurnServer, alloc: Allocation, host: str, now: float) -> None:

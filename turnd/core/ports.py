@@ -187,5 +187,5 @@ class RelayPorts:
         if resv is None or resv.expires > now:
             return None
         del self._reservations[token]
-        self._pools[resv.relay.family].release(resv.relay.port)
+        self.release(resv.relay)
         return resv.relay

@@ -57,13 +57,13 @@ from stun.hotpath import (
 from stun.message import Message, MessageClass, Method, decode
 from turnd.core import allocate, dispatch, permissions, tcp_relay, teardown
 from turnd.core.actions import (
+    UDP,
     Action,
     ClientOutcome,
     FiveTuple,
     PeerOutcome,
     SendToClient,
     SendToPeer,
-    Transport,
 )
 from turnd.core.allocate import PendingAllocations
 from turnd.core.allocation import Allocation
@@ -78,8 +78,6 @@ from turnd.core.responses import Responder
 from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 from turnd.core.timers import Schedule, TimerKind
-
-_UDP = Transport.UDP  # a module constant: Enum member reads cost a descriptor call on 3.11
 
 #: Transaction ids of server-originated indications (Data, ConnectionAttempt) drawn per rng call:
 #: each must be cryptographically random (RFC 8489 §6; CVE-2025-69217 was a guessable one), and
@@ -114,9 +112,9 @@ class TurnServer:
             settings.auth_failure_user_burst,
         )
         self.auth = RequestAuthenticator(authenticator, nonces, self.stats, throttle)
-        self.limiter = SourceLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
+        limiter = SourceLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
         self.credit = ByteCredit(settings.unauthenticated_credit)
-        self.gate = UnauthenticatedGate(self.limiter, self.credit, self.stats)
+        self.gate = UnauthenticatedGate(limiter, self.credit, self.stats)
         #: Per-allocation traffic rates; 0 in the settings means no limit.
         self.packet_rate = settings.allocation_packet_rate or math.inf
         self.byte_rate = settings.allocation_byte_rate or math.inf
@@ -198,7 +196,7 @@ class TurnServer:
             route = self.send_route(five_tuple, data, now)
             if route is not False:
                 return route
-        elif head == BINDING_REQUEST_HEAD and five_tuple.transport is _UDP:
+        elif head == BINDING_REQUEST_HEAD and five_tuple.transport is UDP:
             answer = self.binding_route(five_tuple, data, now)
             if answer is not False:
                 return None if answer is True else answer
@@ -215,7 +213,8 @@ class TurnServer:
     # counters as the action-returning paths (which are built on them), plain tuples out.
 
     def timers_due(self, now: float) -> bool:
-        """Whether handle_timer has work at ``now`` (then use the action-returning inputs)."""
+        """Whether handle_timer has work at ``now`` (the entry points then run the timers
+        first, through the action-returning inputs)."""
         return bool(self._timers) and self._timers[0][0] <= now
 
     def peer_route(
@@ -238,7 +237,7 @@ class TurnServer:
                 binding.number, data, pad=alloc.five_tuple.transport.is_stream
             )
         else:
-            frame = build_data_indication(self._new_txid(), peer, data)
+            frame = build_data_indication(self.new_txid(), peer, data)
         part = alloc.relays[relay.family]
         part.packets_to_client += 1
         part.bytes_to_client += len(data)
@@ -331,7 +330,7 @@ class TurnServer:
         self.stats["drop." + reason] += 1
         return []
 
-    def _new_txid(self) -> bytes:
+    def new_txid(self) -> bytes:
         """A fresh random transaction id, cut from a batch the rng gave at once (a method of
         the server, not of an owned object: peer_route calls it per Data indication)."""
         offset = self._txid_offset
@@ -339,8 +338,6 @@ class TurnServer:
             self._txids, offset = self.rng(TXID_SIZE * TXID_BATCH), 0
         self._txid_offset = offset + TXID_SIZE
         return self._txids[offset : offset + TXID_SIZE]
-
-    new_txid = _new_txid  # the public name, for ConnectionAttempt (turnd.core.tcp_relay)
 
     @staticmethod
     def reply(five_tuple: FiveTuple, data: bytes) -> list[Action]:
