@@ -3,7 +3,9 @@
 The core reports each ended allocation (``AllocationEnded``, with its traffic counts); this module
 tells the other cluster nodes, appends one JSON line to ``[usage] file`` when one is configured
 (reopened per line, so logrotate can move it; a failed write is counted as
-``usage.write_failures``), and logs an ``allocation.ended`` event.
+``usage.write_failures``), and logs an ``allocation.ended`` event. When the endpoint keys cannot
+be read (a damaged api-keys.runtime) the line is still written, without a ``key_id``, and the
+failure is counted as ``usage.keys_unreadable``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from turnd.core.actions import AllocationEnded
 from turnd.credential_state import CredentialState
 from turnd.host import ClusteredHost
 from turnd.logs import event
+from turnd.state import StateError
 
 
 class UsageOwner(ClusteredHost, Protocol):
@@ -56,9 +59,13 @@ class UsageLog:
         )
 
     def write_usage(self, path: str, ended: AllocationEnded) -> None:
-        """Append one JSON line of accounting for an ended relay; a write failure is logged."""
+        """Append one JSON line of accounting for an ended relay; a write failure is logged.
+
+        Unreadable endpoint keys are counted and logged, and the name is taken as not minted by
+        the endpoint: the line is still written (this runs from the core's timer, where a raise
+        would lose the rest of the batch)."""
         key_id, tag = None, ended.rest_id or None
-        if ended.rest_id and ended.rest_id.split(":", 1)[0] in self._owner.credentials.api_keys():
+        if ended.rest_id and ended.rest_id.split(":", 1)[0] in self._endpoint_keys():
             key_id, _, tag = ended.rest_id.partition(":")  # minted by the credential endpoint
         record = {
             "username": ended.username,
@@ -81,3 +88,12 @@ class UsageLog:
         except OSError as exc:
             self._owner.core.stats["usage.write_failures"] += 1
             event(logging.ERROR, "usage.write_failed", path=path, reason=exc.strerror or str(exc))
+
+    def _endpoint_keys(self) -> dict[str, str]:
+        """The credential endpoint's keys; none (counted, logged) when they cannot be read."""
+        try:
+            return self._owner.credentials.api_keys()
+        except StateError as exc:
+            self._owner.core.stats["usage.keys_unreadable"] += 1
+            event(logging.ERROR, "usage.keys_unreadable", str(exc))
+            return {}

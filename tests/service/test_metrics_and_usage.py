@@ -13,10 +13,12 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.daemon import USER, Daemon, start_turnd
+from auth.credentials import mint_rest_credentials
+from testkit.daemon import REST_SECRET, USER, Daemon, start_turnd, wait_for_event
 from testkit.sync import EchoPeer, TurnClient, error_code, wait_until
 from tests.test_operations_cluster import link_of, make_service
 from turnd.metrics import registry_for
+from turnd.runtime import KEYS_FILE
 from turnd.service import TurnService
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -205,3 +207,30 @@ def test_a_single_node_has_no_cluster_gauges(tmp_path: Path) -> None:
     assert not names & {"turnd_cluster_nodes", "turnd_cluster_relay_ports"}
     assert not any(name.startswith("turnd_backbone_") for name in names)
     assert samples["turnd_cluster_second_chance_total", ()] == 0
+
+
+def test_usage_line_is_written_when_the_endpoint_keys_are_unreadable(tmp_path: Path) -> None:
+    """A damaged api-keys.runtime does not stop accounting: the ended allocation's line is
+    written (without a key_id), the failure is counted and logged, and turnd logs no fault."""
+    usage = tmp_path / "usage.jsonl"
+    running = start_turnd(tmp_path, f'[usage]\nfile = "{usage}"\n')
+    try:
+        (tmp_path / "state" / KEYS_FILE).write_text("not a key line\n")
+        username, password = mint_rest_credentials(REST_SECRET, time.time(), 600, "k1:tag")
+        with TurnClient(("127.0.0.1", running.port), username, password) as client:
+            assert error_code(client.allocate()) is None
+            assert error_code(client.refresh(0)) is None
+
+        def lines() -> list[dict[str, object]]:
+            text = usage.read_text() if usage.exists() else ""
+            return [json.loads(line) for line in text.splitlines()]
+
+        assert wait_until(lambda: len(lines()) == 1)
+        [line] = lines()
+        assert line["username"] == username and line["reason"] == "deleted"
+        assert line["key_id"] is None and line["customIdentifier"] == "k1:tag"
+        unreadable = ("turnd_events_total", (("event", "usage.keys_unreadable"),))
+        assert scrape(running)[unreadable] == 1
+        assert len(wait_for_event(running, "usage.keys_unreadable")) == 1
+    finally:
+        assert running.stop() == 0
