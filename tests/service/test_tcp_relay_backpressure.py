@@ -23,12 +23,14 @@ import pytest
 
 from stun import attributes as at
 from stun.addresses import Address
-from stun.message import MessageClass, decode
-from testkit.client import TCP_PROTOCOL, TurnSession
-from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
-from testkit.sync import TurnClient, read_stun_frame
+from stun.keys import long_term_key
+from stun.message import Message, MessageClass, Method, decode, encode
+from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
+from testkit.sync import read_stun_frame
 from turnd.tcp_relays import SPLICE_HARD_CAP, spliced_write
 
+#: REQUESTED-TRANSPORT value for TCP (RFC 6062 §5.1: the IANA protocol number).
+TCP_PROTOCOL = 6
 #: What crosses the splice: several times every buffer on the way (socket buffers, turnd's
 #: high water marks), so that a relay that drops past a backlog loses bytes.
 TOTAL = 8 * 1024 * 1024
@@ -45,6 +47,35 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert running.stop() == 0
 
 
+class StreamTurn:
+    """A TURN client on one TCP connection: the 401/438 dance, then signed requests."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.nonce: str | None = None
+        self.key = long_term_key(USER, REALM, PASSWORD)
+        self.txid = 0
+
+    def request(self, method: Method, *attributes: Any) -> Message:
+        for _ in range(2):
+            values = list(attributes)
+            key = None
+            if self.nonce is not None:
+                values += [at.Username(USER), at.Realm(REALM), at.Nonce(self.nonce)]
+                key = self.key
+            self.txid += 1
+            message = Message(
+                method, MessageClass.REQUEST, self.txid.to_bytes(12, "big"), tuple(values)
+            )
+            self.sock.sendall(encode(message, key=key))
+            reply = decode(read_stun_frame(self.sock))
+            nonce, error = reply.get(at.Nonce), reply.get(at.ErrorCode)
+            if nonce is None or error is None or error.code not in (401, 438):
+                return reply
+            self.nonce = nonce.value  # learn the nonce (RFC 8489 §9.2.3) and ask again
+        return reply
+
+
 def _splice(
     daemon: Daemon, slow: str, early: bytes = b""
 ) -> tuple[socket.socket, socket.socket, socket.socket]:
@@ -58,12 +89,14 @@ def _splice(
     listener.listen(1)
     listener.settimeout(TIMEOUT)
     peer = Address("127.0.0.1", listener.getsockname()[1])
-    turn = TurnClient(("127.0.0.1", turn_port), USER, PASSWORD, transport="tcp", timeout=TIMEOUT)
-    control = turn.sock
-    allocated = turn.allocate(at.RequestedTransport(TCP_PROTOCOL))
+    control = socket.create_connection(("127.0.0.1", turn_port), timeout=TIMEOUT)
+    turn = StreamTurn(control)
+    allocated = turn.request(Method.ALLOCATE, at.RequestedTransport(TCP_PROTOCOL))
     assert allocated.cls is MessageClass.SUCCESS, allocated
-    assert turn.create_permission(peer).cls is MessageClass.SUCCESS
-    connected = turn.connect(peer)
+    assert turn.request(Method.CREATE_PERMISSION, at.XorPeerAddress(peer)).cls is (
+        MessageClass.SUCCESS
+    )
+    connected = turn.request(Method.CONNECT, at.XorPeerAddress(peer))
     cid = connected.get(at.ConnectionId)
     assert cid is not None, connected
     peer_end, _ = listener.accept()
@@ -77,15 +110,7 @@ def _splice(
         data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
     data.settimeout(TIMEOUT)
     data.connect(("127.0.0.1", turn_port))
-    session = TurnSession(USER, PASSWORD)
-    request = session.connection_bind(cid.value)
-    while True:  # the 401 dance on the raw data connection
-        data.sendall(request.data)
-        bound = decode(read_stun_frame(data))
-        again = session.answer(request, bound)
-        if again is None:
-            break
-        request = again
+    bound = StreamTurn(data).request(Method.CONNECTION_BIND, at.ConnectionId(cid.value))
     assert bound.cls is MessageClass.SUCCESS, bound
     return control, data, peer_end
 
