@@ -40,6 +40,7 @@ SECTIONS = (
     "control",
     "api",
     "cluster",
+    "fastpath",
 )
 ALL_FIELDS = [
     f"{section}.{field.name}"
@@ -168,7 +169,7 @@ def test_example_file_values_are_valid_and_are_the_defaults() -> None:
     examples |= {"tls.cert_file", "tls.key_file", "usage.file", "control.listen", "control.token"}
     examples |= {"api.listen", "api.public_host", "api.keys"}
     examples |= {"cluster.node_id", "cluster.nodes", "cluster.service_ip", "cluster.key"}
-    examples |= {"cluster.accept_keys"}
+    examples |= {"cluster.accept_keys", "fastpath.interfaces"}
     text = EXAMPLE.read_text()
     for _, line in example_settings():
         text = text.replace(line, line[1:])

@@ -42,6 +42,7 @@ from turnd.config_sections import ApiConfig as ApiConfig  # Re-exported: the sec
 from turnd.config_sections import AuthConfig as AuthConfig  # are public names of this module.
 from turnd.config_sections import ClusterConfig as ClusterConfig
 from turnd.config_sections import ControlConfig as ControlConfig
+from turnd.config_sections import FastpathConfig as FastpathConfig
 from turnd.config_sections import LimitsConfig as LimitsConfig
 from turnd.config_sections import MetricsConfig as MetricsConfig
 from turnd.config_sections import PeersConfig as PeersConfig
@@ -96,6 +97,7 @@ class Config:
     control: ControlConfig = attrs.field(factory=ControlConfig)
     api: ApiConfig = attrs.field(factory=ApiConfig)
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
+    fastpath: FastpathConfig = attrs.field(factory=FastpathConfig)
 
     @classmethod
     def default(cls) -> "Config":

@@ -23,6 +23,7 @@ from turnd.config_values import (
     ClusterNode,
     ClusterNodeSpec,
     Endpoint,
+    FastpathMode,
     HostPort,
     Int,
     IPAddress,
@@ -435,6 +436,33 @@ class PeersConfig:
         default=(), metadata=_kind(ListOf(Network(), "CIDR networks"))
     )
     """Networks denied beside the built-in deny-list, e.g. your own infrastructure. Default []."""
+
+
+FASTPATH_ROUTES_MAX = 1 << 20  # Two map entries of 120 bytes each per route: 250 MB at most.
+
+
+@attrs.frozen
+class FastpathConfig:
+    """[fastpath]: the kernel data path for established UDP channels (eBPF at tc ingress)."""
+
+    mode: FastpathMode = attrs.field(
+        default=FastpathMode.AUTO, metadata=_kind(Choice(FastpathMode))
+    )
+    """"auto": relay established UDP channels in the kernel when the kernel, the privileges
+    (CAP_BPF, CAP_NET_ADMIN) and the compiled program allow it, else say why in one log line and
+    relay in userspace; "on": refuse to start without it; "off": userspace only. Default "auto"."""
+
+    interfaces: tuple[str, ...] = attrs.field(
+        default=(), metadata=_kind(ListOf(Str(), "interface names", unique=True))
+    )
+    """Interfaces the program is attached to. Default []: those that carry a listener or relay
+    address (every interface up when one listens on a wildcard address), lo included."""
+
+    max_routes: int = attrs.field(
+        default=65_536, metadata=_kind(Int(1, FASTPATH_ROUTES_MAX))
+    )
+    """Channels the kernel holds at once; the next ones are relayed in userspace. Default
+    65536: one per channel of 16 allocations of 4096 channels, and 15 MB of kernel memory."""
 
 
 @attrs.frozen

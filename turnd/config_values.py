@@ -85,6 +85,14 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+class FastpathMode(enum.StrEnum):
+    """Whether established UDP channels are relayed by the kernel program (turnd.fastpath)."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class TlsVersion(enum.StrEnum):
     """The oldest TLS version the TLS listeners accept."""
 

@@ -1,0 +1,188 @@
+"""The kernel route cache: the core's established UDP channels as entries of the relay
+program's maps (turnd.core.routes.RouteCache, implemented with BPF maps).
+
+Each ChannelRoute is two entries: ``c2p`` (the client's ChannelData on that channel) and ``p2c``
+(the peer's datagrams to the relayed address), each carrying where its packets go — the egress
+interface is resolved from the kernel's routing table when the entry is installed — and its own
+counters. An allocation with a packet or byte rate has one ``quotas`` entry shared by all its
+routes. Counters are read as deltas: :meth:`collect` returns what moved since the last read, and
+:meth:`remove` takes the entry out atomically with its final counts.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import math
+import time
+from collections.abc import Callable
+
+import attrs
+
+from stun.addresses import Address
+from turnd.core.actions import FiveTuple
+from turnd.core.routes import ChannelRoute, RouteTraffic
+from turnd.fastpath import maps
+from turnd.fastpath.libbpf import BpfError, BpfMap, BpfObject, possible_cpus
+
+#: Where an address is reached: (egress interface or maps.ROUTE_LOCAL, preferred source).
+Resolver = Callable[[str], tuple[int, str | None]]
+
+
+@attrs.define(slots=True)
+class _Entry:
+    """One installed route: its keys, quota group and the counters last read."""
+
+    c2p: bytes
+    p2c: bytes
+    group: FiveTuple | None
+    to_peer: maps.Counters = maps.Counters(0, 0, 0, 0)
+    to_client: maps.Counters = maps.Counters(0, 0, 0, 0)
+
+
+class KernelRoutes:
+    """The core's route cache in the relay program's maps."""
+
+    def __init__(self, obj: BpfObject, resolve: Resolver, max_routes: int) -> None:
+        self.c2p = BpfMap(obj.map_fd("c2p"), maps.C2P_KEY.size, maps.ROUTE.size, "c2p")
+        self.p2c = BpfMap(obj.map_fd("p2c"), maps.P2C_KEY.size, maps.ROUTE.size, "p2c")
+        self.quotas = BpfMap(obj.map_fd("quotas"), 4, maps.QUOTA.size, "quotas")
+        self.stats_map = BpfMap(obj.map_fd("stats"), 4, 8 * possible_cpus(), "stats")
+        self.resolve = resolve
+        self.max_routes = max_routes
+        self.entries: dict[ChannelRoute, _Entry] = {}
+        #: Quota group (an allocation's 5-tuple) -> (map key, routes using it).
+        self.groups: dict[FiveTuple, tuple[int, int]] = {}
+        self._next_group = 1
+        #: Why installs failed, by reason (turnd_fastpath_install_failures_total).
+        self.failures: dict[str, int] = {}
+
+    # --- RouteCache --------------------------------------------------------------------------
+
+    def install(self, route: ChannelRoute, packet_rate: float, byte_rate: float) -> bool:
+        """Put ``route`` into the maps; False (counted by reason) when it cannot be held."""
+        if route in self.entries:
+            return True
+        if len(self.entries) >= self.max_routes:
+            return self._failed("table_full")
+        client, server = route.five_tuple.client, route.five_tuple.server
+        if maps.family(client) != maps.family(route.peer):
+            return self._failed("cross_family")
+        try:
+            peer_oif, _ = self.resolve(route.peer.host)
+            client_oif, client_source = self.resolve(client.host)
+        except (OSError, ValueError, LookupError):
+            return self._failed("no_route")
+        wildcard = ipaddress.ip_address(server.host).is_unspecified
+        source = server
+        if wildcard:
+            if client_source is None:
+                return self._failed("no_source_address")
+            source = Address(client_source, server.port)
+        group = None
+        quota = 0
+        if packet_rate != math.inf or byte_rate != math.inf:
+            group = route.five_tuple
+            quota = self._join_group(group, packet_rate, byte_rate)
+        entry = _Entry(
+            maps.c2p_key(client, server, route.number), maps.p2c_key(route.peer, route.relay), group
+        )
+        try:
+            self.c2p.update(
+                entry.c2p, maps.route_value(route.relay, route.peer, 0, peer_oif, quota)
+            )
+            self.p2c.update(
+                entry.p2c, maps.route_value(source, client, route.number, client_oif, quota)
+            )
+        except BpfError as exc:
+            self.c2p.delete(entry.c2p)
+            self._leave_group(group)
+            return self._failed("table_full" if exc.errno == errno.E2BIG else "map_error")
+        self.entries[route] = entry
+        return True
+
+    def remove(self, route: ChannelRoute) -> RouteTraffic:
+        """Take ``route`` out of the maps; what it relayed since it was last read."""
+        entry = self.entries.pop(route, None)
+        if entry is None:
+            return RouteTraffic()
+        to_peer = self.c2p.pop(entry.c2p)
+        to_client = self.p2c.pop(entry.p2c)
+        self._leave_group(entry.group)
+        return _delta(
+            entry,
+            maps.counters(to_peer) if to_peer else entry.to_peer,
+            maps.counters(to_client) if to_client else entry.to_client,
+        )
+
+    def collect(self) -> list[tuple[ChannelRoute, RouteTraffic]]:
+        """Every route whose counters moved since the last read, with what moved."""
+        moved = []
+        for route, entry in self.entries.items():
+            to_peer = self.c2p.lookup(entry.c2p)
+            to_client = self.p2c.lookup(entry.p2c)
+            peer_counts = maps.counters(to_peer) if to_peer else entry.to_peer
+            client_counts = maps.counters(to_client) if to_client else entry.to_client
+            if peer_counts == entry.to_peer and client_counts == entry.to_client:
+                continue
+            moved.append((route, _delta(entry, peer_counts, client_counts)))
+        return moved
+
+    # --- the rest ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """The program's own counters, summed over CPUs (maps.STAT_NAMES)."""
+        totals = {}
+        for index, name in enumerate(maps.STAT_NAMES):
+            value = self.stats_map.lookup(index.to_bytes(4, "little")) or b""
+            totals[name] = sum(
+                int.from_bytes(value[i : i + 8], "little") for i in range(0, len(value), 8)
+            )
+        return totals
+
+    def _failed(self, reason: str) -> bool:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        return False
+
+    def _join_group(self, group: FiveTuple, packet_rate: float, byte_rate: float) -> int:
+        known = self.groups.get(group)
+        if known is not None:
+            self.groups[group] = (known[0], known[1] + 1)
+            return known[0]
+        key = self._next_group
+        self._next_group = self._next_group % 0xFFFFFFFE + 1
+        self.quotas.update(key.to_bytes(4, "little"), maps.quota_value(packet_rate, byte_rate))
+        self.groups[group] = (key, 1)
+        return key
+
+    def _leave_group(self, group: FiveTuple | None) -> None:
+        if group is None:
+            return
+        key, users = self.groups[group]
+        if users > 1:
+            self.groups[group] = (key, users - 1)
+            return
+        del self.groups[group]
+        self.quotas.delete(key.to_bytes(4, "little"))
+
+
+def _delta(entry: _Entry, to_peer: maps.Counters, to_client: maps.Counters) -> RouteTraffic:
+    """What moved between ``entry``'s last read and these counters; they become the last read."""
+    last_ns = max(to_peer.last_ns, to_client.last_ns)
+    traffic = RouteTraffic(
+        packets_to_peer=to_peer.packets - entry.to_peer.packets,
+        bytes_to_peer=to_peer.bytes - entry.to_peer.bytes,
+        packets_to_client=to_client.packets - entry.to_client.packets,
+        bytes_to_client=to_client.bytes - entry.to_client.bytes,
+        dropped_to_peer=to_peer.dropped - entry.to_peer.dropped,
+        dropped_to_client=to_client.dropped - entry.to_client.dropped,
+        last_seen=_wall_clock(last_ns) if last_ns else None,
+    )
+    entry.to_peer = to_peer
+    entry.to_client = to_client
+    return traffic
+
+
+def _wall_clock(monotonic_ns: int) -> float:
+    """A bpf_ktime_get_ns() reading (CLOCK_MONOTONIC) as Unix time, the core's clock."""
+    return time.time() - (time.monotonic_ns() - monotonic_ns) / maps.NS_PER_SECOND
