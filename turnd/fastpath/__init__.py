@@ -1,0 +1,145 @@
+"""The kernel fast path: established UDP channels relayed by an eBPF program at tc ingress,
+while userspace keeps everything else (DESIGN.md "Data plane and scale").
+
+* ``relay.bpf.c``: the program; ``build``: compiles it; ``libbpf``: loads and attaches it;
+  ``maps``: its map layouts; ``kernel.KernelRoutes``: the core's route cache in its maps.
+* :class:`FastPath` here: the program loaded and attached to the interfaces that carry the
+  service's addresses, or the one reason it is not. The core decides what is relayed
+  (turnd.core.routes); this package only carries it out and reads the counters back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from turnd.config_sections import FastpathConfig
+from turnd.fastpath.build import OBJECT, SOURCE
+from turnd.fastpath.kernel import KernelRoutes
+from turnd.fastpath.libbpf import BpfError, BpfObject, attach_tcx_ingress
+from turnd.fastpath.maps import ROUTE_LOCAL
+
+#: rtm_type of a route to this host (RTN_LOCAL, include/uapi/linux/rtnetlink.h).
+RTN_LOCAL = 2
+#: IFF_UP (include/uapi/linux/if.h).
+IFF_UP = 0x1
+
+
+class FastPathUnavailable(Exception):
+    """The fast path cannot run here; the message says exactly why and what to do."""
+
+
+class FastPath:
+    """The relay program attached to interfaces, and its route cache."""
+
+    def __init__(self, config: FastpathConfig, addresses: Iterable[str]) -> None:
+        """Load the program and attach it; FastPathUnavailable says why it cannot be."""
+        if not OBJECT.exists():
+            raise FastPathUnavailable(
+                f"the compiled program {OBJECT} is missing: run "
+                "`python -m turnd.fastpath.build` (needs Debian's clang and libbpf-dev)"
+            )
+        if SOURCE.exists() and SOURCE.stat().st_mtime > OBJECT.stat().st_mtime:
+            raise FastPathUnavailable(
+                f"{OBJECT} is older than {SOURCE.name}: run `python -m turnd.fastpath.build`"
+            )
+        from pyroute2 import IPRoute
+
+        self._ipr = IPRoute()
+        self.links: dict[str, int] = {}
+        self._obj: BpfObject | None = None
+        try:
+            names = self._interfaces(config, list(addresses))
+            self._obj = BpfObject(str(OBJECT), {"c2p": config.max_routes, "p2c": config.max_routes})
+            program = self._obj.program_fd("turnd_relay")
+            for name, index in names.items():
+                self.links[name] = attach_tcx_ingress(program, index)
+            self.routes = KernelRoutes(self._obj, self.resolve, config.max_routes)
+        except BpfError as exc:
+            self.close()
+            raise FastPathUnavailable(_advice(exc)) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _interfaces(self, config: FastpathConfig, addresses: list[str]) -> dict[str, int]:
+        """Interface name -> index: the configured ones, else those carrying ``addresses``."""
+        links = {link.get_attr("IFLA_IFNAME"): link for link in self._ipr.get_links()}
+        if config.interfaces:
+            missing = [name for name in config.interfaces if name not in links]
+            if missing:
+                raise FastPathUnavailable(f"fastpath.interfaces: no interface {', '.join(missing)}")
+            return {name: links[name]["index"] for name in config.interfaces}
+        if any(ipaddress.ip_address(a).is_unspecified for a in addresses):
+            return {name: link["index"] for name, link in links.items() if link["flags"] & IFF_UP}
+        wanted = {ipaddress.ip_address(a) for a in addresses}
+        indexes = {
+            addr["index"]
+            for addr in self._ipr.get_addr()
+            if ipaddress.ip_address(addr.get_attr("IFA_ADDRESS")) in wanted
+        }
+        found = {name: link["index"] for name, link in links.items() if link["index"] in indexes}
+        if not found:
+            raise FastPathUnavailable(
+                f"no interface carries {', '.join(sorted(addresses))}: set fastpath.interfaces"
+            )
+        return found
+
+    def resolve(self, host: str) -> tuple[int, str | None]:
+        """Where the kernel sends to ``host``: (egress interface, or ROUTE_LOCAL for this
+        host; the source address it would pick)."""
+        found = self._ipr.route("get", dst=host)
+        if not found:
+            raise LookupError(f"no route to {host}")
+        route = found[0]
+        source = route.get_attr("RTA_PREFSRC")
+        if route["type"] == RTN_LOCAL:
+            return ROUTE_LOCAL, source or host
+        oif = route.get_attr("RTA_OIF")
+        if oif is None:
+            raise LookupError(f"no interface for {host}")
+        return int(oif), source
+
+    def status(self) -> dict[str, Any]:
+        """For turnctl status and the metrics: where it runs, what it holds and relayed."""
+        counters = self.routes.stats()
+        return {
+            "active": True,
+            "interfaces": sorted(self.links),
+            "routes": len(self.routes.entries),
+            "packets_to_peer": counters["to_peer"],
+            "packets_to_client": counters["to_client"],
+            "dropped_rate": counters["dropped_rate"],
+            "errors": counters["errors"],
+            "passed_mtu": counters["passed_mtu"],
+            "install_failures": dict(self.routes.failures),
+        }
+
+    def close(self) -> None:
+        """Detach from every interface and free the maps (the kernel drops the program)."""
+        for fd in self.links.values():
+            os.close(fd)
+        self.links = {}
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        self._ipr.close()
+
+
+def _advice(exc: BpfError) -> str:
+    """What a failed load or attach means for an operator."""
+    import errno
+
+    if exc.errno == errno.EPERM:
+        return f"{exc}: turnd needs CAP_BPF and CAP_NET_ADMIN (or root) for the fast path"
+    if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP) and "attach" in str(exc):
+        return f"{exc}: the kernel has no TCX (Linux 6.6 or newer is needed)"
+    return str(exc)
+
+
+def object_path() -> Path:
+    """Where the compiled program is looked for."""
+    return OBJECT
