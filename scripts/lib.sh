@@ -49,3 +49,11 @@ ensure_npm_packages() {
   echo "installing npm packages in $dir" >&2
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 }
+
+# build_fastpath : compile the kernel fast path (turnd/fastpath/relay.bpf.c) with clang, after
+# installing Debian's clang, libbpf-dev and bpftool when missing. Without them turnd relays in
+# userspace ([fastpath] mode "auto" says why in its log).
+build_fastpath() {
+  ensure_debian_packages clang llvm libbpf-dev bpftool
+  python3 turnd/fastpath/build.py || true
+}

@@ -12,6 +12,7 @@ Served by aiohttp on ``[metrics] listen`` (GET /metrics).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 if TYPE_CHECKING:
     from turnd.cluster import ClusterLink
     from turnd.core.server import TurnServer
+    from turnd.fastpath import FastPath
 
 
 class MetricsSource(Protocol):
@@ -37,6 +39,10 @@ class MetricsSource(Protocol):
 
     def stream_counts(self) -> Counter[str]:
         """Open TCP/TLS client connections by transport."""
+
+    @property
+    def fastpath(self) -> FastPath | None:
+        """The kernel data path, when it runs."""
 
 
 #: stats key prefix -> (metric name, help, label name). Every counter in ``TurnServer.stats`` with
@@ -77,7 +83,7 @@ _LABELLED = {
     ),
 }
 #: Summed into turnd_relayed_*_total, or a family of its own, instead.
-_SKIP = ("relayed.", "cluster.second_chance")
+_SKIP = ("relayed.", "cluster.second_chance", "fastpath.packets_", "fastpath.bytes_")
 
 
 class TurndCollector(Collector):
@@ -88,6 +94,7 @@ class TurndCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         core = self.service.core
+        core.collect_routes(time.time())  # the kernel's counters, up to this scrape
         allocations = GaugeMetricFamily(
             "turnd_allocations",
             "Live allocations, by client transport and relay protocol.",
@@ -150,7 +157,49 @@ class TurndCollector(Collector):
                 families[prefix].add_metric([key[len(prefix) :]], value)
         yield from families.values()
         yield events
+        yield from self._fastpath()
         yield from self._cluster()
+
+    def _fastpath(self) -> Iterator[Metric]:
+        """The kernel data path: whether it runs, what it holds, what it relayed (already in
+        turnd_relayed_*_total too) and its program's own events."""
+        stats = self.service.core.stats
+        fastpath = self.service.fastpath
+        yield GaugeMetricFamily(
+            "turnd_fastpath_active",
+            "1 when established UDP channels relay in the kernel ([fastpath]), else 0.",
+            value=int(fastpath is not None),
+        )
+        status = fastpath.status() if fastpath is not None else {}
+        yield GaugeMetricFamily(
+            "turnd_fastpath_routes",
+            "Channels the kernel relays now.",
+            value=status.get("routes", 0),
+        )
+        packets = CounterMetricFamily(
+            "turnd_fastpath_relayed_packets",
+            "Packets the kernel relayed, by direction (part of turnd_relayed_packets_total).",
+            labels=["direction"],
+        )
+        octets = CounterMetricFamily(
+            "turnd_fastpath_relayed_bytes",
+            "Payload bytes the kernel relayed, by direction (part of turnd_relayed_bytes_total).",
+            labels=["direction"],
+        )
+        for direction in ("to_peer", "to_client"):
+            packets.add_metric([direction], stats["fastpath.packets_" + direction])
+            octets.add_metric([direction], stats["fastpath.bytes_" + direction])
+        yield packets
+        yield octets
+        program = CounterMetricFamily(
+            "turnd_fastpath_program_events",
+            "The kernel program's own counters: errors (packets dropped half rewritten), "
+            "passed_mtu (left to userspace: too big for the egress MTU once framed).",
+            labels=["event"],
+        )
+        for name in ("errors", "passed_mtu"):
+            program.add_metric([name], status.get(name, 0))
+        yield program
 
     def _cluster(self) -> Iterator[Metric]:
         """The cluster's own families; its gauges only on a cluster node."""

@@ -22,11 +22,16 @@ if TYPE_CHECKING:
     from turnd.config import Config
     from turnd.core.actions import Action
     from turnd.credential_state import CredentialState
+    from turnd.fastpath import FastPath
 
 
 class OperationsHost(ClusteredHost, Protocol):
     """What the operator's levers read and change (:class:`turnd.service.TurnService`), beyond
     the configuration, the core and the cluster link."""
+
+    @property
+    def fastpath(self) -> FastPath | None:
+        """The kernel data path, when it runs."""
 
     @property
     def started(self) -> float:
@@ -92,7 +97,12 @@ def _view(alloc: Allocation, detail: bool) -> dict[str, Any]:
     if detail:
         view["permission_list"] = sorted(alloc.permissions)
         view["channel_list"] = [
-            {"number": number, "peer": str(binding.peer)}
+            {
+                "number": number,
+                "peer": str(binding.peer),
+                "kernel": number in alloc.routes,
+                "last_seen": None if binding.last_seen is None else round(binding.last_seen, 3),
+            }
             for number, binding in sorted(alloc.channels.items())
         ]
     return view
@@ -162,12 +172,26 @@ class Operations:
             "allocations": len(core.allocations),
             "connections": sum(service.stream_counts().values()),
             "draining": core.draining,
+            "fastpath": self._fastpath(),
         }
+
+    def _fastpath(self) -> dict[str, Any]:
+        """Whether the kernel relays, and what it relayed (the core's credited counters)."""
+        service = self.service
+        core = service.core
+        core.collect_routes(time.time())
+        fastpath = service.fastpath
+        view: dict[str, Any] = fastpath.status() if fastpath is not None else {"active": False}
+        view["mode"] = service.config.fastpath.mode.value
+        for key in ("packets_to_peer", "packets_to_client", "bytes_to_peer", "bytes_to_client"):
+            view["relayed_" + key] = core.stats["fastpath." + key]
+        return view
 
     def allocations(
         self, user: str | None, client: str | None, transport: str | None
     ) -> list[dict[str, Any]]:
         found = []
+        self.service.core.collect_routes(time.time())  # the kernel's counters, up to now
         for alloc in self.service.core.allocations.values():
             if user is not None and alloc.username != user:
                 continue
@@ -188,6 +212,7 @@ class Operations:
         )
 
     def allocation(self, allocation_id: str) -> dict[str, Any] | None:
+        self.service.core.collect_routes(time.time())  # the kernel's counters, up to now
         alloc = self._find(allocation_id)
         return None if alloc is None else _view(alloc, detail=True)
 

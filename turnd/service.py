@@ -48,6 +48,7 @@ from turnd.usage import UsageLog
 
 if TYPE_CHECKING:
     from turnd.cluster import ClusterLink
+    from turnd.fastpath import FastPath
 
 
 class TurnService:
@@ -84,6 +85,8 @@ class TurnService:
         self.internal_error = self.packets.internal_error
         #: This node's cluster I/O, when [cluster] lists nodes (DESIGN.md "The cluster").
         self.cluster: ClusterLink | None = None
+        #: The kernel data path, once started, when [fastpath] allows it (turnd.fastpath).
+        self.fastpath: FastPath | None = None
         if config.cluster.enabled:
             from turnd.cluster import ClusterLink, build_node
 
@@ -161,6 +164,7 @@ class TurnService:
             self.local_networks,
             [(address.host, address.port) for _, address in self.bound],
         )
+        self._start_fastpath()
         event(
             logging.INFO,
             "service.started",
@@ -169,8 +173,29 @@ class TurnService:
             realm=self.config.server.realm,
         )
 
+    def _start_fastpath(self) -> None:
+        """Relay the established UDP channels in the kernel, as [fastpath] asks."""
+        from turnd.fastpath import FastPathUnavailable, open_fastpath
+
+        hosts = [address.host for kind, address in self.bound if kind == "udp"]
+        hosts += [a for a in (self.relay_ipv4, self.relay_ipv6) if a]
+        try:
+            self.fastpath = open_fastpath(self.config.fastpath, hosts)
+        except FastPathUnavailable as exc:
+            raise StartupError(f"fastpath.mode is on, but {exc}") from exc
+        if self.fastpath is not None:
+            self.core.attach_routes(self.fastpath.routes, time.time())
+
+    def _stop_fastpath(self) -> None:
+        """Take every channel back from the kernel (crediting what it relayed), then detach."""
+        if self.fastpath is not None:
+            self.core.detach_routes(time.time())
+            self.fastpath.close()
+            self.fastpath = None
+
     async def stop(self) -> None:
         """Close every socket; allocations end with the process."""
+        self._stop_fastpath()
         if self.cluster is not None:
             self.cluster.stop()
         self.listeners.close()

@@ -104,6 +104,7 @@ def _print_status(found: Any) -> None:
         ("allocations", found.get("allocations", 0)),
         ("connections", found.get("connections", 0)),
         ("relay addresses", ", ".join(found.get("relay_addresses", [])) or "-"),
+        ("fast path", _fastpath_line(found.get("fastpath") or {})),
     ]
     typer.echo(table((name, str(value)) for name, value in pairs))
     listeners = found.get("listeners", [])
@@ -111,6 +112,18 @@ def _print_status(found: Any) -> None:
         rows = [(ln["transport"], ln["address"], ln["port"]) for ln in listeners]
         typer.echo("listeners")
         typer.echo(indent(table(rows, ("TRANSPORT", "ADDRESS", "PORT"))))
+
+
+def _fastpath_line(view: dict[str, Any]) -> str:
+    """One line of the kernel data path: off, or where it runs and what it relayed."""
+    mode = view.get("mode", "?")
+    if not view.get("active"):
+        return f"inactive (mode {mode})"
+    packets = view.get("relayed_packets_to_peer", 0) + view.get("relayed_packets_to_client", 0)
+    return (
+        f"active on {', '.join(view.get('interfaces', []))}: {view.get('routes', 0)} channels, "
+        f"{packets} packets relayed (mode {mode})"
+    )
 
 
 @allocations_app.command("list")

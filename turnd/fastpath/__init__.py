@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from turnd.config_sections import FastpathConfig
-from turnd.fastpath.build import OBJECT, SOURCE
 from turnd.fastpath.kernel import KernelRoutes
 from turnd.fastpath.libbpf import BpfError, BpfObject, attach_tcx_ingress
 from turnd.fastpath.maps import ROUTE_LOCAL
 
+#: The program's source and the object turnd/fastpath/build.py compiles from it.
+SOURCE = Path(__file__).with_name("relay.bpf.c")
+OBJECT = Path(__file__).with_name("relay.bpf.o")
+#: How an operator builds it (build.py runs on a bare python3: scripts/run and scripts/test do).
+BUILD_COMMAND = "python3 -m turnd.fastpath.build (Debian packages clang, libbpf-dev)"
 #: rtm_type of a route to this host (RTN_LOCAL, include/uapi/linux/rtnetlink.h).
 RTN_LOCAL = 2
 #: IFF_UP (include/uapi/linux/if.h).
@@ -39,12 +43,11 @@ class FastPath:
         """Load the program and attach it; FastPathUnavailable says why it cannot be."""
         if not OBJECT.exists():
             raise FastPathUnavailable(
-                f"the compiled program {OBJECT} is missing: run "
-                "`python -m turnd.fastpath.build` (needs Debian's clang and libbpf-dev)"
+                f"the compiled program {OBJECT} is missing: build it with {BUILD_COMMAND}"
             )
         if SOURCE.exists() and SOURCE.stat().st_mtime > OBJECT.stat().st_mtime:
             raise FastPathUnavailable(
-                f"{OBJECT} is older than {SOURCE.name}: run `python -m turnd.fastpath.build`"
+                f"{OBJECT} is older than {SOURCE.name}: rebuild it with {BUILD_COMMAND}"
             )
         from pyroute2 import IPRoute
 
@@ -140,6 +143,28 @@ def _advice(exc: BpfError) -> str:
     return str(exc)
 
 
-def object_path() -> Path:
-    """Where the compiled program is looked for."""
-    return OBJECT
+def open_fastpath(config: FastpathConfig, addresses: Iterable[str]) -> FastPath | None:
+    """The fast path as ``config.mode`` asks: None when off, or (auto) when it cannot run here,
+    with one log line saying why; in mode "on" FastPathUnavailable stops the start."""
+    import logging
+
+    from turnd.config_values import FastpathMode
+    from turnd.logs import event
+
+    if config.mode is FastpathMode.OFF:
+        event(logging.INFO, "fastpath.off", "fastpath.mode is off: UDP channels relay in userspace")
+        return None
+    try:
+        fastpath = FastPath(config, addresses)
+    except FastPathUnavailable as exc:
+        if config.mode is FastpathMode.ON:
+            raise
+        event(logging.WARNING, "fastpath.unavailable", f"{exc}; UDP channels relay in userspace")
+        return None
+    event(
+        logging.INFO,
+        "fastpath.active",
+        "established UDP channels relay in the kernel",
+        interfaces=",".join(sorted(fastpath.links)),
+    )
+    return fastpath

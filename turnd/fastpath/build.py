@@ -1,5 +1,6 @@
-"""Compile the relay program: ``python -m turnd.fastpath.build`` (run by scripts/run and
-scripts/test before installing, when clang is there).
+"""Compile the relay program: ``python3 -m turnd.fastpath.build``, or ``python3
+turnd/fastpath/build.py`` with a bare python3 (scripts/run and scripts/test do, before installing,
+when clang is there). It imports nothing of turnd, so it runs before any package is installed.
 
 clang turns relay.bpf.c into relay.bpf.o next to it, a BPF object with BTF (CO-RE: libbpf
 adapts it to the running kernel at load; the program reads only the stable ``__sk_buff`` UAPI,
@@ -62,9 +63,9 @@ def build(output: Path = OBJECT) -> Path:
 def main() -> int:
     """Build the object; exit 1 with the reason when it cannot be built."""
     try:
-        print(f"built {build()}")
+        sys.stdout.write(f"built {build()}\n")
     except BuildError as exc:
-        print(f"turnd fast path not built: {exc}", file=sys.stderr)
+        sys.stderr.write(f"turnd fast path not built: {exc}\n")
         return 1
     return 0
 

@@ -36,8 +36,8 @@ class _Entry:
     c2p: bytes
     p2c: bytes
     group: FiveTuple | None
-    to_peer: maps.Counters = maps.Counters(0, 0, 0, 0)
-    to_client: maps.Counters = maps.Counters(0, 0, 0, 0)
+    to_peer: maps.Counters = maps.NO_COUNTS
+    to_client: maps.Counters = maps.NO_COUNTS
 
 
 class KernelRoutes:

@@ -49,7 +49,13 @@ def library() -> Any:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as exc:
         raise BpfError("libbpf", errno.ENOENT, f"{name}: {exc}; install Debian's libbpf1") from None
-    vp, cp, i, u32, u64 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64
+    vp, cp, i, u32, u64 = (
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_uint32,
+        ctypes.c_uint64,
+    )
     signatures: dict[str, tuple[Any, list[Any]]] = {
         "bpf_object__open_file": (vp, [cp, vp]),
         "bpf_object__load": (i, [vp]),
@@ -96,7 +102,10 @@ class BpfObject:
         self._handle: int | None = handle
         try:
             for name, size in max_entries.items():
-                _check(f"set max_entries of {name}", lib.bpf_map__set_max_entries(self._map(name), size))
+                _check(
+                    f"set max_entries of {name}",
+                    lib.bpf_map__set_max_entries(self._map(name), size),
+                )
             log = ctypes.create_string_buffer(VERIFIER_LOG_BYTES)
             programs = []
             for name in ("turnd_relay",):

@@ -29,12 +29,16 @@ STAT_NAMES = ("to_peer", "to_client", "dropped_rate", "errors", "passed_mtu")
 
 
 class Counters(NamedTuple):
-    """An entry's counters: packets, payload bytes, drops over the rate, last use (ns, monotonic)."""
+    """An entry's counters: packets, payload bytes, drops over the rate, last use (monotonic ns)."""
 
     packets: int
     bytes: int
     dropped: int
     last_ns: int
+
+
+#: A fresh entry's counters.
+NO_COUNTS = Counters(0, 0, 0, 0)
 
 
 def family(address: Address) -> int:
@@ -67,7 +71,10 @@ def c2p_key(client: Address, server: Address, channel: int) -> bytes:
 def p2c_key(peer: Address, relay: Address) -> bytes:
     """Key of a peer's datagram to a relayed address."""
     return P2C_KEY.pack(
-        ip_bytes(peer.host), ip_bytes(relay.host), port_bytes(peer.port), port_bytes(relay.port),
+        ip_bytes(peer.host),
+        ip_bytes(relay.host),
+        port_bytes(peer.port),
+        port_bytes(relay.port),
         family(peer),
     )
 
