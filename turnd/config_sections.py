@@ -458,9 +458,7 @@ class FastpathConfig:
     """Interfaces the program is attached to. Default []: those that carry a listener or relay
     address (every interface up when one listens on a wildcard address), lo included."""
 
-    max_routes: int = attrs.field(
-        default=65_536, metadata=_kind(Int(1, FASTPATH_ROUTES_MAX))
-    )
+    max_routes: int = attrs.field(default=65_536, metadata=_kind(Int(1, FASTPATH_ROUTES_MAX)))
     """Channels the kernel holds at once; the next ones are relayed in userspace. Default
     65536: one per channel of 16 allocations of 4096 channels, and 15 MB of kernel memory."""
 
