@@ -4,7 +4,9 @@ No sockets and no clock: :class:`MemoryClient` hands each message to anything wi
 ``client_packet(five_tuple, data) -> actions`` (a :class:`CoreWorld`, the core tests' harness,
 a cluster of cores) and reads the ``SendToClient`` actions addressed to its 5-tuple.
 :class:`CoreWorld` is one core whose ``OpenRelay`` and ``ConnectPeer`` are answered at once
-(bench.gcpause, the fuzz properties).
+(bench.gcpause, the fuzz properties); with ``routes=True`` (or :meth:`CoreWorld.attach_routes`)
+a :class:`MemoryRouteCache` relays the established UDP channels the core installs in it, as the
+kernel fast path does, before anything reaches the core.
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ from auth.credentials import Authenticator
 from auth.nonce import NonceManager, SecurityFeature
 from stun import attributes as at
 from stun.addresses import Address
-from stun.channeldata import parse_channel_data
+from stun.channeldata import (
+    CHANNEL_FIRST_BYTE_MAX,
+    CHANNEL_FIRST_BYTE_MIN,
+    CHANNEL_HEADER,
+    CHANNEL_HEADER_SIZE,
+    frame_channel_data,
+    parse_channel_data,
+)
 from stun.message import Message, Method, decode
 from testkit.client import MAX_RETRIES, Request, SessionState, TurnSession, counter_txids
 from turnd.core.actions import (
+    UDP,
     Action,
     ConnectPeer,
     FiveTuple,
@@ -31,7 +41,9 @@ from turnd.core.actions import (
     Transport,
     as_actions,
 )
+from turnd.core.bucket import TokenBucket
 from turnd.core.peer_policy import PeerPolicy
+from turnd.core.routes import ChannelRoute, RouteTraffic
 from turnd.core.server import TurnServer
 from turnd.core.settings import CoreSettings
 
@@ -227,13 +239,142 @@ def counter_rng(seed: int = 1) -> Callable[[int], bytes]:
     return rng
 
 
+class _AllocationRate:
+    """One allocation's rates in a :class:`MemoryRouteCache`: token buckets holding one second of
+    each, both directions together (like ``Allocation.admit``), over all its routes."""
+
+    def __init__(self, packet_rate: float, byte_rate: float) -> None:
+        self.packet_rate = packet_rate
+        self.byte_rate = byte_rate
+        # Last refilled at 0: the first packet finds them full, like Allocation's budget.
+        self.packets = TokenBucket(0.0, 0.0)
+        self.octets = TokenBucket(0.0, 0.0)
+        self.routes = 0
+
+    def admit(self, size: int, now: float) -> bool:
+        """Spend one packet and ``size`` bytes; False: over a rate (nothing spent)."""
+        packets = self.packets.refill(now, self.packet_rate, self.packet_rate)
+        octets = self.octets.refill(now, self.byte_rate, self.byte_rate)
+        if packets < 1 or octets < size:
+            return False
+        self.packets.tokens = packets - 1
+        self.octets.tokens = octets - size
+        return True
+
+
+class MemoryRouteCache:
+    """A real in-memory ``turnd.core.routes.RouteCache``: what the kernel program does, for a
+    :class:`CoreWorld`. It relays exact-length UDP ChannelData on an installed (5-tuple, channel)
+    to the peer and a peer's datagram to an installed (relay, peer) to the client, enforcing each
+    allocation's rates; anything else is not its (None: the world hands it to the core).
+
+    ``capacity`` bounds the routes held (a full map refuses); ``refuse(route)`` refuses chosen
+    ones. :attr:`total` counts everything it ever relayed or dropped."""
+
+    def __init__(
+        self,
+        capacity: int | None = None,
+        refuse: Callable[[ChannelRoute], bool] | None = None,
+    ) -> None:
+        self.capacity = capacity
+        self.refuse = refuse
+        #: Installed routes and what each did since it was last read.
+        self.unread: dict[ChannelRoute, RouteTraffic] = {}
+        self.by_channel: dict[tuple[FiveTuple, int], ChannelRoute] = {}
+        self.by_peer: dict[tuple[Address, Address], ChannelRoute] = {}
+        self.rates: dict[FiveTuple, _AllocationRate] = {}
+        self.total = RouteTraffic()
+
+    @property
+    def installed(self) -> set[ChannelRoute]:
+        """The routes held now."""
+        return set(self.unread)
+
+    def install(self, route: ChannelRoute, packet_rate: float, byte_rate: float) -> bool:
+        if route in self.unread:
+            return True
+        full = self.capacity is not None and len(self.unread) >= self.capacity
+        if full or (self.refuse is not None and self.refuse(route)):
+            return False
+        self.unread[route] = RouteTraffic()
+        self.by_channel[route.five_tuple, route.number] = route
+        self.by_peer[route.relay, route.peer] = route
+        rate = self.rates.get(route.five_tuple)
+        if rate is None:
+            rate = self.rates[route.five_tuple] = _AllocationRate(packet_rate, byte_rate)
+        rate.packet_rate, rate.byte_rate = packet_rate, byte_rate
+        rate.routes += 1
+        return True
+
+    def remove(self, route: ChannelRoute) -> RouteTraffic:
+        traffic = self.unread.pop(route)  # KeyError: the core removed what it never installed
+        del self.by_channel[route.five_tuple, route.number]
+        del self.by_peer[route.relay, route.peer]
+        rate = self.rates[route.five_tuple]
+        rate.routes -= 1
+        if not rate.routes:
+            del self.rates[route.five_tuple]
+        return traffic
+
+    def collect(self) -> list[tuple[ChannelRoute, RouteTraffic]]:
+        out = []
+        for route, traffic in self.unread.items():
+            if traffic != RouteTraffic():
+                out.append((route, traffic))
+                self.unread[route] = RouteTraffic()
+        return out
+
+    def client_datagram(
+        self, five_tuple: FiveTuple, data: bytes, now: float
+    ) -> list[Action] | None:
+        """A client's datagram: relayed to the peer ([SendToPeer]), dropped over the rate ([]),
+        or None: not an installed route's exact-length UDP ChannelData."""
+        if five_tuple.transport is not UDP or len(data) < CHANNEL_HEADER_SIZE:
+            return None
+        if not CHANNEL_FIRST_BYTE_MIN <= data[0] <= CHANNEL_FIRST_BYTE_MAX:
+            return None
+        number, length = CHANNEL_HEADER.unpack_from(data)
+        route = self.by_channel.get((five_tuple, number))
+        if route is None or len(data) != CHANNEL_HEADER_SIZE + length:
+            return None
+        traffic = self.unread[route]
+        traffic.last_seen = now
+        if not self.rates[five_tuple].admit(length, now):
+            traffic.dropped_to_peer += 1
+            self.total.dropped_to_peer += 1
+            return []
+        for counts in (traffic, self.total):
+            counts.packets_to_peer += 1
+            counts.bytes_to_peer += length
+        return [SendToPeer(route.relay, route.peer, data[CHANNEL_HEADER_SIZE:])]
+
+    def peer_datagram(
+        self, relay: Address, peer: Address, data: bytes, now: float
+    ) -> list[Action] | None:
+        """A peer's datagram to ``relay``: relayed to the client as ChannelData ([SendToClient]),
+        dropped over the rate ([]), or None: no installed route."""
+        route = self.by_peer.get((relay, peer))
+        if route is None:
+            return None
+        traffic = self.unread[route]
+        traffic.last_seen = now
+        if not self.rates[route.five_tuple].admit(len(data), now):
+            traffic.dropped_to_client += 1
+            self.total.dropped_to_client += 1
+            return []
+        for counts in (traffic, self.total):
+            counts.packets_to_client += 1
+            counts.bytes_to_client += len(data)
+        return [SendToClient(route.five_tuple, frame_channel_data(route.number, data))]
+
+
 class CoreWorld:
     """One in-memory core, a clock, and an adapter that answers at once.
 
     ``OpenRelay`` succeeds unless ``bind_ok`` says otherwise (a callable decides per request);
     ``ConnectPeer`` (RFC 6062 Connect) succeeds unless ``connect_ok`` says otherwise, or is left
     connecting when it is None. The peer policy refuses the server's own listener address
-    (``SERVER``) like the daemon's does.
+    (``SERVER``) like the daemon's does. ``routes`` attaches a :class:`MemoryRouteCache` at once.
     """
 
     def __init__(
@@ -247,6 +388,7 @@ class CoreWorld:
         features: Iterable[SecurityFeature] = (SecurityFeature.PASSWORD_ALGORITHMS,),
         bind_ok: bool | Callable[[OpenRelay], bool] = True,
         connect_ok: bool | None = True,
+        routes: bool = False,
     ) -> None:
         self.now = START
         self.settings = settings or CoreSettings(realm=REALM, relay_ipv4=SERVER.host)
@@ -267,6 +409,21 @@ class CoreWorld:
         self.opened: list[OpenRelay] = []
         self.connect_ok = connect_ok
         self.connects: list[ConnectPeer] = []
+        #: The attached route cache, if any (it sees every datagram before the core).
+        self.routes: MemoryRouteCache | None = None
+        if routes:
+            self.attach_routes()
+
+    def attach_routes(self, cache: MemoryRouteCache | None = None) -> MemoryRouteCache:
+        """Attach ``cache`` (a new :class:`MemoryRouteCache` by default) to the core."""
+        self.routes = MemoryRouteCache() if cache is None else cache
+        self.server.attach_routes(self.routes, self.now)
+        return self.routes
+
+    def detach_routes(self) -> None:
+        """Detach the route cache (the adapter's shutdown): every packet goes to the core."""
+        self.server.detach_routes(self.now)
+        self.routes = None
 
     def settle(self, actions: list[Action]) -> list[Action]:
         """Answer every OpenRelay and ConnectPeer; all resulting actions (those included)."""
@@ -292,12 +449,22 @@ class CoreWorld:
         return connection_id, self.settle(actions)
 
     def client_packet(self, five_tuple: FiveTuple, data: bytes) -> list[Action]:
-        """``data`` from a client, through the core's one entry point as the daemon sends it."""
+        """``data`` from a client, through the route cache (if attached and it holds the route)
+        or the core's one entry point as the daemon sends it."""
+        if self.routes is not None:
+            relayed = self.routes.client_datagram(five_tuple, data, self.now)
+            if relayed is not None:
+                return relayed
         out = self.server.client_message(five_tuple, data, self.now)
         return self.settle(as_actions(out, five_tuple))
 
     def peer_packet(self, relay: Address, peer: Address, data: bytes) -> list[Action]:
-        """``data`` from ``peer`` to ``relay``, through the core's one entry point."""
+        """``data`` from ``peer`` to ``relay``, through the route cache (if it holds the route)
+        or the core's one entry point."""
+        if self.routes is not None:
+            relayed = self.routes.peer_datagram(relay, peer, data, self.now)
+            if relayed is not None:
+                return relayed
         return as_actions(self.server.peer_message(relay, peer, data, self.now))
 
     def advance(self, seconds: float) -> list[Action]:

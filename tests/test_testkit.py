@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from stun import attributes as at
+from stun.addresses import Address
+from stun.channeldata import frame_channel_data
 from stun.message import Message, MessageClass, Method, decode, encode
 from testkit.aio import AsyncTurnClient
 from testkit.client import (
@@ -24,8 +27,10 @@ from testkit.client import (
     raise_for_error,
 )
 from testkit.daemon import PASSWORD, REALM, USER, Daemon, start_turnd
-from testkit.memory import PEER, CoreWorld
+from testkit.memory import CLIENT, PEER, PEER2, SERVER, CoreWorld, MemoryRouteCache
 from testkit.sync import EchoPeer, TurnClient
+from turnd.core.actions import FiveTuple, SendToClient, SendToPeer, Transport
+from turnd.core.routes import ChannelRoute, RouteTraffic
 
 CHANNEL = 0x4000
 
@@ -108,6 +113,70 @@ def test_the_memory_driver_relays_both_ways() -> None:
     assert (sent.peer, sent.data) == (PEER, b"hello")
     [sent] = alice.channel_data(CHANNEL, b"on a channel")
     assert (sent.peer, sent.data) == (PEER, b"on a channel")
+
+
+RELAY = Address(SERVER.host, 50000)
+FLOW = FiveTuple(Transport.UDP, CLIENT, SERVER)
+
+
+def test_the_memory_route_cache_relays_only_exact_channel_data_of_installed_routes() -> None:
+    """Exact 4+length UDP ChannelData on an installed channel goes to its peer; a peer datagram
+    on an installed route comes back framed; anything else is not the cache's (None)."""
+    cache = MemoryRouteCache()
+    route = ChannelRoute(FLOW, CHANNEL, RELAY, PEER)
+    assert cache.install(route, math.inf, math.inf)
+    frame = frame_channel_data(CHANNEL, b"abc")
+    assert cache.client_datagram(FLOW, frame, 1.0) == [SendToPeer(RELAY, PEER, b"abc")]
+    assert cache.client_datagram(FLOW, frame + b"\0", 1.0) is None  # padded: userspace
+    assert cache.client_datagram(FLOW, frame_channel_data(CHANNEL + 1, b"x"), 1.0) is None
+    assert cache.client_datagram(FLOW._replace(transport=Transport.TCP), frame, 1.0) is None
+    assert cache.client_datagram(FLOW, b"\x00\x01\x00\x00", 1.0) is None  # STUN
+    assert cache.peer_datagram(RELAY, PEER, b"back", 2.0) == [
+        SendToClient(FLOW, frame_channel_data(CHANNEL, b"back"))
+    ]
+    assert cache.peer_datagram(RELAY, PEER2, b"other", 2.0) is None
+    assert cache.collect() == [(route, RouteTraffic(1, 3, 1, 4, last_seen=2.0))]
+    assert cache.collect() == []
+    cache.client_datagram(FLOW, frame, 3.0)
+    assert cache.remove(route) == RouteTraffic(1, 3, last_seen=3.0)
+    assert cache.installed == set() and cache.client_datagram(FLOW, frame, 4.0) is None
+    with pytest.raises(KeyError):
+        cache.remove(route)
+
+
+def test_the_memory_route_cache_rate_spans_an_allocations_routes_and_both_ways() -> None:
+    """One allocation's routes share one bucket pair holding a second of each rate."""
+    cache = MemoryRouteCache()
+    first = ChannelRoute(FLOW, CHANNEL, RELAY, PEER)
+    second = ChannelRoute(FLOW, CHANNEL + 1, RELAY, PEER2)
+    cache.install(first, 3, 1000)
+    cache.install(second, 3, 1000)
+    frame = frame_channel_data(CHANNEL, b"x")
+    assert cache.client_datagram(FLOW, frame, 10.0)
+    assert cache.peer_datagram(RELAY, PEER2, b"y", 10.0)
+    assert cache.client_datagram(FLOW, frame, 10.0)
+    assert cache.client_datagram(FLOW, frame, 10.0) == []
+    assert cache.peer_datagram(RELAY, PEER2, b"y", 10.0) == []
+    assert (cache.total.dropped_to_peer, cache.total.dropped_to_client) == (1, 1)
+    assert cache.client_datagram(FLOW, frame, 11.0)  # a second later: refilled
+    assert cache.install(ChannelRoute(FLOW, 0x4100, RELAY, PEER), 3, 1000) is not False
+    full = MemoryRouteCache(capacity=1)
+    assert full.install(first, 3, 1000) and not full.install(second, 3, 1000)
+
+
+def test_the_memory_world_relays_through_an_attached_route_cache() -> None:
+    """CoreWorld(routes=True): an established channel is relayed by the cache, not the core."""
+    world = CoreWorld(routes=True)
+    alice = world.client()
+    alice.allocate()
+    alice.channel_bind(CHANNEL, PEER)
+    assert world.routes is not None
+    [sent] = alice.channel_data(CHANNEL, b"kernel")
+    assert (sent.peer, sent.data) == (PEER, b"kernel")
+    assert world.routes.total.packets_to_peer == 1
+    assert world.server.allocations[alice.five_tuple].packets_to_peer == 0
+    world.server.collect_routes(world.now)
+    assert world.server.allocations[alice.five_tuple].packets_to_peer == 1
 
 
 @pytest.fixture(scope="module")

@@ -293,7 +293,7 @@ class Operations:
 
     def drain(self, on: bool) -> dict[str, Any]:
         core = self.service.core
-        core.draining = on
+        core.set_draining(on, time.time())
         link = self.service.cluster
         if link is not None:
             # heartbeats() sets this node's view from core.draining, and the other nodes hear

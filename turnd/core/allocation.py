@@ -22,11 +22,16 @@ deadline by more than one timer tick.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from stun.addresses import Address, AddressFamily
 from turnd.core.actions import FiveTuple
 from turnd.core.bucket import TokenBucket
+
+if TYPE_CHECKING:
+    from turnd.core.routes import ChannelRoute
 
 #: RFC 8656 §12: a channel number or peer address of an expired binding stays unusable for another
 #: binding for this long, so late packets are not misdelivered.
@@ -42,6 +47,8 @@ class ChannelBinding:
     number: int
     peer: Address
     expires: float
+    #: When a route cache last relayed on it (turnd.core.routes), if it did.
+    last_seen: float | None = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -86,6 +93,8 @@ class Allocation:
     #: Peer transport addresses used so far, and the budget for new ones (port-scan guard).
     peers_seen: set[Address] = attrs.field(factory=set)
     new_peers: TokenBucket = attrs.field(factory=lambda: TokenBucket(0.0, 0.0))
+    #: Channel number -> its route installed in the server's route cache (turnd.core.routes).
+    routes: dict[int, ChannelRoute] = attrs.field(factory=dict)
 
     def admit(self, size: int, now: float, packet_rate: float, byte_rate: float) -> bool:
         """Spend one packet and ``size`` bytes of the traffic budget; False: over the rate.
@@ -112,6 +121,19 @@ class Allocation:
         self.budget_packets = packets - 1
         self.budget_bytes = octets - size
         return True
+
+    def charge(
+        self, packets: int, octets: int, now: float, packet_rate: float, byte_rate: float
+    ) -> None:
+        """Spend what a route cache relayed (turnd.core.routes) from the traffic budget, refilled
+        to ``now`` first; it may go below zero, and then userspace waits for the refill."""
+        elapsed = now - self.budget_time
+        if elapsed > 0:
+            self.budget_packets = min(packet_rate, self.budget_packets + elapsed * packet_rate)
+            self.budget_bytes = min(byte_rate, self.budget_bytes + elapsed * byte_rate)
+            self.budget_time = now
+        self.budget_packets -= packets
+        self.budget_bytes -= octets
 
     def admit_peer(self, peer: Address, now: float, rate: float, burst: float) -> bool:
         """Whether ``peer`` may be used: known peers always; a new one spends the budget.

@@ -20,6 +20,7 @@ from stun import attributes as at
 from stun.addresses import Address
 from stun.channeldata import is_valid_channel
 from stun.message import Method
+from turnd.core import routes
 from turnd.core.actions import Action
 from turnd.core.allocation import Allocation, ChannelBinding
 from turnd.core.request import Request, StunError
@@ -38,6 +39,8 @@ def handle_create_permission(server: TurnServer, request: Request) -> list[Actio
         _install_permission(server, alloc, peer.host, request.now)
     for key in keys:
         alloc.remember_peer(key)
+    if server.routes is not None:  # channels whose permission came back
+        routes.install_hosts(server, alloc, {p.host for p in peers}, request.now)
     return server.reply(request.five_tuple, server.responses.success(request))
 
 
@@ -68,6 +71,8 @@ def handle_channel_bind(server: TurnServer, request: Request) -> list[Action]:
         server.timers.add(expires, TimerKind.CHANNEL, alloc, alloc.channels[number])
     _install_permission(server, alloc, peer.host, now)
     alloc.remember_peer(peer)
+    if server.routes is not None:  # a new binding, or one whose permission had expired
+        routes.install(server, alloc, alloc.channels[number], now)
     return server.reply(request.five_tuple, server.responses.success(request))
 
 
@@ -124,6 +129,8 @@ def permission_timer(server: TurnServer, alloc: Allocation, host: str, now: floa
     if expiry > now:
         server.timers.add(expiry, TimerKind.PERMISSION, alloc, host)
     else:
+        if alloc.routes:
+            routes.remove_host(server, alloc, host, now)
         alloc.permissions.pop(host, None)
     return []
 
@@ -137,6 +144,8 @@ def channel_timer(
     if binding.expires > now:
         server.timers.add(binding.expires, TimerKind.CHANNEL, alloc, binding)
     else:
+        if alloc.routes:
+            routes.remove(server, alloc, binding.number, now)
         until = alloc.expire_channel(binding.number)
         server.timers.add(until, TimerKind.COOLING, alloc, binding.number)
     return []

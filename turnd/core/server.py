@@ -55,7 +55,7 @@ from stun.hotpath import (
     parse_send,
 )
 from stun.message import Message, MessageClass, Method, decode
-from turnd.core import allocate, dispatch, permissions, tcp_relay, teardown
+from turnd.core import allocate, dispatch, permissions, routes, tcp_relay, teardown
 from turnd.core.actions import (
     UDP,
     Action,
@@ -75,6 +75,7 @@ from turnd.core.quotas import AllocationQuotas
 from turnd.core.ratelimit import ByteCredit, FailureThrottle, SourceLimiter
 from turnd.core.request import Request, StunError
 from turnd.core.responses import Responder
+from turnd.core.routes import RouteCache
 from turnd.core.settings import CoreSettings
 from turnd.core.tcp_relay import PeerConnections
 from turnd.core.timers import Schedule, TimerKind
@@ -118,8 +119,14 @@ class TurnServer:
         #: Per-allocation traffic rates; 0 in the settings means no limit.
         self.packet_rate = settings.allocation_packet_rate or math.inf
         self.byte_rate = settings.allocation_byte_rate or math.inf
-        #: A draining server answers new Allocates with 508 and keeps serving its allocations.
+        #: A draining server answers new Allocates with 508 and keeps serving its allocations
+        #: (set it with :meth:`set_draining`).
         self.draining = False
+        #: The fast path's route cache (turnd.core.routes; None: none), how many routes it holds
+        #: and whether their read-back timer is pending.
+        self.routes: RouteCache | None = None
+        self.routes_installed = 0
+        self.routes_timer = False
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}
         self.tcp = PeerConnections()
@@ -307,6 +314,22 @@ class TurnServer:
         return []
 
     # --- admin -------------------------------------------------------------------------------
+
+    def set_draining(self, on: bool, now: float) -> None:
+        """Refuse new Allocates (508) or take them again; a draining server relays in userspace."""
+        routes.set_draining(self, on, now)
+
+    def attach_routes(self, cache: RouteCache, now: float) -> None:
+        """Relay established UDP channels through ``cache`` (turnd.core.routes), live ones now."""
+        routes.attach(self, cache, now)
+
+    def detach_routes(self, now: float) -> None:
+        """Take every route back from the cache, crediting what it relayed; use none."""
+        routes.detach(self, now)
+
+    def collect_routes(self, now: float) -> None:
+        """Credit what the route cache relayed since it was last read (before a scrape)."""
+        routes.collect(self, now)
 
     def kill(self, five_tuple: FiveTuple, now: float) -> list[Action]:
         """End an allocation now (operator action, revocation)."""
@@ -506,4 +529,5 @@ _TIMERS: dict[TimerKind, TimerHandler] = {
     TimerKind.COOLING: permissions.cooling_timer,
     TimerKind.CONNECTION: tcp_relay.bind_timer,
     TimerKind.RESERVATION: allocate.reservation_timer,
+    TimerKind.ROUTES: routes.routes_timer,
 }

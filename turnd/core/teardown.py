@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from stun import attributes as at
 from stun.addresses import AddressFamily
-from turnd.core import tcp_relay
+from turnd.core import routes, tcp_relay
 from turnd.core.actions import Action, AllocationEnded, CloseConnection, CloseRelay, SendToClient
 from turnd.core.allocate import lifetime
 from turnd.core.allocation import Allocation, Relay
@@ -76,6 +76,8 @@ def delete(
     (RFC 6062 §5.5). A family ending alone takes its permissions and channels (§8.1)."""
     stats = server.stats
     gone = list(alloc.relays) if families is None else families
+    if alloc.routes:  # the cache's final counts go into the usage below
+        routes.remove_families(server, alloc, gone, now)
     actions: list[Action] = []
     for family in gone:
         relay = alloc.relays.pop(family)

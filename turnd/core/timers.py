@@ -27,6 +27,7 @@ class TimerKind(Enum):
     COOLING = "cooling"  # §12's reuse delay; subject allocation, detail channel number
     CONNECTION = "connection"  # RFC 6062 §5.2/§5.3 bind timeout; subject the peer connection
     RESERVATION = "reservation"  # RFC 8656 §7.2 EVEN-PORT R=1; detail the token
+    ROUTES = "routes"  # reading back the route cache's counters (turnd.core.routes); no subject
 
 
 Entry = tuple[float, int, TimerKind, Any, Any]
