@@ -10,11 +10,12 @@ while userspace keeps everything else (DESIGN.md "Data plane and scale").
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from turnd.config_sections import FastpathConfig
 from turnd.fastpath.kernel import KernelRoutes
@@ -30,6 +31,9 @@ BUILD_COMMAND = "python3 -m turnd.fastpath.build (Debian packages clang, libbpf-
 RTN_LOCAL = 2
 #: IFF_UP (include/uapi/linux/if.h).
 IFF_UP = 0x1
+
+
+_Result = TypeVar("_Result")
 
 
 class FastPathUnavailable(Exception):
@@ -49,9 +53,11 @@ class FastPath:
             raise FastPathUnavailable(
                 f"{OBJECT} is older than {SOURCE.name}: rebuild it with {BUILD_COMMAND}"
             )
-        from pyroute2 import IPRoute
-
-        self._ipr = IPRoute()
+        # pyroute2's blocking API refuses to run on a thread whose asyncio loop runs (and turnd
+        # starts this from its loop): netlink is asked from a thread of its own, which keeps
+        # the namespace it was made in.
+        self._netlink = concurrent.futures.ThreadPoolExecutor(1, "turnd-fastpath-netlink")
+        self._ipr: Any = self._ask(_open_netlink)
         self.links: dict[str, int] = {}
         self._obj: BpfObject | None = None
         try:
@@ -70,7 +76,7 @@ class FastPath:
 
     def _interfaces(self, config: FastpathConfig, addresses: list[str]) -> dict[str, int]:
         """Interface name -> index: the configured ones, else those carrying ``addresses``."""
-        links = {link.get_attr("IFLA_IFNAME"): link for link in self._ipr.get_links()}
+        links = {link.get_attr("IFLA_IFNAME"): link for link in self._ask(self._ipr.get_links)}
         if config.interfaces:
             missing = [name for name in config.interfaces if name not in links]
             if missing:
@@ -81,7 +87,7 @@ class FastPath:
         wanted = {ipaddress.ip_address(a) for a in addresses}
         indexes = {
             addr["index"]
-            for addr in self._ipr.get_addr()
+            for addr in self._ask(self._ipr.get_addr)
             if ipaddress.ip_address(addr.get_attr("IFA_ADDRESS")) in wanted
         }
         found = {name: link["index"] for name, link in links.items() if link["index"] in indexes}
@@ -94,7 +100,7 @@ class FastPath:
     def resolve(self, host: str) -> tuple[int, str | None]:
         """Where the kernel sends to ``host``: (egress interface, or ROUTE_LOCAL for this
         host; the source address it would pick)."""
-        found = self._ipr.route("get", dst=host)
+        found = self._ask(lambda: self._ipr.route("get", dst=host))
         if not found:
             raise LookupError(f"no route to {host}")
         route = found[0]
@@ -129,7 +135,19 @@ class FastPath:
         if self._obj is not None:
             self._obj.close()
             self._obj = None
-        self._ipr.close()
+        self._ask(self._ipr.close)
+        self._netlink.shutdown()
+
+    def _ask(self, call: Callable[[], _Result]) -> _Result:
+        """Run a netlink ``call`` on the netlink thread and wait for it (a few microseconds)."""
+        return self._netlink.submit(call).result()
+
+
+def _open_netlink() -> Any:
+    """A pyroute2 IPRoute (imported here: only the fast path needs it)."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
 
 
 def _advice(exc: BpfError) -> str:
