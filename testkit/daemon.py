@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,10 @@ REALM = "turnd.test"
 #: How long a daemon may take to start before the test fails (a slow CI machine, not a timing
 #: assertion: start-up takes well under a second).
 START_TIMEOUT = 30.0
+
+
+#: One metrics sample: (name, sorted labels) -> value.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 #: What an unhandled error leaves in a log.
@@ -56,6 +61,19 @@ class Daemon:
             if entry.get("event") == "metrics.started":
                 return int(entry["port"])
         raise LookupError("turnd logged no metrics.started")
+
+    def scrape(self) -> Samples:
+        """Every sample of GET /metrics now, keyed by (name, sorted labels)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     @property
     def udp_ports(self) -> list[int]:

@@ -8,13 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
@@ -43,17 +41,6 @@ def fastpath_view(daemon: Daemon) -> dict[str, Any]:
     """turnctl status's fast path part: routes, the program's own packet counts, credited ones."""
     view: dict[str, Any] = turnctl(daemon, "status")["fastpath"]
     return view
-
-
-def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def relay_programs() -> int:
@@ -111,7 +98,7 @@ def test_the_kernel_relays_channels_and_metrics_and_usage_equal_what_was_sent(
         octets = sum(map(len, PAYLOADS)) + len(b"first")
         # The program relayed it all (its own counters), and what the core credited is it.
         assert kernel_packets(daemon) - before == 2 * sent
-        samples = scrape(daemon)
+        samples = daemon.scrape()
         for direction in ("to_peer", "to_client"):
             label = (("direction", direction),)
             kernel = samples["turnd_fastpath_relayed_packets_total", label]

@@ -77,6 +77,32 @@ def test_uclient_relays_every_packet(daemon: Daemon, peer: EchoPeer, run: str) -
     assert_lossless(report, sessions)
 
 
+def test_uclient_channels_are_relayed_by_the_kernel_fast_path(
+    daemon: Daemon, peer: EchoPeer
+) -> None:
+    """With the fast path active (root, the program built), uclient's channel traffic is
+    relayed by the kernel: the kernel's counters moved by all of it, and what the metrics count
+    as relayed is exactly that (userspace relayed none of it)."""
+    before = daemon.scrape()
+    if before[("turnd_fastpath_active", ())] != 1:
+        pytest.skip("the kernel fast path is not active here (needs root and the built program)")
+    options, sessions = UCLIENT_RUNS["udp_channels"]
+    report = run_uclient(
+        "127.0.0.1", daemon.port, "127.0.0.1", peer.port,
+        user=USER, messages=MESSAGES, length=LENGTH, **options,
+    )  # fmt: skip
+    assert_lossless(report, sessions)
+    after = daemon.scrape()
+    packets, octets = sessions * MESSAGES, sessions * MESSAGES * LENGTH
+    for direction in ("to_peer", "to_client"):
+        label = (("direction", direction),)
+        moved = {name: after[name, label] - before[name, label] for name, _ in after if _ == label}
+        assert moved["turnd_fastpath_relayed_packets_total"] == packets
+        assert moved["turnd_relayed_packets_total"] == packets
+        assert moved["turnd_fastpath_relayed_bytes_total"] == octets
+        assert moved["turnd_relayed_bytes_total"] == octets
+
+
 def test_uclient_wrong_password_cannot_allocate(daemon: Daemon, peer: EchoPeer) -> None:
     """A wrong password gets 401: uclient cannot allocate and relays nothing."""
     from testkit.coturn import UclientError
