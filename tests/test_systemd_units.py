@@ -418,3 +418,22 @@ def test_turnd_serves_under_memory_deny_write_execute(tmp_path: Path) -> None:
     assert process.returncode == 0, log_path.read_text()
     assert "MemoryError" not in log_path.read_text()
     assert "PermissionError" not in log_path.read_text()
+
+
+FASTPATH_DROPIN = SYSTEMD_DIR / "turnd-fastpath.conf"
+
+
+def test_the_fastpath_drop_in_adds_exactly_cap_bpf_and_the_bpf_call(tmp_path: Path) -> None:
+    """systemd/turnd-fastpath.conf gives the unit what loading the relay program needs and no
+    more, and the unit with it still verifies without a warning."""
+    service = parse_unit(FASTPATH_DROPIN.read_text())["Service"]
+    assert service == {
+        "AmbientCapabilities": ["CAP_BPF"],
+        "CapabilityBoundingSet": ["CAP_BPF"],
+        "SystemCallFilter": ["bpf"],
+    }
+    lines = [line for line in FASTPATH_DROPIN.read_text().splitlines() if "=" in line]
+    combined = UNIT.read_text().replace("[Service]\n", "[Service]\n" + "\n".join(lines) + "\n", 1)
+    code, output = verify(combined, tmp_path)
+    assert code == 0, output
+    assert complaints(output) == [], output
