@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from testkit.daemon import PASSWORD, USER, Daemon, start_turnd
+from testkit.daemon import PASSWORD, USER, Daemon, run_turnd, start_turnd, write_config
 from testkit.sync import ChannelData, EchoPeer, TurnClient, error_code, wait_until
 from tests.fastpath.conftest import fastpath_unavailable
 from turnd.turnctl import app
@@ -219,3 +219,45 @@ def test_stopping_leaves_no_program_and_a_restart_relays_again(
     finally:
         assert again.stop() == 0
     assert relay_programs() == before
+
+
+def test_mode_on_refuses_to_start_without_the_fast_path_and_says_why(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[fastpath]\nmode = "on"\ninterfaces = ["nosuch0"]\n')
+    done = run_turnd(config)
+    assert done.returncode != 0
+    assert "fastpath.mode is on, but fastpath.interfaces: no interface nosuch0" in (
+        done.stdout + done.stderr
+    )
+
+
+def test_mode_auto_says_why_and_relays_in_userspace(tmp_path: Path, peer: EchoPeer) -> None:
+    programs = relay_programs()
+    running = start_turnd(tmp_path, '[fastpath]\ninterfaces = ["nosuch0"]\n')
+    try:
+        [line] = [e for e in running.log_events() if e.get("event") == "fastpath.unavailable"]
+        assert "no interface nosuch0" in line["msg"]
+        assert relay_programs() == programs
+        with bound_client(running, peer) as client:  # relayed, by userspace
+            client.send_channel_data(CHANNEL, b"userspace")
+            assert client.receive() == ChannelData(CHANNEL, b"userspace")
+        assert fastpath_view(running) == {
+            "active": False,
+            "mode": "auto",
+            "relayed_packets_to_peer": 0,
+            "relayed_packets_to_client": 0,
+            "relayed_bytes_to_peer": 0,
+            "relayed_bytes_to_client": 0,
+        }
+        assert running.scrape()[("turnd_fastpath_active", ())] == 0
+    finally:
+        assert running.stop() == 0
+
+
+def test_mode_off_loads_nothing(tmp_path: Path) -> None:
+    programs = relay_programs()
+    running = start_turnd(tmp_path, '[fastpath]\nmode = "off"\n')
+    try:
+        assert [e for e in running.log_events() if e.get("event") == "fastpath.off"]
+        assert relay_programs() == programs
+    finally:
+        assert running.stop() == 0
