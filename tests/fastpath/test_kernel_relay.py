@@ -13,7 +13,8 @@ import subprocess
 import pytest
 
 from stun.addresses import Address
-from tests.fastpath.topology import Topology
+from tests.fastpath.topology import Topology, inside
+from turnd.config_sections import FastpathConfig
 from turnd.core.actions import UDP, FiveTuple
 from turnd.core.routes import ChannelRoute
 from turnd.fastpath import FastPath
@@ -25,14 +26,22 @@ SIZES = (0, 1, 3, 255, 256, 257, 1000, 1400)
 class Ends:
     """The four sockets of one route: client, listener and relay (turnd's), peer."""
 
-    def __init__(self, topo: Topology) -> None:
+    def __init__(self, topo: Topology, *, wildcard: bool = False, local_peer: bool = False) -> None:
+        """``wildcard``: the listener is bound to the wildcard address (the route names it so);
+        ``local_peer``: the peer is a socket of turnd's own host."""
         addresses = topo.addresses
         self.client = topo.socket(topo.client, addresses["client"])
-        self.listener = topo.socket(topo.turnd, addresses["listener"])
+        any_address = "::" if topo.v6 else "0.0.0.0"
+        self.listener = topo.socket(topo.turnd, any_address if wildcard else addresses["listener"])
         self.relay = topo.socket(topo.turnd, addresses["relay"])
-        self.peer = topo.socket(topo.peer, addresses["peer"])
+        self.peer = topo.socket(
+            topo.turnd if local_peer else topo.peer,
+            addresses["relay"] if local_peer else addresses["peer"],
+        )
+        listener = self.address(self.listener)
+        self.server = Address(addresses["listener"], listener.port)  # where the client sends
         self.route = ChannelRoute(
-            FiveTuple(UDP, self.address(self.client), self.address(self.listener)),
+            FiveTuple(UDP, self.address(self.client), listener),
             CHANNEL,
             self.address(self.relay),
             self.address(self.peer),
@@ -129,6 +138,49 @@ def test_the_kernel_relays_an_installed_channel_both_ways_with_valid_checksums(
     status = fastpath.status()
     assert status["packets_to_peer"] >= len(SIZES) and status["errors"] == 0
     topo.offload(True, True)
+
+
+@pytest.mark.parametrize(
+    "wildcard, local_peer",
+    [(True, False), (False, True)],
+    ids=["wildcard-listener", "peer-on-the-turnd-host"],
+)
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_wildcard_listener_and_a_peer_on_the_host_itself(
+    topologies: tuple[Topology, Topology], wildcard: bool, local_peer: bool, v6: bool
+) -> None:
+    """A listener bound to the wildcard address is matched whatever address the client sent
+    to, and answered from that address. A peer on turnd's own host: its datagrams (through lo)
+    go to the client in the kernel; the client's to it stay in userspace, since the stack
+    refuses the relay's local source address on a packet from another interface."""
+    topo = topologies[int(v6)]
+    with inside(topo.turnd):
+        loaded = FastPath(FastpathConfig(interfaces=("tc0", "tp0", "lo")), [])
+    ends = Ends(topo, wildcard=wildcard, local_peer=local_peer)
+    try:
+        route = ends.route
+        assert loaded.routes.install(route, math.inf, math.inf)
+        ends.client.sendto(channel_data(b"to the peer"), (ends.server.host, ends.server.port))
+        if local_peer:
+            assert received(ends.listener) == (
+                channel_data(b"to the peer"),
+                route.five_tuple.client.port,
+            )
+        else:
+            assert received(ends.peer) == (b"to the peer", route.relay.port)
+        ends.peer.sendto(b"to the client", (route.relay.host, route.relay.port))
+        got = ends.client.recvfrom(65535)
+        assert (got[0], got[1][:2]) == (
+            channel_data(b"to the client"),
+            (ends.server.host, ends.server.port),
+        )
+        traffic = loaded.routes.remove(route)
+        assert (traffic.packets_to_peer, traffic.packets_to_client) == (0 if local_peer else 1, 1)
+        ends.listener.settimeout(0.2)
+        assert received(ends.listener) is None
+    finally:
+        ends.close()
+        loaded.close()
 
 
 def test_after_removal_the_flow_goes_to_userspace_with_the_final_counts(

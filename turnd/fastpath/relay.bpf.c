@@ -10,7 +10,8 @@
  * program and then to turnd's socket, so userspace keeps full behaviour. Packets this program
  * passes on include STUN, unknown or uninstalled flows, IP options, fragments, IPv6 extension
  * headers, GSO/GRO aggregates, zero UDP checksums, padded ChannelData, payloads over
- * MAX_PAYLOAD and datagrams that would not fit the egress MTU.
+ * MAX_PAYLOAD, datagrams that would not fit the egress MTU, and a datagram for this host that
+ * came in on another interface than lo (see deliverable()).
  *
  * The payload moves by 4 bytes inside the packet instead of the headers: an offloaded
  * (CHECKSUM_PARTIAL) checksum is computed from csum_start, which no helper moves with the headers.
@@ -204,18 +205,21 @@ static __always_inline int move_payload(struct __sk_buff *skb, __u32 from, __u32
 	return 0;
 }
 
+/* Whether the rewritten packet can be delivered from here. A destination on this host is
+ * reached by going on up the stack, which only accepts the relay's (local) source address on a
+ * packet that came in on lo with its sender's route: from another interface it is a martian
+ * (IP_LOCAL_SOURCE), so that direction stays in userspace. */
+static __always_inline int deliverable(struct __sk_buff *skb, struct route *r)
+{
+	return r->oif != ROUTE_LOCAL || skb->ingress_ifindex == LOOPBACK_IFINDEX;
+}
+
 /* Hand the rewritten packet to its destination. */
 static __always_inline int deliver(struct __sk_buff *skb, __u32 oif)
 {
-	if (oif != ROUTE_LOCAL)
-		return bpf_redirect_neigh(oif, NULL, 0, 0);
-	if (skb->ingress_ifindex == LOOPBACK_IFINDEX)
-		return TC_ACT_OK; /* on up the stack, to the local socket */
-	/* A local destination reached from another interface: through lo, where a local
-	 * source address is no martian. lo's Ethernet addresses are zero. */
-	__u8 zero[ETH_ALEN * 2] = {};
-	bpf_skb_store_bytes(skb, 0, zero, sizeof(zero), 0);
-	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+	if (oif == ROUTE_LOCAL)
+		return TC_ACT_OK; /* on up the stack, to the local socket (deliverable() holds) */
+	return bpf_redirect_neigh(oif, NULL, 0, 0);
 }
 
 struct parsed {
@@ -402,10 +406,15 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct parsed *
 	key.channel = bpf_ntohl(head) >> 16;
 	key.family = p->family;
 	r = bpf_map_lookup_elem(&c2p, &key);
-	if (!r)
-		return TC_ACT_UNSPEC;
+	if (!r) {
+		/* A listener bound to a wildcard address is installed with a zero server address. */
+		__builtin_memset(key.server, 0, sizeof(key.server));
+		r = bpf_map_lookup_elem(&c2p, &key);
+		if (!r)
+			return TC_ACT_UNSPEC;
+	}
 	/* Exactly header + length: a padded or short one is userspace's (it counts a short one). */
-	if ((bpf_ntohl(head) & 0xffff) != plen || plen > MAX_PAYLOAD)
+	if ((bpf_ntohl(head) & 0xffff) != plen || plen > MAX_PAYLOAD || !deliverable(skb, r))
 		return TC_ACT_UNSPEC;
 	if (!admit(r->quota_id, plen)) {
 		__sync_fetch_and_add(&r->dropped, 1);
@@ -443,7 +452,8 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, struct parsed *
 	r = bpf_map_lookup_elem(&p2c, &key);
 	if (!r)
 		return TC_ACT_UNSPEC;
-	if (plen > MAX_PAYLOAD || plen + CHANNEL_HEADER > 0xffff - sizeof(struct udphdr))
+	if (plen > MAX_PAYLOAD || plen + CHANNEL_HEADER > 0xffff - sizeof(struct udphdr) ||
+	    !deliverable(skb, r))
 		return TC_ACT_UNSPEC;
 	if (!fits(skb, r, CHANNEL_HEADER)) {
 		count(STAT_PASSED_MTU);
