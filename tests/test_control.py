@@ -164,6 +164,14 @@ class FakeOps:
             "allocations": len(self.live),
             "connections": 1,
             "draining": self.draining,
+            "fastpath": {
+                "active": True,
+                "mode": "auto",
+                "interfaces": ["eth0", "lo"],
+                "routes": 3,
+                "relayed_packets_to_peer": 40,
+                "relayed_packets_to_client": 2,
+            },
         }
 
     def allocations(
