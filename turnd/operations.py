@@ -92,7 +92,12 @@ def _view(alloc: Allocation, detail: bool) -> dict[str, Any]:
     if detail:
         view["permission_list"] = sorted(alloc.permissions)
         view["channel_list"] = [
-            {"number": number, "peer": str(binding.peer)}
+            {
+                "number": number,
+                "peer": str(binding.peer),
+                "fastpath": number in alloc.routes,
+                "last_seen": binding.last_seen,
+            }
             for number, binding in sorted(alloc.channels.items())
         ]
     return view
@@ -168,6 +173,7 @@ class Operations:
         self, user: str | None, client: str | None, transport: str | None
     ) -> list[dict[str, Any]]:
         found = []
+        self.service.core.collect_routes(time.time())  # the fast path's counts, up to now
         for alloc in self.service.core.allocations.values():
             if user is not None and alloc.username != user:
                 continue
@@ -189,6 +195,7 @@ class Operations:
 
     def allocation(self, allocation_id: str) -> dict[str, Any] | None:
         alloc = self._find(allocation_id)
+        self.service.core.collect_routes(time.time())  # the fast path's counts, up to now
         return None if alloc is None else _view(alloc, detail=True)
 
     def kill(self, allocation_id: str) -> bool:
