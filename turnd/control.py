@@ -81,7 +81,8 @@ class ControlOps(Protocol):
 
     def allocation(self, allocation_id: str) -> dict[str, Any] | None:
         """One allocation as above, plus permission_list [ip] and
-        channel_list [{number, peer}]; None if there is none with that id."""
+        channel_list [{number, peer, kernel (relayed by the kernel), last_seen (Unix seconds
+        of the fast path's last packet, or None)}]; None if there is none with that id."""
 
     def kill(self, allocation_id: str) -> bool:
         """End an allocation now; False if there is none with that id."""

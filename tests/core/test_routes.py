@@ -357,17 +357,47 @@ def test_kill_and_revoke_remove_the_routes() -> None:
 
 
 def test_a_family_ending_alone_takes_its_routes_only() -> None:
-    """§8.1: Refresh 0 of one family removes that relay's routes; the other family's stay."""
+    """§8.1: Refresh 0 of one family of a dual allocation removes that relay's routes alone."""
     world = World(core_settings(relay_ipv6=RELAY6), routes=True)
     bob = MemoryClient(world, "bob", "bob-pw", address=CLIENT6, server=SERVER6, max_retries=1)
-    bob.allocate(UDP, at.RequestedAddressFamily(AddressFamily.IPV6))
+    bob.allocate(UDP, at.AdditionalAddressFamily(AddressFamily.IPV6), at.Lifetime(3600))
+    relay6 = alloc_of(world, bob).relays[AddressFamily.IPV6].address
     bob.channel_bind(CH, PEER6)
-    assert world.routes is not None and len(world.routes.installed) == 1
+    bob.channel_bind(CH2, PEER)  # IPv6 client, IPv4 peer: stays in userspace
+    route6 = ChannelRoute(bob.five_tuple, CH, relay6, PEER6)
+    assert world.routes is not None and world.routes.installed == {route6}
     bob.channel_data(CH, b"v6")
+    bob.refresh(0, at.RequestedAddressFamily(AddressFamily.IPV4))
+    assert world.routes.installed == {route6}
     bob.refresh(0, at.RequestedAddressFamily(AddressFamily.IPV6))
     [end] = ended(bob.last_actions)
-    assert usage(end)[:2] == (1, 2)
+    assert end.relay == relay6 and usage(end)[:2] == (1, 2)
     assert world.routes.installed == set()
+
+
+def test_an_uninstalled_channel_expiring_leaves_the_installed_ones() -> None:
+    """A refused channel's expiry removes nothing from the cache."""
+    world = World(core_settings(permission_lifetime=3600))
+    cache = world.attach_routes(MemoryRouteCache(capacity=1))
+    alice = world.client()
+    alice.allocate(UDP, at.Lifetime(3600))
+    alice.channel_bind(CH, PEER)
+    world.advance(100)
+    alice.channel_bind(CH2, PEER2)  # refused: the cache is full
+    world.advance(450)
+    alice.channel_bind(CH, PEER)  # refreshed past CH2's expiry
+    world.advance(200)
+    assert CH2 not in alloc_of(world, alice).channels
+    assert cache.installed == {route_of(alice)}
+
+
+def test_attaching_a_second_cache_takes_the_routes_from_the_first() -> None:
+    """attach_routes replaces an attached cache: its routes move, its counts are credited."""
+    world, alice, first = bound()
+    alice.channel_data(CH, b"1")
+    second = world.attach_routes()
+    assert first.installed == set() and second.installed == {route_of(alice)}
+    assert alloc_of(world, alice).packets_to_peer == 1
 
 
 def test_draining_removes_every_route_and_ending_it_reinstalls_them() -> None:

@@ -10,6 +10,8 @@ Theory of operation:
   address, checked with its port. Peers are remembered only once the whole request succeeded.
 * Each permission and binding has one timer; a refresh moves its expiry and the timer re-arms
   itself. An expired binding's number and peer cool down for ``CHANNEL_REUSE_DELAY`` (§12).
+* With a route cache attached (turnd.core.routes), a binding whose permission is live is
+  installed in it by ChannelBind or CreatePermission, and taken back when either expires.
 """
 
 from __future__ import annotations

@@ -107,9 +107,7 @@ def live_route(
         or five_tuple.client.family is not peer.family
     ):
         return None
-    relay = alloc.relays.get(peer.family)
-    if relay is None:
-        return None
+    relay = alloc.relays[peer.family]  # a binding goes with its family's relay (§8.1)
     return ChannelRoute(five_tuple, binding.number, relay.address, peer)
 
 

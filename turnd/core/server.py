@@ -20,7 +20,8 @@ Theory of operation (RFC 8489, RFC 8656):
 * The server owns its state as objects with public methods, which the request modules use:
   ``quotas`` (turnd.core.quotas), ``timers`` (turnd.core.timers, handlers in ``_TIMERS``),
   ``ports`` and reservations (turnd.core.ports), ``pending`` Allocates (turnd.core.allocate),
-  ``tcp`` peer connections (turnd.core.tcp_relay), and ``responses``. Allocate is
+  ``tcp`` peer connections (turnd.core.tcp_relay), ``responses``, and the fast path's
+  ``routes`` (turnd.core.routes: established UDP channels a cache relays). Allocate is
   two-phase (:mod:`turnd.core.allocate`); permissions and channels are
   :mod:`turnd.core.permissions`; Refresh and every end of a relay :mod:`turnd.core.teardown`.
 * Drops are counted in :attr:`TurnServer.stats` under ``drop.<reason>``; nothing a client or peer
@@ -119,8 +120,7 @@ class TurnServer:
         #: Per-allocation traffic rates; 0 in the settings means no limit.
         self.packet_rate = settings.allocation_packet_rate or math.inf
         self.byte_rate = settings.allocation_byte_rate or math.inf
-        #: A draining server answers new Allocates with 508 and keeps serving its allocations
-        #: (set it with :meth:`set_draining`).
+        #: A draining server answers new Allocates with 508 and keeps serving (set_draining).
         self.draining = False
         #: The fast path's route cache (turnd.core.routes; None: none), how many routes it holds
         #: and whether their read-back timer is pending.

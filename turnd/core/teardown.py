@@ -4,7 +4,9 @@ kill, a revocation, a closed stream connection (RFC 8656 §7, §8; RFC 6062 §5.
 Theory of operation: a dual allocation's relays expire, are refreshed and are deleted one by one
 (§8.1); the allocation ends with its last relay. Every relay that ends is closed with its usage
 (``AllocationEnded``), its port goes back to its pool and its traffic is added to the server's
-``relayed.*`` totals; a family ending alone takes its permissions and channels with it. When the
+``relayed.*`` totals — its routes leave the fast path's cache first (turnd.core.routes), so that
+usage includes the cache's final counts; a family ending alone takes its permissions and channels
+with it. When the
 allocation ends its quotas are given back and its timers become stale (turnd.core.timers).
 """
 

@@ -4,10 +4,11 @@ one ``handle_timer(now)``).
 Theory of operation: every live object with an expiry (a relay, a permission, a channel binding,
 a channel number in its reuse delay, an unbound RFC 6062 peer connection, a port reservation) has
 one entry ``(when, seq, kind, subject, detail)`` in a binary heap; ``seq`` keeps equal deadlines
-in scheduling order. A refresh only moves the object's expiry: the timer that finds it refreshed
-re-arms itself (the handlers, in the server's table keyed by :class:`TimerKind`, do that), so the
-queue holds one entry per object whatever the clients do. Entries of an ended allocation are
-counted as stale and dropped once they are half the heap (:meth:`Schedule.stale`).
+in scheduling order (the route cache's read-back has one too, while the cache holds routes).
+A refresh only moves the object's expiry: the timer that finds it refreshed re-arms itself
+(the handlers, in the server's table keyed by :class:`TimerKind`, do that), so the queue holds
+one entry per object whatever the clients do. Entries of an ended allocation are counted as
+stale and dropped once they are half the heap (:meth:`Schedule.stale`).
 """
 
 from __future__ import annotations
