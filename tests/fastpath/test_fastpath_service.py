@@ -43,11 +43,25 @@ def fastpath_view(daemon: Daemon) -> dict[str, Any]:
     return view
 
 
-def relay_programs() -> int:
-    """turnd relay programs loaded in the kernel now (bpftool, else the BPF id walk fails)."""
+def loaded_programs() -> set[int]:
+    """Ids of the turnd relay programs loaded in the kernel now (any process's)."""
     done = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return sum(1 for prog in json.loads(done.stdout) if prog.get("name") == "turnd_relay")
+    return {prog["id"] for prog in json.loads(done.stdout) if prog.get("name") == "turnd_relay"}
+
+
+def held_programs(pid: int) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds (its program and link descriptors)."""
+    held = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue  # closed meanwhile
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                held.add(int(line.split()[1]))
+    return held & loaded_programs()
 
 
 @pytest.fixture(scope="module")
@@ -199,15 +213,15 @@ def test_stopping_leaves_no_program_and_a_restart_relays_again(
     tmp_path: Path, peer: EchoPeer, how: signal.Signals
 ) -> None:
     """No program, link or map outlives turnd, even killed; the next start relays in the kernel."""
-    before = relay_programs()
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
     running = start_turnd(tmp_path / "first", FASTPATH_ON)
-    assert relay_programs() == before + 1
+    held = held_programs(running.process.pid)
+    assert len(held) == 1
     client = bound_client(running, peer)
     os.kill(running.process.pid, how)
     running.process.wait(timeout=30)
-    assert wait_until(lambda: relay_programs() == before)
+    assert wait_until(lambda: not held & loaded_programs())
     client.send_channel_data(CHANNEL, b"nobody home")
     assert client.receive(timeout=0.5) is None
     assert peer.received[-1][0] == b"first"  # the kernel relayed nothing more
@@ -216,9 +230,11 @@ def test_stopping_leaves_no_program_and_a_restart_relays_again(
     try:
         with bound_client(again, peer):
             assert fastpath_view(again)["routes"] == 1
+        again_held = held_programs(again.process.pid)
+        assert len(again_held) == 1
     finally:
         assert again.stop() == 0
-    assert relay_programs() == before
+    assert wait_until(lambda: not again_held & loaded_programs())
 
 
 def test_mode_on_refuses_to_start_without_the_fast_path_and_says_why(tmp_path: Path) -> None:
@@ -231,12 +247,11 @@ def test_mode_on_refuses_to_start_without_the_fast_path_and_says_why(tmp_path: P
 
 
 def test_mode_auto_says_why_and_relays_in_userspace(tmp_path: Path, peer: EchoPeer) -> None:
-    programs = relay_programs()
     running = start_turnd(tmp_path, '[fastpath]\ninterfaces = ["nosuch0"]\n')
     try:
         [line] = [e for e in running.log_events() if e.get("event") == "fastpath.unavailable"]
         assert "no interface nosuch0" in line["msg"]
-        assert relay_programs() == programs
+        assert held_programs(running.process.pid) == set()
         with bound_client(running, peer) as client:  # relayed, by userspace
             client.send_channel_data(CHANNEL, b"userspace")
             assert client.receive() == ChannelData(CHANNEL, b"userspace")
@@ -254,10 +269,9 @@ def test_mode_auto_says_why_and_relays_in_userspace(tmp_path: Path, peer: EchoPe
 
 
 def test_mode_off_loads_nothing(tmp_path: Path) -> None:
-    programs = relay_programs()
     running = start_turnd(tmp_path, '[fastpath]\nmode = "off"\n')
     try:
         assert [e for e in running.log_events() if e.get("event") == "fastpath.off"]
-        assert relay_programs() == programs
+        assert held_programs(running.process.pid) == set()
     finally:
         assert running.stop() == 0
