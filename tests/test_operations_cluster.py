@@ -425,3 +425,15 @@ def test_a_node_that_asks_gets_every_revocation_held_here(
         "op": "revoke",
         "usernames": ["bob"],
     }
+
+
+def test_reload_says_a_changed_fastpath_section_needs_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """[fastpath] is read at start: a reload keeps the running one and says so."""
+    service = make_service(tmp_path / "node2", 2)
+    changed = CLUSTER.format(node_id=2) + '[fastpath]\nmode = "off"\n'
+    with caplog.at_level(logging.WARNING, logger="turnd"):
+        service.reload(reloaded(tmp_path, 2, changed))
+    assert "[fastpath] changed: restart to apply" in caplog.text
+    assert service.config.fastpath.mode.value == "auto"

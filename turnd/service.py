@@ -239,6 +239,9 @@ class TurnService:
             except (TlsError, OSError, ssl.SSLError) as exc:
                 raise ValueError(f"TLS certificate not reloaded: {exc}") from exc
         self.core.auth.authenticator = authenticator
+        if config.fastpath != self.config.fastpath:  # the kernel's channels stay as they are
+            event(logging.WARNING, "reload.fastpath", "[fastpath] changed: restart to apply")
+            config = attrs.evolve(config, fastpath=self.config.fastpath)
         if self.cluster is not None and cluster_keys is not None:
             ignored = self.cluster.reload(config.cluster, *cluster_keys)
             if ignored:
