@@ -63,10 +63,13 @@ class RawClient(TurnClient):
             super().close()
 
 
-def run(clients: int, packets: int, size: int, window: int, mode: str) -> dict[str, float]:
-    """Relay ``packets`` per client through a fresh turnd; return the figures."""
+def run(
+    clients: int, packets: int, size: int, window: int, mode: str, fastpath: str = "off"
+) -> dict[str, float]:
+    """Relay ``packets`` per client through a fresh turnd ([fastpath] mode ``fastpath``);
+    return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_turnd(Path(tmp))
+        daemon = start_turnd(Path(tmp), f'[fastpath]\nmode = "{fastpath}"\n')
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         peer.bind(("127.0.0.1", 0))
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -150,6 +153,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
     parser.add_argument("--window", type=int, default=64, help="packets in flight")
     parser.add_argument("--mode", choices=("channel", "send", "both"), default="both")
+    parser.add_argument(
+        "--fastpath",
+        choices=("off", "on", "auto"),
+        default="off",
+        help="turnd's [fastpath] mode (default off: userspace's figures; with on, the server\n"
+        "CPU column omits the kernel's share: bench.compare counts it)",
+    )
     args = parser.parse_args()
     modes = ("channel", "send") if args.mode == "both" else (args.mode,)
     print(
@@ -158,7 +168,7 @@ def main() -> None:
     )
     print(f"{'mode':8} {'round trips/s':>14} {'loss %':>7} {'server CPU µs/relayed pkt':>26}")
     for mode in modes:
-        r = run(args.clients, args.packets, args.size, args.window, mode)
+        r = run(args.clients, args.packets, args.size, args.window, mode, args.fastpath)
         print(
             f"{mode:8} {r['round_trips_per_s']:14.0f} {r['loss_percent']:7.2f} "
             f"{r['server_cpu_us_per_relayed_packet']:26.1f}"
