@@ -354,6 +354,27 @@ def test_allocations_show_without_detail_lists(server: ControlServer) -> None:
     assert "channels" not in result.stdout
 
 
+def test_allocations_show_says_what_the_kernel_relayed(server: ControlServer) -> None:
+    """The kernel fast path's part of each direction follows the totals; an answer without it
+    (an older turnd) shows the totals alone, as the test above."""
+    kernel = {
+        "kernel_packets_to_peer": 8,
+        "kernel_bytes_to_peer": 1_024,
+        "kernel_packets_to_client": 0,
+        "kernel_bytes_to_client": 0,
+    }
+
+    def with_kernel(allocation_id: str) -> dict[str, Any] | None:
+        return {**ALICE_ALLOCATION, **kernel}
+
+    server.ops.allocation = with_kernel  # type: ignore[method-assign]
+    words = lines(run(server, "allocations", "show", "x").stdout)
+    peer = ["to", "peer", "10", "packets,", "1.5", "KiB", "(8", "packets,", "1.0", "KiB"]
+    assert [*peer, "in", "the", "kernel)"] in words
+    client = ["to", "client", "12", "packets,", "2.9", "MiB", "(0", "packets,", "0", "B"]
+    assert [*client, "in", "the", "kernel)"] in words
+
+
 def test_an_unknown_allocation_exits_1_with_turnds_message(server: ControlServer) -> None:
     """turnd's 404 is exit 1 with its message, for show and kill alike."""
     for command in ("show", "kill"):

@@ -93,6 +93,11 @@ def _view(alloc: Allocation, detail: bool) -> dict[str, Any]:
         "bytes_to_peer": sum(r.bytes_to_peer for r in relays),
         "packets_to_client": sum(r.packets_to_client for r in relays),
         "bytes_to_client": sum(r.bytes_to_client for r in relays),
+        # The part of the four above the kernel fast path relayed.
+        "kernel_packets_to_peer": sum(r.kernel_packets_to_peer for r in relays),
+        "kernel_bytes_to_peer": sum(r.kernel_bytes_to_peer for r in relays),
+        "kernel_packets_to_client": sum(r.kernel_packets_to_client for r in relays),
+        "kernel_bytes_to_client": sum(r.kernel_bytes_to_client for r in relays),
     }
     if detail:
         view["permission_list"] = sorted(alloc.permissions)

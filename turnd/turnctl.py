@@ -192,8 +192,8 @@ def _print_allocation(a: Any) -> None:
         ("relays", f"{', '.join(a['relays'])} ({'tcp' if a.get('tcp') else 'udp'})"),
         ("started", f"{stamp(a['started'])} ({duration(now - a['started'])} ago)"),
         ("expires", f"{stamp(a['expires'])} (in {duration(a['expires'] - now)})"),
-        ("to peer", f"{a['packets_to_peer']} packets, {size(a['bytes_to_peer'])}"),
-        ("to client", f"{a['packets_to_client']} packets, {size(a['bytes_to_client'])}"),
+        ("to peer", _traffic(a, "to_peer")),
+        ("to client", _traffic(a, "to_client")),
         ("permissions", ", ".join(permissions) or "-"),
     ]
     typer.echo(table(pairs))
@@ -201,6 +201,15 @@ def _print_allocation(a: Any) -> None:
         typer.echo("channels")
         rows = [(f"{c['number']:#06x}", c["peer"]) for c in channels]
         typer.echo(indent(table(rows, ("NUMBER", "PEER"))))
+
+
+def _traffic(a: Any, direction: str) -> str:
+    """``12 packets, 1.2 KiB (10 packets, 1.0 KiB in the kernel)``: one direction's counts."""
+    line = f"{a['packets_' + direction]} packets, {size(a['bytes_' + direction])}"
+    kernel = a.get("kernel_packets_" + direction)  # absent from an older daemon's answer
+    if kernel is None:
+        return line
+    return f"{line} ({kernel} packets, {size(a['kernel_bytes_' + direction])} in the kernel)"
 
 
 @allocations_app.command("kill")

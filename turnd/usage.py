@@ -1,9 +1,10 @@
 """Usage accounting: what happens when an allocation ends.
 
-The core reports each ended allocation (``AllocationEnded``, with its traffic counts); this module
-tells the other cluster nodes, appends one JSON line to ``[usage] file`` when one is configured
-(reopened per line, so logrotate can move it; a failed write is counted as
-``usage.write_failures``), and logs an ``allocation.ended`` event. When the endpoint keys cannot
+The core reports each ended allocation (``AllocationEnded``, with its traffic counts and, as
+``kernel_*``, the part of them the kernel fast path relayed); this module tells the other cluster
+nodes, appends one JSON line to ``[usage] file`` when one is configured (reopened per line, so
+logrotate can move it; a failed write is counted as ``usage.write_failures``), and logs an
+``allocation.ended`` event. When the endpoint keys cannot
 be read (a damaged api-keys.runtime) the line is still written, without a ``key_id``, and the
 failure is counted as ``usage.keys_unreadable``.
 """
@@ -56,6 +57,10 @@ class UsageLog:
             bytes_to_peer=ended.bytes_to_peer,
             packets_to_client=ended.packets_to_client,
             bytes_to_client=ended.bytes_to_client,
+            kernel_packets_to_peer=ended.kernel_packets_to_peer,
+            kernel_bytes_to_peer=ended.kernel_bytes_to_peer,
+            kernel_packets_to_client=ended.kernel_packets_to_client,
+            kernel_bytes_to_client=ended.kernel_bytes_to_client,
         )
 
     def write_usage(self, path: str, ended: AllocationEnded) -> None:
@@ -81,6 +86,10 @@ class UsageLog:
             "bytes_to_peer": ended.bytes_to_peer,
             "packets_to_client": ended.packets_to_client,
             "bytes_to_client": ended.bytes_to_client,
+            "kernel_packets_to_peer": ended.kernel_packets_to_peer,
+            "kernel_bytes_to_peer": ended.kernel_bytes_to_peer,
+            "kernel_packets_to_client": ended.kernel_packets_to_client,
+            "kernel_bytes_to_client": ended.kernel_bytes_to_client,
         }
         try:
             with open(path, "a", encoding="utf-8") as handle:  # reopened: survives logrotate

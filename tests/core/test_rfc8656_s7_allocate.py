@@ -443,6 +443,10 @@ def test_allocation_expires_with_close_relay_and_usage_counters() -> None:
             bytes_to_peer=12,
             packets_to_client=1,
             bytes_to_client=3,
+            kernel_packets_to_peer=0,
+            kernel_bytes_to_peer=0,
+            kernel_packets_to_client=0,
+            kernel_bytes_to_client=0,
         ),
     ]
     assert world.server.allocations == {} and world.server.by_relay == {}

@@ -62,6 +62,22 @@ def usage(end: AllocationEnded) -> tuple[int, int, int, int]:
     return (end.packets_to_peer, end.bytes_to_peer, end.packets_to_client, end.bytes_to_client)
 
 
+def kernel_usage(end: AllocationEnded) -> tuple[int, int, int, int]:
+    return (
+        end.kernel_packets_to_peer,
+        end.kernel_bytes_to_peer,
+        end.kernel_packets_to_client,
+        end.kernel_bytes_to_client,
+    )
+
+
+def kernel_counters(alloc: Allocation) -> tuple[int, ...]:
+    """The relays' kernel_* counters, summed, in TRAFFIC_COUNTERS order."""
+    return tuple(
+        sum(getattr(r, "kernel_" + c) for r in alloc.relays.values()) for c in TRAFFIC_COUNTERS
+    )
+
+
 def reaches_core(world: World, client: MemoryClient, number: int = CH) -> bool:
     """Whether ChannelData on ``number`` now goes to the core (it relays or drops it, counted),
     not to the cache."""
@@ -216,8 +232,10 @@ def test_collect_credits_relay_counters_fastpath_counters_and_last_seen() -> Non
     stats = world.server.stats
     assert [stats["fastpath." + c] for c in TRAFFIC_COUNTERS] == [3, 12, 1, 2]
     assert alloc.channels[CH].last_seen == world.now
+    assert kernel_counters(alloc) == (3, 12, 1, 2)
     world.server.collect_routes(world.now)
     assert alloc.packets_to_peer == 3 and stats["fastpath.packets_to_peer"] == 3
+    assert kernel_counters(alloc) == (3, 12, 1, 2)
     assert world.server.traffic()["packets_to_peer"] == 3
 
 
@@ -258,6 +276,26 @@ def test_the_read_back_timer_runs_while_routes_are_installed() -> None:
     assert TimerKind.ROUTES not in [entry[2] for entry in world.server.timers.entries()]
     world.server.set_draining(False, world.now)
     assert TimerKind.ROUTES in [entry[2] for entry in world.server.timers.entries()]
+
+
+def test_userspace_traffic_leaves_the_kernel_counters_alone() -> None:
+    """Only what the cache relayed lands in kernel_*: Send indications, Data indications and
+    ChannelData of a channel the cache does not hold count in the totals alone."""
+    world, alice, _ = bound()
+    alice.create_permission(PEER2)
+    alice.send(PEER2, b"send")
+    world.peer_packet(alice.relayed, PEER2, b"data")
+    world.server.set_draining(True, world.now)  # CH comes back to userspace
+    alice.channel_data(CH, b"core")
+    world.server.collect_routes(world.now)
+    alloc = alloc_of(world, alice)
+    assert (alloc.packets_to_peer, alloc.packets_to_client) == (2, 1)
+    assert kernel_counters(alloc) == (0, 0, 0, 0)
+    world.server.set_draining(False, world.now)
+    alice.channel_data(CH, b"kernel")
+    [end] = ended(world.server.kill(alice.five_tuple, world.now))
+    assert usage(end) == (3, 14, 1, 4)
+    assert kernel_usage(end) == (1, 6, 0, 0)
 
 
 def test_traffic_of_a_route_whose_allocation_is_gone_is_orphaned() -> None:
@@ -325,6 +363,7 @@ def test_refresh_0_ends_with_exact_totals_of_userspace_and_the_cache() -> None:
     alice.raw(alice.session.refresh(0).data)
     [end] = ended(alice.last_actions)
     assert usage(end) == (2, 7, 2, 4)
+    assert kernel_usage(end) == (1, 5, 1, 3)  # the cache's part only
     assert cache.installed == set()
     assert world.server.traffic()["bytes_to_peer"] == 7
 

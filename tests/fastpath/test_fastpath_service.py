@@ -275,3 +275,58 @@ def test_mode_off_loads_nothing(tmp_path: Path) -> None:
         assert held_programs(running.process.pid) == set()
     finally:
         assert running.stop() == 0
+
+
+def usage_line_of(usage_path: Path, address: str) -> dict[str, Any] | None:
+    """The usage line of the client at ``address``, once written."""
+    lines = usage_path.read_text().splitlines() if usage_path.exists() else []
+    found = [record for record in map(json.loads, lines) if record["client"] == address]
+    return found[0] if found else None
+
+
+def test_the_usage_lines_kernel_counts_are_every_channel_packet(
+    daemon: Daemon, peer: EchoPeer, usage_path: Path
+) -> None:
+    """The route is in the kernel before the ChannelBind answer leaves, so every ChannelData
+    and every echo went through the program: the usage line's kernel_* equal its totals, and
+    what was sent."""
+    with bound_client(daemon, peer) as client:
+        for payload in PAYLOADS:
+            client.send_channel_data(CHANNEL, payload)
+            assert client.receive() == ChannelData(CHANNEL, payload)
+        assert error_code(client.refresh(0)) is None
+        address = str(client.address)
+    sent = len(PAYLOADS) + 1
+    octets = sum(map(len, PAYLOADS)) + len(b"first")
+    assert wait_until(lambda: usage_line_of(usage_path, address) is not None)
+    line = usage_line_of(usage_path, address)
+    assert line is not None
+    for direction in ("to_peer", "to_client"):
+        kernel = (line["kernel_packets_" + direction], line["kernel_bytes_" + direction])
+        assert kernel == (line["packets_" + direction], line["bytes_" + direction])
+        assert kernel == (sent, octets)
+
+
+def reloads(daemon: Daemon) -> int:
+    return sum(1 for e in daemon.log_events() if e.get("event") == "reload.done")
+
+
+def test_reload_keeps_the_kernel_entries(daemon: Daemon, peer: EchoPeer) -> None:
+    """SIGHUP reloads users, secrets and certificates; the channel stays in the kernel and the
+    program goes on relaying it."""
+    with bound_client(daemon, peer) as client:
+        assert fastpath_view(daemon)["routes"] == 1
+        to_peer = int(fastpath_view(daemon)["packets_to_peer"])
+        client.send_channel_data(CHANNEL, b"before the reload")
+        assert client.receive() == ChannelData(CHANNEL, b"before the reload")
+        assert int(fastpath_view(daemon)["packets_to_peer"]) == to_peer + 1
+        done = reloads(daemon)
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        assert wait_until(lambda: reloads(daemon) == done + 1)
+        assert fastpath_view(daemon)["routes"] == 1
+        client.send_channel_data(CHANNEL, b"after the reload")
+        assert client.receive() == ChannelData(CHANNEL, b"after the reload")
+        view = fastpath_view(daemon)
+        assert int(view["packets_to_peer"]) == to_peer + 2
+        assert view["routes"] == 1
+        assert error_code(client.refresh(0)) is None

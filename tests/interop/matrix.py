@@ -67,6 +67,7 @@ from tests.interop.matrix_turnd import (
     add_users,
     books,
     drops,
+    fastpath_active,
     for_tag,
     mint_credential,
     start,
@@ -202,6 +203,8 @@ class Run:
     turnd_status: int | None
     #: turnd's dropped packets by reason over the whole run (nonzero ones only).
     turnd_drops: Mapping[str, int] = attrs.field(factory=dict)
+    #: Whether turnd's kernel fast path ran (None: turnd was not started).
+    fastpath: bool | None = None
 
 
 def run(directory: Path, only: frozenset[str] | None = None) -> Run:
@@ -240,11 +243,12 @@ def run(directory: Path, only: frozenset[str] | None = None) -> Run:
                 reports.update(future.result())
         totals = books(turnd)
         dropped = drops(turnd)
+        kernel = fastpath_active(turnd)
     finally:
         status = turnd.stop()
     for cell in runnable:
         results[cell.id] = verdict(cell, reports[cell.id], for_tag(totals, cell.tag))
-    return Run([results[cell.id] for cell in chosen], status, dropped)
+    return Run([results[cell.id] for cell in chosen], status, dropped, kernel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if outcome.turnd_drops:
         counted = ", ".join(f"{reason} {n}" for reason, n in sorted(outcome.turnd_drops.items()))
         print(f"turnd dropped packets: {counted}")
+    if outcome.fastpath is not None:
+        print(f"turnd's kernel fast path: {'active' if outcome.fastpath else 'inactive'}")
     print(
         f"{counts[PASS]} cells passed, {counts[FAIL]} failed, {counts[SKIP]} skipped and "
         f"{counts[UNSUPPORTED]} n/a, in {seconds:.0f} s on the {network}"
@@ -439,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = document(results, network, seconds)
         report["turnd_exit_status"] = outcome.turnd_status
         report["turnd_drops"] = dict(outcome.turnd_drops)
+        report["turnd_fastpath_active"] = outcome.fastpath
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 1 if counts[FAIL] or outcome.turnd_status not in (None, 0) else 0
 

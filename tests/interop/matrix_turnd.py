@@ -13,6 +13,8 @@ So turnd's accounting can be matched to the cell that caused it: :func:`books` r
 allocations (control API) and the ended ones (usage file) and sums them per username. The
 matrix holds each client's numbers against these: a client that says it relayed over TLS has to
 show up in turnd's books as a TLS allocation that carried at least the bytes the client sent.
+The books also hold the part of the packets and bytes turnd's kernel fast path relayed
+(``kernel_*``), and :func:`fastpath_active` says whether it ran.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ CREDENTIAL_TTL = 3600
 #: Bound on one HTTP exchange with turnd (a safety net, not a measurement).
 HTTP_TIMEOUT = 10.0
 
-__all__ = ["REST_SECRET", "MatrixTurnd", "Relayed", "books", "drops", "start"]
+__all__ = ["REST_SECRET", "MatrixTurnd", "Relayed", "books", "drops", "fastpath_active", "start"]
 
 
 @attrs.frozen
@@ -180,6 +182,20 @@ def mint_credential(turnd: MatrixTurnd, tag: str) -> tuple[str, str]:
 # turnd's books
 
 
+#: The counters summed per cell, as a usage line and a live allocation view name them; the
+#: ``kernel_*`` ones are the part of the totals that turnd's kernel fast path relayed.
+COUNTERS = (
+    "packets_to_peer",
+    "bytes_to_peer",
+    "packets_to_client",
+    "bytes_to_client",
+    "kernel_packets_to_peer",
+    "kernel_bytes_to_peer",
+    "kernel_packets_to_client",
+    "kernel_bytes_to_client",
+)
+
+
 @attrs.frozen
 class Relayed:
     """What turnd counted for one username's allocations, live and ended together."""
@@ -188,18 +204,45 @@ class Relayed:
     transports: frozenset[str] = frozenset()
     clients: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()
+    packets_to_peer: int = 0
     bytes_to_peer: int = 0
+    packets_to_client: int = 0
     bytes_to_client: int = 0
+    kernel_packets_to_peer: int = 0
+    kernel_bytes_to_peer: int = 0
+    kernel_packets_to_client: int = 0
+    kernel_bytes_to_client: int = 0
 
     def add(self, record: Mapping[str, Any]) -> Relayed:
-        return Relayed(
-            allocations=self.allocations + 1,
-            transports=self.transports | {str(record["transport"])},
-            clients=(*self.clients, str(record["client"])),
-            relays=(*self.relays, *_relays(record)),
-            bytes_to_peer=self.bytes_to_peer + int(record["bytes_to_peer"]),
-            bytes_to_client=self.bytes_to_client + int(record["bytes_to_client"]),
+        return self.merge(
+            Relayed(
+                allocations=1,
+                transports=frozenset({str(record["transport"])}),
+                clients=(str(record["client"]),),
+                relays=tuple(_relays(record)),
+                **{counter: int(record[counter]) for counter in COUNTERS},
+            )
         )
+
+    def merge(self, other: Relayed) -> Relayed:
+        """Both together (the allocations of two usernames of one cell)."""
+        return Relayed(
+            allocations=self.allocations + other.allocations,
+            transports=self.transports | other.transports,
+            clients=self.clients + other.clients,
+            relays=self.relays + other.relays,
+            **{c: getattr(self, c) + getattr(other, c) for c in COUNTERS},
+        )
+
+    @property
+    def packets(self) -> int:
+        """Packets relayed both ways."""
+        return self.packets_to_peer + self.packets_to_client
+
+    @property
+    def kernel_packets(self) -> int:
+        """Packets the kernel fast path relayed both ways."""
+        return self.kernel_packets_to_peer + self.kernel_packets_to_client
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -207,8 +250,7 @@ class Relayed:
             "transports": sorted(self.transports),
             "clients": list(self.clients),
             "relays": list(self.relays),
-            "bytes_to_peer": self.bytes_to_peer,
-            "bytes_to_client": self.bytes_to_client,
+            **{counter: getattr(self, counter) for counter in COUNTERS},
         }
 
 
@@ -246,15 +288,13 @@ def for_tag(totals: Mapping[str, Relayed], tag: str) -> Relayed:
     found = Relayed()
     for name, relayed in totals.items():
         if name == tag or name.endswith(":" + tag):
-            found = Relayed(
-                allocations=found.allocations + relayed.allocations,
-                transports=found.transports | relayed.transports,
-                clients=found.clients + relayed.clients,
-                relays=found.relays + relayed.relays,
-                bytes_to_peer=found.bytes_to_peer + relayed.bytes_to_peer,
-                bytes_to_client=found.bytes_to_client + relayed.bytes_to_client,
-            )
+            found = found.merge(relayed)
     return found
+
+
+def fastpath_active(turnd: MatrixTurnd) -> bool:
+    """Whether turnd's kernel fast path runs (control API status, ``fastpath.active``)."""
+    return bool(_control(turnd, "GET", "/v1/status")["fastpath"]["active"])
 
 
 _DROPS = re.compile(r'^turnd_drops_total\{reason="([^"]*)"\} (\S+)$', re.MULTILINE)

@@ -65,6 +65,51 @@ def test_cell_relays_every_message(matrix: dict[str, Any], cell: Cell) -> None:
     assert entry["sent"] == entry["received"] == entry["expected"] > 0
 
 
+#: The clients that bind channels over UDP, so that turnd's kernel fast path relays their data:
+#: turnutils_uclient without -s; aioice (TurnClientMixin.send_data binds a channel per peer
+#: before its first datagram); werift (ChannelBind per peer, Send indications only if that
+#: fails); Chromium (libwebrtc's TurnEntry binds a channel after its first Send indication).
+#: Exempt: uclient-send (-s: Send/Data indications only, always userspace), uclient-tcp-relay
+#: (RFC 6062, no UDP cell) and stunclient (Binding only, no allocation).
+CHANNEL_CLIENTS = frozenset({"uclient", "aioice", "werift", "chromium"})
+#: Those of them whose peer is an echo peer outside turnd and which bind before sending: the
+#: route is in the kernel before the ChannelBind answer, so the kernel relays all their data.
+#: werift's and Chromium's peer is the other side's relay on the same turnd: the kernel hands
+#: the rewritten datagram to that relay's socket on lo, so the second leg is userspace's.
+ALL_IN_KERNEL = frozenset({"uclient", "aioice"})
+
+
+def _channel_cells() -> list[Cell]:
+    return [cell for cell in runnable_cells(CHANNEL_CLIENTS) if cell.link.kind == "udp"]
+
+
+@pytest.mark.parametrize("cell", _channel_cells(), ids=lambda cell: cell.id)
+def test_the_kernel_relayed_the_channel_cells(matrix: dict[str, Any], cell: Cell) -> None:
+    """With the fast path on, a passing UDP cell of a client that binds channels shows packets
+    relayed by the kernel in turnd's books (all of them for an outside peer), never more than
+    turnd relayed in all; a relay of the other address family than the client's stays in
+    userspace (README "Kernel fast path")."""
+    active = matrix.get("turnd_fastpath_active")
+    if not active:
+        why = "turnd was not started" if active is None else "it was inactive (see turnd's log)"
+        pytest.skip(f"turnd's kernel fast path did not run in the matrix: {why}")
+    entry = _entry(matrix, cell)
+    if entry["status"] != "pass":
+        pytest.skip(f"the cell did not pass ({entry['status']}: {entry['reason']})")
+    books = entry["turnd"]
+    kernel = books["kernel_packets_to_peer"] + books["kernel_packets_to_client"]
+    for counter in ("packets_to_peer", "packets_to_client", "bytes_to_peer", "bytes_to_client"):
+        assert 0 <= books["kernel_" + counter] <= books[counter], f"{counter}: {books}"
+    crossed = [r for r in books["relays"] if r.startswith("[") != cell.link.ipv6]
+    if crossed:  # aioice and Chromium over udp6 ask for the default (IPv4) relay
+        assert crossed == books["relays"] and kernel == 0, books
+        return
+    assert kernel > 0, f"the kernel relayed nothing for {cell.id}: {books}"
+    if cell.client in ALL_IN_KERNEL:
+        for counter in ("packets_to_peer", "packets_to_client", "bytes_to_peer", "bytes_to_client"):
+            assert books["kernel_" + counter] == books[counter] > 0, f"{counter}: {books}"
+
+
 def test_matrix_prints_every_row_and_its_tally(matrix: dict[str, Any]) -> None:
     """The printed table has a row per client, the JSON a cell per combination, and the tally
     line agrees with the cells."""

@@ -14,7 +14,7 @@ from tests.interop.matrix import FAIL, PASS, SKIP, UNSUPPORTED, Result, markdown
 from tests.interop.matrix import verdict as judge
 from tests.interop.matrix_clients import ClientReport, Job
 from tests.interop.matrix_plan import CLIENTS, Cell, all_cells, runnable_cells, unsupported_reason
-from tests.interop.matrix_turnd import Relayed, for_tag
+from tests.interop.matrix_turnd import COUNTERS, Relayed, for_tag
 
 CELL = Cell("werift", "udp", "rest")
 CLEAN = ClientReport(sent=50, received=50, expected=50, bytes_out=10_000, bytes_in=10_000)
@@ -96,9 +96,8 @@ def test_uncounted_bytes_are_not_held_against_turnd() -> None:
 def test_books_are_matched_to_cells_by_whole_tag() -> None:
     """A static user named by the tag and REST usernames ending in ``:tag`` count; a tag that
     merely ends the same way (udp vs udp6) does not."""
-    one = Relayed().add(
-        {"transport": "udp", "client": "c", "relay": "r", "bytes_to_peer": 1, "bytes_to_client": 2}
-    )
+    counts = {counter: n for n, counter in enumerate(COUNTERS, start=1)}
+    one = Relayed().add({"transport": "udp", "client": "c", "relay": "r", **counts})
     totals = {
         "chromium-udp-rest": one,
         "1795602757:interop:chromium-udp-rest": one,
@@ -106,7 +105,15 @@ def test_books_are_matched_to_cells_by_whole_tag() -> None:
         "1795602757:interop:xchromium-udp-rest": one,
     }
     found = for_tag(totals, "chromium-udp-rest")
-    assert (found.allocations, found.bytes_to_peer, found.bytes_to_client) == (2, 2, 4)
+    assert found.allocations == 2
+    assert found.as_json() | {"clients": [], "relays": []} == {
+        "allocations": 2,
+        "transports": ["udp"],
+        "clients": [],
+        "relays": [],
+        **{counter: 2 * n for counter, n in counts.items()},
+    }
+    assert (found.packets, found.kernel_packets) == (2 * (1 + 3), 2 * (5 + 7))
 
 
 def test_every_cell_has_a_unique_tag_and_every_client_a_row() -> None:

@@ -110,6 +110,9 @@ def test_usage_line_matches_the_traffic(daemon: Daemon, usage_path: Path) -> Non
     assert line["bytes_to_peer"] == 7 * len(PAYLOAD)
     assert line["packets_to_client"] == 7  # the echo peer answered every packet
     assert line["bytes_to_client"] == 7 * len(PAYLOAD)
+    # Send and Data indications are never the kernel fast path's.
+    kernel = ("packets_to_peer", "bytes_to_peer", "packets_to_client", "bytes_to_client")
+    assert [line["kernel_" + counter] for counter in kernel] == [0, 0, 0, 0]
 
 
 def _drain(client: TurnClient) -> list[object]:

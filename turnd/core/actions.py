@@ -107,6 +107,11 @@ class AllocationEnded:
     bytes_to_peer: int
     packets_to_client: int
     bytes_to_client: int
+    #: The part of the counts above a route cache (the kernel fast path) relayed.
+    kernel_packets_to_peer: int
+    kernel_bytes_to_peer: int
+    kernel_packets_to_client: int
+    kernel_bytes_to_client: int
 
 
 @attrs.frozen

@@ -61,6 +61,11 @@ class Relay:
     bytes_to_peer: int = 0
     packets_to_client: int = 0
     bytes_to_client: int = 0
+    #: The part of the counters above that a route cache (the kernel) relayed.
+    kernel_packets_to_peer: int = 0
+    kernel_bytes_to_peer: int = 0
+    kernel_packets_to_client: int = 0
+    kernel_bytes_to_client: int = 0
 
 
 @attrs.define(slots=True, eq=False)

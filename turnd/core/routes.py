@@ -15,10 +15,11 @@ A live route is installed when it becomes live (ChannelBind, CreatePermission, t
 attached, drain ending) and removed when it stops being live (channel or permission expiry, the
 end of its relay or allocation, drain starting, the cache being detached). Every removal and a
 periodic read-back (:data:`ROUTE_COLLECT_INTERVAL`, and on demand before a scrape) credit the
-cache's counters exactly as the userspace path counts: the relay's traffic counters, the
-allocation's traffic budget (shared with what userspace relays for it), the drop counters, the
-binding's last-seen time. A removal credits before anything reports the relay's usage, so
-``AllocationEnded`` carries the cache's final counts.
+cache's counters exactly as the userspace path counts: the relay's traffic counters (and its
+``kernel_*`` ones, the part the cache relayed), the allocation's traffic budget (shared with
+what userspace relays for it), the drop counters, the binding's last-seen time. A removal
+credits before anything reports the relay's usage, so ``AllocationEnded`` carries the cache's
+final counts.
 
 Counters (in ``TurnServer.stats``): ``fastpath.installed``, ``fastpath.removed``,
 ``fastpath.install_refused`` (the cache did not take a live route: the core keeps relaying it),
@@ -204,6 +205,10 @@ def credit(server: TurnServer, route: ChannelRoute, traffic: RouteTraffic, now: 
     relay.bytes_to_peer += traffic.bytes_to_peer
     relay.packets_to_client += traffic.packets_to_client
     relay.bytes_to_client += traffic.bytes_to_client
+    relay.kernel_packets_to_peer += traffic.packets_to_peer
+    relay.kernel_bytes_to_peer += traffic.bytes_to_peer
+    relay.kernel_packets_to_client += traffic.packets_to_client
+    relay.kernel_bytes_to_client += traffic.bytes_to_client
     alloc.charge(packets, octets, now, server.packet_rate, server.byte_rate)
     stats["drop.channel_data_allocation_rate"] += traffic.dropped_to_peer
     stats["drop.allocation_rate"] += traffic.dropped_to_client

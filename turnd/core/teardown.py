@@ -101,6 +101,10 @@ def delete(
                 relay.bytes_to_peer,
                 relay.packets_to_client,
                 relay.bytes_to_client,
+                relay.kernel_packets_to_peer,
+                relay.kernel_bytes_to_peer,
+                relay.kernel_packets_to_client,
+                relay.kernel_bytes_to_client,
             )
         )
     if alloc.tcp:
