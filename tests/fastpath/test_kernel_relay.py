@@ -254,3 +254,22 @@ def test_the_allocation_rate_is_enforced_in_the_kernel_and_counted(
     final = fastpath.routes.remove(route)
     assert (final.packets_to_peer, final.dropped_to_peer) == (1, 9)
     assert fastpath.routes.groups == {}  # the allocation's quota entry went with its last route
+
+
+def test_a_channel_the_kernel_cannot_route_is_refused_and_counted(
+    fastpath: FastPath, ends: Ends
+) -> None:
+    """A routing lookup that fails (netlink raising its own error type, say) refuses the
+    install, so the core keeps relaying that channel; the reason is counted."""
+
+    class NetlinkRefused(Exception):
+        pass
+
+    def refuse(host: str) -> tuple[int, str | None]:
+        raise NetlinkRefused(host)
+
+    routes = fastpath.routes
+    routes.resolve = refuse
+    assert routes.install(ends.route, math.inf, math.inf) is False
+    assert routes.failures["no_route"] == 1
+    assert routes.entries == {}

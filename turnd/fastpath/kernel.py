@@ -71,7 +71,7 @@ class KernelRoutes:
         try:
             peer_oif, _ = self.resolve(route.peer.host)
             client_oif, client_source = self.resolve(client.host)
-        except (OSError, ValueError, LookupError):
+        except Exception:  # netlink's own errors too: the channel stays in userspace
             return self._failed("no_route")
         wildcard = ipaddress.ip_address(server.host).is_unspecified
         source = server
@@ -83,7 +83,10 @@ class KernelRoutes:
         quota = 0
         if packet_rate != math.inf or byte_rate != math.inf:
             group = route.five_tuple
-            quota = self._join_group(group, packet_rate, byte_rate)
+            try:
+                quota = self._join_group(group, packet_rate, byte_rate)
+            except BpfError:
+                return self._failed("map_error")
         entry = _Entry(
             maps.c2p_key(client, server, route.number), maps.p2c_key(route.peer, route.relay), group
         )
@@ -106,9 +109,13 @@ class KernelRoutes:
         entry = self.entries.pop(route, None)
         if entry is None:
             return RouteTraffic()
-        to_peer = self.c2p.pop(entry.c2p)
-        to_client = self.p2c.pop(entry.p2c)
-        self._leave_group(entry.group)
+        try:
+            to_peer = self.c2p.pop(entry.c2p)
+            to_client = self.p2c.pop(entry.p2c)
+            self._leave_group(entry.group)
+        except BpfError:  # not seen: the counts last read are what is known
+            self.failures["remove_error"] = self.failures.get("remove_error", 0) + 1
+            return RouteTraffic()
         return _delta(
             entry,
             maps.counters(to_peer) if to_peer else entry.to_peer,
@@ -119,8 +126,11 @@ class KernelRoutes:
         """Every route whose counters moved since the last read, with what moved."""
         moved = []
         for route, entry in self.entries.items():
-            to_peer = self.c2p.lookup(entry.c2p)
-            to_client = self.p2c.lookup(entry.p2c)
+            try:
+                to_peer = self.c2p.lookup(entry.c2p)
+                to_client = self.p2c.lookup(entry.p2c)
+            except BpfError:  # not seen: read again next time
+                continue
             peer_counts = maps.counters(to_peer) if to_peer else entry.to_peer
             client_counts = maps.counters(to_client) if to_client else entry.to_client
             if peer_counts == entry.to_peer and client_counts == entry.to_client:
