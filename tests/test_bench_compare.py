@@ -5,10 +5,12 @@ No server is started and nothing is timed: the benchmark itself prints figures, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
+import subprocess
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -331,8 +333,9 @@ def test_per_packet_figures_add_the_bpf_time_and_subtract_the_direct_load() -> N
         "server_cpu_s": 0.2,
         "server_bpf_cpu_s": 0.3,
         "host_cpu_s": 0.5,
-        "host_busy_cpu_s": 0.9,
-        "direct_host_busy_cpu_s": 0.4,
+        "tenants_cpu_s": 0.1,
+        "host_own_cpu_s": 0.8,
+        "direct_host_own_cpu_s": 0.4,
     }
     out = loads.per_packet(figures, 100_000)
     assert out == pytest.approx(
@@ -340,11 +343,16 @@ def test_per_packet_figures_add_the_bpf_time_and_subtract_the_direct_load() -> N
             "cpu_us_per_relayed_packet": 2.0,
             "cpu_bpf_us_per_relayed_packet": 3.0,
             "host_us_per_relayed_packet": 5.0,
-            "host_over_direct_us_per_relayed_packet": 5.0,
+            "host_own_us_per_relayed_packet": 4.0,
+            "host_over_direct_us_per_relayed_packet": 4.0,
         }
     )
-    del figures["direct_host_busy_cpu_s"]
-    assert "host_over_direct_us_per_relayed_packet" not in loads.per_packet(figures, 10)
+    del figures["direct_host_own_cpu_s"], figures["tenants_cpu_s"]
+    assert set(loads.per_packet(figures, 10)) == {
+        "cpu_us_per_relayed_packet",
+        "cpu_bpf_us_per_relayed_packet",
+        "host_us_per_relayed_packet",
+    }
 
 
 def test_kernel_relayed_is_the_counters_difference_and_nothing_without_a_fast_path() -> None:
@@ -418,7 +426,25 @@ def test_meter_reads_every_cpu_figure_of_this_process() -> None:
     assert figures["server_bpf_cpu_s"] == figures["server_cpu_s"]
     assert figures["peer_cpu_s"] == 0.0
     assert figures["host_cpu_s"] == figures["host_busy_cpu_s"] - figures["client_cpu_s"]
-    assert "other_bpf_runs" not in figures  # only with programs=True
+    assert "other_bpf_runs" not in figures and "tenants_cpu_s" not in figures  # thorough only
+    thorough = procfs.Meter(os.getpid(), thorough=True).read()
+    assert thorough["host_own_cpu_s"] == thorough["host_busy_cpu_s"] - thorough["tenants_cpu_s"]
+
+
+def test_tenants_are_every_user_process_but_the_bench_and_its_children() -> None:
+    text = "42 (a b) S 7 42 42 0 -1 2097216 0 0 0 0 250 150 0 0 20 0 1 0"
+    assert procfs.parse_stat(text) == (7, 2097216, 400 / procfs.CLK_TCK)
+    with subprocess.Popen(["sleep", "5"]) as child:
+        tenants = procfs.tenant_cpu(os.getpid())
+        child.kill()
+    assert os.getpid() not in tenants and child.pid not in tenants
+    assert os.getppid() in tenants  # pytest's parent is another process
+    kernel_threads = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):  # a process gone meanwhile
+            if procfs.parse_stat(Path(f"/proc/{entry}/stat").read_text())[1] & procfs.PF_KTHREAD:
+                kernel_threads.append(int(entry))
+    assert kernel_threads and not set(kernel_threads) & set(tenants)  # left in the host's own
 
 
 def test_bpf_stats_are_switched_on_for_the_block_and_restored(

@@ -172,6 +172,33 @@ def irq_time_accounting() -> bool | None:
     return "CONFIG_IRQ_TIME_ACCOUNTING=y" in config.splitlines()
 
 
+#: PF_KTHREAD in /proc/PID/stat's flags: a kernel thread (ksoftirqd, kworker).
+PF_KTHREAD = 0x00200000
+
+
+def parse_stat(text: str) -> tuple[int, int, float]:
+    """(ppid, flags, utime + stime seconds) from the text of a /proc/PID/stat."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[6]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tenant_cpu(own: int) -> dict[int, float]:
+    """CPU seconds of every user process on the host but process ``own`` and its children (the
+    bench, its servers, peer and tools), by pid: what other tenants of a shared machine spend.
+    Kernel threads are left in: softirq work deferred to ksoftirqd may be the relay's."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid, flags, seconds = parse_stat(Path(f"/proc/{entry}/stat").read_text())
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(entry) != own and ppid != own and not flags & PF_KTHREAD:
+            found[int(entry)] = seconds
+    return found
+
+
 def _delta(after: dict[int, tuple[int, int]], before: dict[int, tuple[int, int]]) -> list[int]:
     """[run_time_ns, run_cnt] the programs of ``after`` gained since ``before``."""
     gained = [0, 0]
@@ -187,14 +214,17 @@ class Meter:
     process and its waited-for children), the echo peer's, and the host's (/proc/stat).
 
     ``host_cpu_s`` is the host's busy CPU less the generator's and the peer's: what everything
-    else, the server and the kernel's work outside those two processes, spent. BPF programs of
-    the same name held by other processes (another turnd) are counted apart, as a warning."""
+    else, the server and the kernel's work outside those two processes, spent. With
+    ``thorough`` (once per load, not per rate step) also: ``tenants_cpu_s``, what other user
+    processes of a shared host spent, and ``host_own_cpu_s``, the host's busy CPU less that; and
+    the BPF programs of the same name held by other processes (another turnd), as a warning."""
 
-    def __init__(self, pid: int, peer_pid: int | None = None, *, programs: bool = False) -> None:
+    def __init__(self, pid: int, peer_pid: int | None = None, *, thorough: bool = False) -> None:
         self.pid = pid
         self.peer_pid = peer_pid
         # bpftool is a waited-for child: run it before the generator's CPU is read.
-        self.named = named_programs() if programs else None
+        self.named = named_programs() if thorough else None
+        self.tenants = tenant_cpu(os.getpid()) if thorough else None
         self.programs = bpf_programs(pid)
         self.server = cpu_seconds(pid)
         self.peer = cpu_seconds(peer_pid) if peer_pid else 0.0
@@ -222,6 +252,11 @@ class Meter:
             "host_softirq_cpu_s": host["softirq"] - self.host["softirq"],
             "host_cpu_s": host["busy"] - self.host["busy"] - client - peer,
         }
+        if self.tenants is not None:
+            now = tenant_cpu(os.getpid())
+            tenants = sum(now[pid] - self.tenants.get(pid, 0.0) for pid in now if pid != self.pid)
+            figures["tenants_cpu_s"] = tenants
+            figures["host_own_cpu_s"] = figures["host_busy_cpu_s"] - tenants
         if self.named is not None and (named := named_programs()) is not None:
             others = {p: v for p, v in named.items() if p not in programs}
             earlier = {p: v for p, v in self.named.items() if p not in programs}

@@ -165,7 +165,7 @@ def build_rows(results: Mapping[str, Mapping[str, Any]]) -> list[Row]:
     note = _each(results, "uclient/loss_percent", "{name} loss {value:.2f} %")
     note += "; CPU includes uclient's allocations and idle start" if note else ""
     note = "; ".join(filter(None, (note, _kernel_note(results, "uclient"))))
-    for suffix, figure in CPU_FIGURES[:3]:
+    for suffix, figure in CPU_FIGURES[:4]:
         path = f"uclient/{figure}"
         label = f"uclient{suffix}" if suffix else "uclient UDP channels (cross-check)"
         row(group, label, "µs/pkt", "lower", path, "" if suffix else note)
@@ -212,12 +212,14 @@ def build_rows(results: Mapping[str, Mapping[str, Any]]) -> list[Row]:
 
 #: The CPU figures of a relay load, each a row: (label suffix, figure). The first is the server
 #: process alone, as before the fast path; (a) adds the time the kernel ran the server's BPF
-#: program; (b) is the host's busy CPU less the load generator's and the echo peer's; (c) the
-#: host's busy CPU over the same round trips sent straight to the echo peer (UDP channels).
+#: program; (b) is the host's busy CPU less the load generator's and the echo peer's; (b') that
+#: less other user processes' too (a shared host); (c) the host's busy CPU less other tenants'
+#: over the same round trips sent straight to the echo peer (UDP channels).
 CPU_FIGURES = (
     ("", "cpu_us_per_relayed_packet"),
     (" (a) +BPF program", "cpu_bpf_us_per_relayed_packet"),
     (" (b) host-gen-peer", "host_us_per_relayed_packet"),
+    (" (b') b-tenants", "host_own_us_per_relayed_packet"),
     (" (c) host over direct", "host_over_direct_us_per_relayed_packet"),
 )
 
@@ -324,8 +326,9 @@ def explain(results: Mapping[str, Mapping[str, Any]], irq_time: bool | None = No
         "CPU rows: the server process alone; (a) that plus the run_time_ns of the server's own "
         "BPF program (kernel.bpf_stats_enabled); (b) host-gen-peer: the host's busy CPU "
         "(/proc/stat user+nice+system+irq+softirq, all CPUs) less the load generator's and the "
-        "echo peer's processes;"
-        " (c) the host's busy CPU less what the same round trips cost sent straight to the peer.",
+        "echo peer's processes; (b') that less what other user processes (not the bench's, "
+        "kernel threads kept) spent meanwhile; (c) the host's busy CPU less other tenants' over "
+        "what the same round trips cost sent straight to the echo peer.",
         "(a) counts the program only: a packet it redirects is then delivered by the kernel "
         "(loopback xmit, the peer's socket), work a userspace relay pays in its own sendto.",
     ]
@@ -334,7 +337,19 @@ def explain(results: Mapping[str, Mapping[str, Any]], irq_time: bool | None = No
             "This kernel has no CONFIG_IRQ_TIME_ACCOUNTING: softirq time (where the fast path "
             "runs) is charged to the task it interrupts, on loopback mostly the sender, the "
             "generator or the echo peer, whose CPU (b) subtracts; (c) subtracts nothing but "
-            "the direct load's cost, so it is the fairest of the three here."
+            "the direct load's cost, so it is the fairest figure here."
+        )
+    shares = [
+        f"{name} {100 * load['tenants_cpu_s'] / load['host_busy_cpu_s']:.0f} %"
+        for name, result in results.items()
+        if isinstance(load := _get(result, "cpu", "udp-channel"), Mapping)
+        and load.get("host_busy_cpu_s")
+        and "tenants_cpu_s" in load
+    ]
+    if shares:
+        lines.append(
+            "Other tenants' share of the host's busy CPU over the UDP channel load: "
+            + ", ".join(shares)
         )
     foreign = [
         f"{name} {load}: other turnd_relay programs ran {figures['other_bpf_runs']:,.0f} times"
