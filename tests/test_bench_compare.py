@@ -459,3 +459,16 @@ def test_bpf_stats_are_switched_on_for_the_block_and_restored(
     monkeypatch.setattr(procfs, "STATS_SYSCTL", tmp_path / "missing" / "x")
     with procfs.bpf_stats() as why:
         assert "could not be set" in why
+
+
+def test_spread_gives_each_server_s_lowest_and_highest_round_for_fast_path_rows() -> None:
+    rounds = [_fastpath_results(), _fastpath_results()]
+    rounds[1]["coturn"]["cpu"]["udp-channel"]["cpu_us_per_relayed_packet"] = 16.0  # type: ignore[index]
+    rows = compare.build_rows(compare.median_of(rounds))
+    lines = compare.spread(rounds, rows)
+    process = next(line for line in lines if "UDP channels: server process" in line)
+    assert process == (
+        "  UDP channels: server process (µs/pkt): turnd 20.0-20.0, turnd+fastpath 0.10-0.10, "
+        "coturn 10.0-16.0"
+    )
+    assert not any("TCP" in line or "allocations" in line for line in lines)  # n/a rows

@@ -85,6 +85,7 @@ from bench.compare.report import (
     explain,
     format_number,
     format_table,
+    spread,
     table_entry,
     write_json,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "ratio",
     "rss_bytes",
     "rss_port_range",
+    "spread",
     "start_echo_peer",
     "table_entry",
     "thread_names",

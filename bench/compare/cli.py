@@ -24,6 +24,7 @@ from bench.compare.report import (
     default_json_path,
     explain,
     format_table,
+    spread,
     table_entry,
     write_json,
 )
@@ -157,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = build_rows(results)
     print()
     print(format_table(rows, servers))
+    if options.rounds > 1 and (lines := spread(rounds, rows)):
+        print(f"\nSpread between rounds (lowest-highest of {options.rounds}):")
+        print("\n".join(lines))
     print()
     for line in explain(results, irq_time_accounting()):
         print(line)

@@ -286,6 +286,28 @@ def _rate_note(results: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def spread(rounds: Sequence[Mapping[str, Mapping[str, Any]]], rows: Sequence[Row]) -> list[str]:
+    """Lowest-highest of each round for the rows the fast path is measured in (the CPU rows of
+    UDP channels, rate, added latency), one line per row, for ``--rounds`` above 1."""
+    each = [{(r.group, r.label): r for r in build_rows(one)} for one in rounds]
+    lines = []
+    for row in rows:
+        if row.not_applicable or row.label.startswith(("through", "direct")):
+            continue
+        parts = []
+        for name in SERVERS:
+            found = [
+                v
+                for one in each
+                if (r := one.get((row.group, row.label))) and (v := r.values.get(name)) is not None
+            ]
+            if found:
+                parts.append(f"{name} {format_number(min(found))}-{format_number(max(found))}")
+        if parts:
+            lines.append(f"  {row.label} ({row.unit}): {', '.join(parts)}")
+    return lines
+
+
 def table_entry(row: Row, servers: Sequence[str] = SERVERS) -> dict[str, Any]:
     """A row of the table for the JSON file, with its ratios to coturn ("ratio": turnd's)."""
     ratios = {
