@@ -325,6 +325,13 @@ def test_explain_says_what_each_cpu_figure_counts_and_warns_of_other_programs() 
     assert any("(a) that plus the run_time_ns" in line for line in lines)
     assert any("no CONFIG_IRQ_TIME_ACCOUNTING" in line for line in lines)
     assert any("other turnd_relay programs ran 12 times" in line for line in lines)
+    quiet = _fastpath_results()
+    quiet["turnd+fastpath"]["cpu"]["udp-channel"]["other_bpf_runs"] = 0  # type: ignore[index]
+    by_round = compare.explain(quiet, rounds=[quiet, _fastpath_results()])
+    assert any(
+        line.startswith("round 2 turnd+fastpath cpu udp-channel: other") for line in by_round
+    )
+    assert not any(line.startswith("round 1") for line in by_round)
     assert not any("IRQ_TIME" in line for line in compare.explain(_results(), irq_time=True))
 
 

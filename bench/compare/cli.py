@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"\nSpread between rounds (lowest-highest of {options.rounds}):")
         print("\n".join(lines))
     print()
-    for line in explain(results, irq_time_accounting()):
+    for line in explain(results, irq_time_accounting(), rounds):
         print(line)
     for note in notes[-1:] if options.rounds > 1 else []:
         print(note)

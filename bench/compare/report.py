@@ -165,10 +165,12 @@ def build_rows(results: Mapping[str, Mapping[str, Any]]) -> list[Row]:
     note = _each(results, "uclient/loss_percent", "{name} loss {value:.2f} %")
     note += "; CPU includes uclient's allocations and idle start" if note else ""
     note = "; ".join(filter(None, (note, _kernel_note(results, "uclient"))))
+    sparse = "uclient paces 1 packet/ms per client: the host's CPU is mostly idle-time noise"
     for suffix, figure in CPU_FIGURES[:4]:
         path = f"uclient/{figure}"
         label = f"uclient{suffix}" if suffix else "uclient UDP channels (cross-check)"
-        row(group, label, "µs/pkt", "lower", path, "" if suffix else note)
+        shown = note if not suffix else sparse if figure == "host_us_per_relayed_packet" else ""
+        row(group, label, "µs/pkt", "lower", path, shown)
     group = f"Highest packet rate at ≤ {LOSS_TARGET_PERCENT} % loss (UDP channels, paced)"
     note = "; ".join(filter(None, (_rate_note(results), _kernel_note(results, "rate"))))
     row(group, "client packets per second", "pkt/s", "higher", "rate/best_pps", note)
@@ -316,9 +318,18 @@ def table_entry(row: Row, servers: Sequence[str] = SERVERS) -> dict[str, Any]:
     return attrs.asdict(row) | {"ratio": ratios.get("turnd"), "ratios": ratios}
 
 
-def explain(results: Mapping[str, Mapping[str, Any]], irq_time: bool | None = None) -> list[str]:
-    """How to read the table: setup and caveats, from what actually ran; ``irq_time``: whether
-    the kernel keeps softirq time apart from the tasks it interrupts."""
+#: Most lines naming loads another turnd's BPF program ran under (one per load and round).
+FOREIGN_LINES = 8
+
+
+def explain(
+    results: Mapping[str, Mapping[str, Any]],
+    irq_time: bool | None = None,
+    rounds: Sequence[Mapping[str, Mapping[str, Any]]] = (),
+) -> list[str]:
+    """How to read the table: setup and caveats, from what actually ran (``results``, the
+    medians of ``rounds`` when there are several); ``irq_time``: whether the kernel keeps
+    softirq time apart from the tasks it interrupts."""
     lines = [
         "ratio = server / coturn (fastpath = turnd+fastpath); 'better' says which direction wins;"
         " n/a: turnd+fastpath is measured under the UDP channel loads only."
@@ -374,13 +385,16 @@ def explain(results: Mapping[str, Mapping[str, Any]], irq_time: bool | None = No
             + ", ".join(shares)
         )
     foreign = [
-        f"{name} {load}: other turnd_relay programs ran {figures['other_bpf_runs']:,.0f} times"
-        f" ({figures.get('other_bpf_cpu_s', 0) * 1e3:.1f} ms)"
-        for name, result in results.items()
+        f"{f'round {number} ' if len(rounds) > 1 else ''}{name} {load}: other turnd_relay "
+        f"programs ran {figures['other_bpf_runs']:,.0f} times "
+        f"({figures.get('other_bpf_cpu_s', 0) * 1e3:.1f} ms): another turnd's program on an "
+        "interface this load crossed"
+        for number, one in enumerate(rounds or [results], 1)
+        for name, result in one.items()
         for load, figures in _relay_loads(result)
         if figures.get("other_bpf_runs")
     ]
-    lines += foreign[:6]
+    lines += foreign[:FOREIGN_LINES]
     samples = [
         load["server_cpu_s"]
         for result in results.values()
