@@ -1,4 +1,5 @@
-"""turnd against coturn on loopback: the same loads, one server after the other, one table.
+"""turnd, turnd with its kernel fast path, and coturn on loopback: the same loads, one server
+after the other, one table.
 
     python -m bench.compare [--quick] [--only METRIC ...] [--json PATH] [--seconds S] ...
 
@@ -7,10 +8,17 @@ Theory of operation
 Each server is started with the same configuration: realm ``turnd.test``, the long-term user
 alice, loopback peers allowed, UDP, TCP and TLS listeners on 127.0.0.1 (TLS with a self-signed
 certificate), relays on 127.0.0.1, and coturn held to one relay thread (``relay-threads``; turnd
-is one process with one event loop). Then every selected load runs against turnd, and the same
-loads run against coturn; a fresh instance of each serves the memory load. Server CPU is
-utime + stime of the whole process (every thread) from /proc/PID/stat, in clock ticks; memory is
-VmRSS from /proc/PID/status.
+is one process with one event loop). turnd runs with ``[fastpath] mode = "off"``, and again as
+"turnd+fastpath" with ``mode = "on"`` under the UDP channel loads only (cpu's UDP channels,
+uclient, rate, rtt; "n/a" elsewhere). Every selected load runs against each server in turn; a
+fresh instance of each serves the memory load. Server CPU is utime + stime of the whole process
+(every thread) from /proc/PID/stat, in clock ticks; memory is VmRSS from /proc/PID/status.
+
+CPU per relayed packet is also given as (a) the process plus the run_time_ns of its BPF
+program (kernel.bpf_stats_enabled is 1 for the run), (b) the host's busy CPU from /proc/stat less
+the load generator's and the echo peer's, (b') that less other user processes' too, and (c) for
+UDP channels the host's CPU over the same round trips sent straight to the echo peer: with the
+fast path the relaying is done in softirq context, charged to whoever sent the packet.
 
 The loads, all driven from this process with raw codec-based clients toward one echo peer
 (coturn's ``turnutils_peer`` when installed, else a small Python echo process):
@@ -85,6 +93,7 @@ from bench.compare.report import (
     explain,
     format_number,
     format_table,
+    spread,
     table_entry,
     write_json,
 )
@@ -136,6 +145,7 @@ __all__ = [
     "ratio",
     "rss_bytes",
     "rss_port_range",
+    "spread",
     "start_echo_peer",
     "table_entry",
     "thread_names",

@@ -4,6 +4,7 @@ JSON file. A load that fails is recorded in the results and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -15,20 +16,22 @@ from typing import Any
 
 import attrs
 
-from bench.compare.loads import MEASURES
+from bench.compare.loads import FASTPATH_METRICS, MEASURES
 from bench.compare.options import Options, parse_options
-from bench.compare.procfs import CLK_TCK, thread_names
+from bench.compare.procfs import CLK_TCK, bpf_stats, irq_time_accounting, thread_names
 from bench.compare.report import (
     build_rows,
     default_json_path,
     explain,
     format_table,
+    spread,
     table_entry,
     write_json,
 )
 from bench.compare.rss import FILE_MARGIN, measure_rss
 from bench.compare.servers import (
     DEFAULT_PORT_RANGE,
+    FASTPATH,
     STARTERS,
     EchoPeer,
     raise_file_limit,
@@ -44,8 +47,11 @@ GENERAL_CAPACITY = 100_000
 def measure_server(
     kind: str, peer: EchoPeer, work: Path, options: Options, metrics: Sequence[str]
 ) -> dict[str, Any]:
-    """Every selected load against one server kind; failures are recorded, not raised."""
+    """Every selected load against one server kind; failures are recorded, not raised. The
+    fast path is measured under the UDP channel loads only (``FASTPATH_METRICS``)."""
     results: dict[str, Any] = {}
+    if kind == FASTPATH:
+        metrics = [m for m in metrics if m in FASTPATH_METRICS]
     general = [m for m in metrics if m in MEASURES]
     if general:
         results.update(_general_loads(kind, peer, work / "main", options, general))
@@ -104,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "uclient" in metrics and find_tool("turnutils_uclient") is None:
         metrics.remove("uclient")
         notes.append("turnutils_uclient is not installed: no uclient cross-check")
+    if FASTPATH in servers and not any(m in FASTPATH_METRICS for m in metrics):
+        servers.remove(FASTPATH)  # none of its loads is selected
     wanted = max(options.allocations) + 4 * FILE_MARGIN if "rss" in metrics else 0
     limit = raise_file_limit(wanted)
     if limit < wanted:
@@ -119,7 +127,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for note in notes:
         print(f"note: {note}")
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+    with contextlib.ExitStack() as stack:
+        relaying = any(m in FASTPATH_METRICS for m in metrics)
+        why = stack.enter_context(bpf_stats()) if relaying else ""
+        if why:
+            notes.append(why)
+            print(f"note: {why}")
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-compare-"))
         peer = start_echo_peer(lifetime=LOAD_DEADLINE * 10 * options.rounds)
         print(f"echo peer: {peer.kind} on {peer.address[0]}:{peer.address[1]}")
         try:
@@ -137,15 +151,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = median_of(rounds)
     if options.rounds > 1:
         notes.append(
-            f"each figure is the median of {options.rounds} rounds (turnd and coturn alternating);"
+            f"each figure is the median of {options.rounds} rounds ({', '.join(servers)} in turn);"
             " every round's figures are in the JSON file under 'rounds'"
         )
     elapsed = (datetime.now(UTC) - started).total_seconds()
     rows = build_rows(results)
     print()
-    print(format_table(rows))
+    print(format_table(rows, servers))
+    if options.rounds > 1 and (lines := spread(rounds, rows)):
+        print(f"\nSpread between rounds (lowest-highest of {options.rounds}):")
+        print("\n".join(lines))
     print()
-    for line in explain(results):
+    for line in explain(results, irq_time_accounting(), rounds):
         print(line)
     for note in notes[-1:] if options.rounds > 1 else []:
         print(note)
@@ -160,9 +177,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "kernel": platform.release(),
             "clock_ticks_per_s": CLK_TCK,
             "echo_peer": peer.kind,
+            "irq_time_accounting": irq_time_accounting(),
         },
+        "servers": servers,
         "notes": notes,
-        "table": [table_entry(r) for r in rows],
+        "table": [table_entry(r, servers) for r in rows],
         "results": results,
         "rounds": rounds if options.rounds > 1 else [],
     }

@@ -1,8 +1,11 @@
 """The loads that share one server instance: each takes a running server, the echo peer and the
 options, and returns a JSON-ready dict of figures.
 
-* ``cpu``: server CPU per relayed packet, UDP channels and Send, TCP and TLS channels.
-* ``uclient``: the same figure with coturn's ``turnutils_uclient`` as the load.
+* ``cpu``: server CPU per relayed packet, UDP channels and Send, TCP and TLS channels: the
+  server process's, plus its BPF program's, and the host's less the generator's and the peer's
+  (``procfs.Meter``); for UDP channels also the host's over the same load sent straight to the
+  peer. The fast path relays UDP channels only: with it, only that path is measured.
+* ``uclient``: the same figures with coturn's ``turnutils_uclient`` as the load.
 * ``rate``: the highest paced rate at ≤ ``LOSS_TARGET_PERCENT`` loss, doubling then bisecting.
 * ``rtt``: round trips through the relay against round trips straight to the echo peer.
 * ``binding``: unauthenticated Binding answers per second.
@@ -38,6 +41,12 @@ from testkit.daemon import PASSWORD, USER
 
 #: The relay paths the cpu load measures, (transport, mode), in the table's order.
 TRANSPORTS = (("udp", "channel"), ("udp", "send"), ("tcp", "channel"), ("tls", "channel"))
+#: What the kernel fast path relays: the rest stays in userspace, as with the fast path off.
+FASTPATH_TRANSPORTS = (("udp", "channel"),)
+#: The loads measured for turnd+fastpath: those over UDP channels.
+FASTPATH_METRICS = ("cpu", "uclient", "rate", "rtt")
+#: The kernel counters of turnd's status that count relayed packets, each direction.
+KERNEL_COUNTERS = ("packets_to_peer", "packets_to_client")
 #: ≤ 0.1 % loss is what the issue calls a sustainable rate.
 LOSS_TARGET_PERCENT = 0.1
 #: A paced step below this share of its target rate measured the generator, not the server.
@@ -51,19 +60,24 @@ RATE_CAP = 2_000_000
 
 
 def measure_cpu(server: Server, peer: EchoPeer, options: Options) -> dict[str, Any]:
-    """Server CPU per relayed packet over UDP channels and Send, TCP and TLS (channels)."""
+    """CPU per relayed packet over UDP channels and Send, TCP and TLS (channels); with the fast
+    path, over UDP channels only."""
     results: dict[str, Any] = {}
     payload = os.urandom(options.size)
-    for transport, mode in TRANSPORTS:
+    for transport, mode in FASTPATH_TRANSPORTS if server.fastpath else TRANSPORTS:
         name = f"{transport}-{mode}"
         try:
             with relay_sessions(server, peer, transport, mode, options.clients) as sessions:
                 frames = [[s.data_frame(peer.address, mode, payload)] for s in sessions]
-                meter = Meter(server.pid)
+                before = server.fastpath_counters()
+                meter = Meter(server.pid, peer.pid, thorough=True)
                 result = pump(
                     [s.link for s in sessions], frames, options.window, options.packets, 120.0
                 )
                 figures = meter.read()
+                kernel = kernel_relayed(before, server.fastpath_counters())
+            if (transport, mode) == FASTPATH_TRANSPORTS[0]:
+                figures |= direct_baseline(peer, options, payload, result.received)
         except Exception as exc:
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
@@ -75,9 +89,62 @@ def measure_cpu(server: Server, peer: EchoPeer, options: Options) -> dict[str, A
             "seconds": result.seconds,
             "round_trips_per_s": per(result.received, result.seconds),
             **figures,
-            "cpu_us_per_relayed_packet": per(figures["server_cpu_s"], relayed, 1e6),
+            **kernel,
+            **per_packet(figures, relayed),
         }
     return results
+
+
+def per_packet(figures: dict[str, Any], relayed: int) -> dict[str, float | None]:
+    """The CPU figures per relayed packet in µs: the process (as before the fast path), (a) the
+    process and its BPF program, (b) the host less the generator and the peer, (b') that less
+    other tenants' processes too, and, where a direct baseline ran, (c) the host's CPU (less
+    other tenants') over the same load sent straight to the peer."""
+    out = {
+        "cpu_us_per_relayed_packet": per(figures["server_cpu_s"], relayed, 1e6),
+        "cpu_bpf_us_per_relayed_packet": per(figures["server_bpf_cpu_s"], relayed, 1e6),
+        "host_us_per_relayed_packet": per(figures["host_cpu_s"], relayed, 1e6),
+    }
+    if "tenants_cpu_s" in figures:
+        own = figures["host_cpu_s"] - figures["tenants_cpu_s"]
+        out["host_own_us_per_relayed_packet"] = per(own, relayed, 1e6)
+    if "direct_host_own_cpu_s" in figures:
+        extra = figures["host_own_cpu_s"] - figures["direct_host_own_cpu_s"]
+        out["host_over_direct_us_per_relayed_packet"] = per(extra, relayed, 1e6)
+    return out
+
+
+def direct_baseline(
+    peer: EchoPeer, options: Options, payload: bytes, round_trips: int
+) -> dict[str, Any]:
+    """The host's busy CPU for ``round_trips`` round trips sent straight to the echo peer, the
+    same window over as many sockets: what a relayed load costs the host without any relay."""
+    links = [UdpLink(peer.address, buffer=CLIENT_BUFFER) for _ in range(options.clients)]
+    try:
+        meter = Meter(os.getpid(), peer.pid, thorough=True)
+        result = pump(links, [[payload]] * len(links), options.window, round_trips, 120.0)
+        figures = meter.read()
+    finally:
+        for link in links:
+            link.close()
+    # Scaled to the relayed load's round trips, in case some were lost here.
+    scale = round_trips / result.received if result.received else 0.0
+    return {
+        "direct_round_trips": result.received,
+        "direct_host_own_cpu_s": figures["host_own_cpu_s"] * scale,
+    }
+
+
+def kernel_relayed(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """What turnd's fast path relayed in the kernel between two status readings: its program's
+    counters and the core's credited ones, each direction; nothing for a server without."""
+    if not before or not after or not after.get("active"):
+        return {}
+    return {
+        f"kernel_{key}": after.get(key, 0) - before.get(key, 0)
+        for name in KERNEL_COUNTERS
+        for key in (name, "relayed_" + name)
+    }
 
 
 def measure_uclient(server: Server, peer: EchoPeer, options: Options) -> dict[str, Any]:
@@ -86,7 +153,8 @@ def measure_uclient(server: Server, peer: EchoPeer, options: Options) -> dict[st
 
     if not find_tool("turnutils_uclient"):
         return {"error": "turnutils_uclient is not installed"}
-    meter = Meter(server.pid)
+    before = server.fastpath_counters()
+    meter = Meter(server.pid, peer.pid, thorough=True)
     report = run_uclient(
         server.udp[0],
         server.udp[1],
@@ -107,8 +175,9 @@ def measure_uclient(server: Server, peer: EchoPeer, options: Options) -> dict[st
         "received": report.received_packets,
         "loss_percent": report.lost_percent,
         "rtt_avg_ms": report.rtt_avg_ms,
-        "server_cpu_s": figures["server_cpu_s"],
-        "cpu_us_per_relayed_packet": per(figures["server_cpu_s"], 2 * report.received_packets, 1e6),
+        **figures,
+        **kernel_relayed(before, server.fastpath_counters()),
+        **per_packet(figures, 2 * report.received_packets),
     }
 
 
@@ -124,10 +193,11 @@ def measure_rate(server: Server, peer: EchoPeer, options: Options) -> dict[str, 
             "peer": {peer.address[1]},
         }
         steps: list[dict[str, Any]] = []
+        counters = server.fastpath_counters()
 
         def trial(rate: int) -> str:
             before = udp_drops()
-            meter = Meter(server.pid)
+            meter = Meter(server.pid, peer.pid)
             result = paced(udp_links, frames, rate, options.seconds)
             after = udp_drops()
             drops = {
@@ -180,7 +250,8 @@ def measure_rate(server: Server, peer: EchoPeer, options: Options) -> dict[str, 
             else:
                 stop = "generator"
                 break
-    return {"best_pps": good or None, "limited_by": stop, "steps": steps}
+        kernel = kernel_relayed(counters, server.fastpath_counters())
+    return {"best_pps": good or None, "limited_by": stop, "steps": steps, **kernel}
 
 
 def measure_rtt(server: Server, peer: EchoPeer, options: Options) -> dict[str, Any]:
@@ -191,6 +262,7 @@ def measure_rtt(server: Server, peer: EchoPeer, options: Options) -> dict[str, A
     direct.bind((LOOPBACK, 0))
     lost = {"relay": 0, "direct": 0}
     with contextlib.closing(direct), relay_sessions(server, peer, "udp", "channel", 1) as sessions:
+        counters = server.fastpath_counters()
         session = sessions[0]
         sock = session.link.sock
         padding = os.urandom(max(options.size - 16, 0))
@@ -210,7 +282,8 @@ def measure_rtt(server: Server, peer: EchoPeer, options: Options) -> dict[str, A
                 else:
                     samples.append(sample)
             time.sleep(RTT_GAP)
-    figures: dict[str, Any] = {"samples": options.samples, "lost": lost}
+        kernel = kernel_relayed(counters, server.fastpath_counters())
+    figures: dict[str, Any] = {"samples": options.samples, "lost": lost, **kernel}
     for q in (50, 99):
         through_q, direct_q = percentile(relay_us, q), percentile(direct_us, q)
         figures[f"relay_p{q}_us"] = through_q

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -62,9 +62,18 @@ def parse_options(
     parser.add_argument("--coturn-relay-threads", type=int, default=1, help="default 1")
     parser.add_argument("--rss-port-range", help="LOW-HIGH relay ports for the RSS load")
     parser.add_argument(
-        "--only", action="append", choices=METRICS, help="measure only this (repeatable)"
+        "--only",
+        action="append",
+        type=_names(METRICS),
+        help=f"measure only these, comma-separated or repeated: {','.join(METRICS)}",
     )
-    parser.add_argument("--server", choices=(*SERVERS, "both"), default="both")
+    parser.add_argument(
+        "--server",
+        action="append",
+        type=_names((*SERVERS, "both", "all")),
+        help=f"measure only these servers, comma-separated or repeated: {','.join(SERVERS)} "
+        '(default all; "both" is all too)',
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -96,5 +105,22 @@ def parse_options(
         rss_port_range=port_range,
         rounds=max(1, args.rounds),
     )
-    servers = [s for s in SERVERS if args.server in (s, "both")]
-    return options, list(args.only or METRICS), servers, args.json
+    chosen = {name for names in args.server or [["all"]] for name in names}
+    servers = [s for s in SERVERS if chosen & {s, "both", "all"}]
+    metrics = list(dict.fromkeys(m for names in args.only or [METRICS] for m in names))
+    return options, metrics, servers, args.json
+
+
+def _names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of ``allowed`` names."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        wrong = [name for name in names if name not in allowed]
+        if wrong or not names:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(wrong) or repr(text)}: choose from {', '.join(allowed)}"
+            )
+        return names
+
+    return parse

@@ -1,7 +1,9 @@
 """The report: the table's rows from the results, the table, its explanation, and the JSON file.
 
-Figures only, no thresholds: ``ratio`` is turnd / coturn and ``better`` says which direction
-wins; a note says where a figure is only a floor because the load generator ran out first.
+Figures only, no thresholds: each ratio is a server's figure / coturn's and ``better`` says
+which direction wins; a note says where a figure is only a floor because the load generator ran
+out first. turnd+fastpath is measured under the UDP channel loads only: elsewhere its cell says
+"n/a".
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 import attrs
 
-from bench.compare.loads import LOSS_TARGET_PERCENT, TRANSPORTS
+from bench.compare.loads import FASTPATH_TRANSPORTS, LOSS_TARGET_PERCENT, TRANSPORTS
 from bench.compare.procfs import CLK_TCK
-from bench.compare.servers import SERVERS
+from bench.compare.servers import FASTPATH, SERVERS
 from bench.compare.stats import ratio
 
 
@@ -34,6 +36,14 @@ class Row:
     better: str
     values: Mapping[str, float | None]
     note: str = ""
+    #: Servers this row's load is not run for (the fast path outside UDP channels): "n/a".
+    not_applicable: tuple[str, ...] = ()
+
+
+#: The server every ratio divides by.
+REFERENCE = "coturn"
+#: Ratio column headers, by server.
+RATIO_HEADERS = {"turnd": "turnd/coturn", FASTPATH: "fastpath/coturn"}
 
 
 def format_number(value: float | None) -> str:
@@ -51,24 +61,40 @@ def format_number(value: float | None) -> str:
 
 
 def format_table(rows: Sequence[Row], servers: Sequence[str] = SERVERS) -> str:
-    """Rows grouped under their metric, one column per server and the turnd/coturn ratio."""
+    """Rows grouped under their metric, one column per server and a ratio to coturn for each
+    other server."""
     lines: list[str] = []
-    header = f"  {'':34} {'unit':>10}" + "".join(f" {s:>10}" for s in servers)
-    header += f" {'turnd/coturn':>13}  better"
+    compared = [s for s in servers if s != REFERENCE] if REFERENCE in servers else []
+    widths = {s: max(10, len(s)) for s in servers}
+    ratio_widths = {s: max(13, len(ratio_header(s))) for s in compared}
+    header = f"  {'':40} {'unit':>7}" + "".join(f" {s:>{widths[s]}}" for s in servers)
+    header += "".join(f" {ratio_header(s):>{ratio_widths[s]}}" for s in compared) + "  better"
     for group, members in itertools.groupby(rows, key=lambda r: r.group):
         lines += ["", group, header]
         for row in members:
-            values = [row.values.get(s) for s in servers]
-            cells = "".join(f" {format_number(v):>10}" for v in values)
-            line = f"  {row.label:34} {row.unit:>10}{cells}"
-            line += (
-                f" {format_number(ratio(row.values.get('turnd'), row.values.get('coturn'))):>13}"
-            )
-            line += f"  {row.better}"
-            lines.append(line)
+            cells = "".join(f" {cell(row, s):>{widths[s]}}" for s in servers)
+            line = f"  {row.label:40} {row.unit:>7}{cells}"
+            for name in compared:
+                shown = "n/a" if name in row.not_applicable else format_number(row_ratio(row, name))
+                line += f" {shown:>{ratio_widths[name]}}"
+            lines.append(f"{line}  {row.better}")
             if row.note:
                 lines.append(f"    {row.note}")
     return "\n".join(lines[1:]) if lines else "(no figures)"
+
+
+def ratio_header(server: str) -> str:
+    return RATIO_HEADERS.get(server, f"{server}/{REFERENCE}")
+
+
+def cell(row: Row, server: str) -> str:
+    """A row's figure for ``server``: "n/a" where its load is not run for that server."""
+    return "n/a" if server in row.not_applicable else format_number(row.values.get(server))
+
+
+def row_ratio(row: Row, server: str) -> float | None:
+    """``server``'s figure / coturn's in ``row``."""
+    return ratio(row.values.get(server), row.values.get(REFERENCE))
 
 
 def clean_json(value: Any) -> Any:
@@ -110,38 +136,63 @@ GENERATOR_SATURATED_PERCENT = 85
 def build_rows(results: Mapping[str, Mapping[str, Any]]) -> list[Row]:
     """The table's rows from the per-server results."""
     rows: list[Row] = []
+    measured = FASTPATH in results
 
-    def row(group: str, label: str, unit: str, better: str, path: str, note: str = "") -> None:
+    def row(
+        group: str,
+        label: str,
+        unit: str,
+        better: str,
+        path: str,
+        note: str = "",
+        fastpath: bool = True,
+    ) -> None:
+        """A row for the figure at ``path``; ``fastpath`` False: a load turnd+fastpath skips."""
         values = {name: _get(results.get(name, {}), *path.split("/")) for name in SERVERS}
+        skipped = (FASTPATH,) if measured and not fastpath else ()
         if any(v is not None for v in values.values()):
-            rows.append(Row(group, label, unit, better, values, note))
+            rows.append(Row(group, label, unit, better, values, note, skipped))
 
     group = "Server CPU per relayed packet (each echoed packet is relayed twice)"
     for transport, mode in TRANSPORTS:
         label = f"{transport.upper()} {'Send indications' if mode == 'send' else 'channels'}"
-        row(group, label, "µs/pkt", "lower", f"cpu/{transport}-{mode}/cpu_us_per_relayed_packet")
+        applies = (transport, mode) in FASTPATH_TRANSPORTS
+        for suffix, figure in CPU_FIGURES:
+            path = f"cpu/{transport}-{mode}/{figure}"
+            note = _kernel_note(results, f"cpu/{transport}-{mode}") if not suffix else ""
+            shown = f"{label}{suffix or ': server process'}"
+            row(group, shown, "µs/pkt", "lower", path, note, applies)
     note = _each(results, "uclient/loss_percent", "{name} loss {value:.2f} %")
     note += "; CPU includes uclient's allocations and idle start" if note else ""
-    path = "uclient/cpu_us_per_relayed_packet"
-    row(group, "uclient UDP channels (cross-check)", "µs/pkt", "lower", path, note)
+    note = "; ".join(filter(None, (note, _kernel_note(results, "uclient"))))
+    sparse = "uclient paces 1 packet/ms per client: the host's CPU is mostly idle-time noise"
+    for suffix, figure in CPU_FIGURES[:4]:
+        path = f"uclient/{figure}"
+        label = f"uclient{suffix}" if suffix else "uclient UDP channels (cross-check)"
+        shown = note if not suffix else sparse if figure == "host_us_per_relayed_packet" else ""
+        row(group, label, "µs/pkt", "lower", path, shown)
     group = f"Highest packet rate at ≤ {LOSS_TARGET_PERCENT} % loss (UDP channels, paced)"
-    row(group, "client packets per second", "pkt/s", "higher", "rate/best_pps", _rate_note(results))
+    note = "; ".join(filter(None, (_rate_note(results), _kernel_note(results, "rate"))))
+    row(group, "client packets per second", "pkt/s", "higher", "rate/best_pps", note)
     group = "Round-trip latency through the relay, and straight to the same echo peer"
     for q in (50, 99):
-        row(group, f"added by the relay, p{q}", "µs", "lower", f"rtt/added_p{q}_us")
+        note = _kernel_note(results, "rtt") if q == 50 else ""
+        row(group, f"added by the relay, p{q}", "µs", "lower", f"rtt/added_p{q}_us", note)
     for q in (50, 99):
         row(group, f"through the relay, p{q}", "µs", "lower", f"rtt/relay_p{q}_us")
         row(group, f"direct to the echo peer, p{q}", "µs", "-", f"rtt/direct_p{q}_us")
     group = "STUN Binding (UDP, unauthenticated, windowed)"
     note = _generator_note(results, "binding")
-    row(group, "answers per second", "1/s", "higher", "binding/answers_per_s", note)
-    row(group, "server CPU per answer", "µs", "lower", "binding/cpu_us_per_answer")
+    row(group, "answers per second", "1/s", "higher", "binding/answers_per_s", note, False)
+    row(group, "server CPU per answer", "µs", "lower", "binding/cpu_us_per_answer", "", False)
     group = "Authenticated allocations (fresh socket: 401, Allocate, Refresh 0)"
     note = "; ".join(
         filter(None, (_generator_note(results, "allocations"), _failures(results, "allocations")))
     )
-    row(group, "allocations per second", "1/s", "higher", "allocations/allocations_per_s", note)
-    row(group, "server CPU per allocation", "µs", "lower", "allocations/cpu_us_per_allocation")
+    path = "allocations/allocations_per_s"
+    row(group, "allocations per second", "1/s", "higher", path, note, False)
+    path = "allocations/cpu_us_per_allocation"
+    row(group, "server CPU per allocation", "µs", "lower", path, "", False)
     group = "RSS per idle allocation ((RSS after - RSS before) / allocations)"
     by_level: dict[int, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
     for name in SERVERS:
@@ -156,8 +207,37 @@ def build_rows(results: Mapping[str, Mapping[str, Any]]) -> list[Row]:
             elif entry["achieved"] < level:
                 notes.append(f"{name}: only {entry['achieved']:,} ({entry['failures']})")
         label = f"{level:,} allocations"
-        rows.append(Row(group, label, "B/alloc", "lower", values, "; ".join(notes)))
+        skipped = (FASTPATH,) if measured else ()
+        rows.append(Row(group, label, "B/alloc", "lower", values, "; ".join(notes), skipped))
     return rows
+
+
+#: The CPU figures of a relay load, each a row: (label suffix, figure). The first is the server
+#: process alone, as before the fast path; (a) adds the time the kernel ran the server's BPF
+#: program; (b) is the host's busy CPU less the load generator's and the echo peer's; (b') that
+#: less other user processes' too (a shared host); (c) the host's busy CPU less other tenants'
+#: over the same round trips sent straight to the echo peer (UDP channels).
+CPU_FIGURES = (
+    ("", "cpu_us_per_relayed_packet"),
+    (" (a) +BPF program", "cpu_bpf_us_per_relayed_packet"),
+    (" (b) host-gen-peer", "host_us_per_relayed_packet"),
+    (" (b') b-tenants", "host_own_us_per_relayed_packet"),
+    (" (c) host over direct", "host_over_direct_us_per_relayed_packet"),
+)
+
+
+def _kernel_note(results: Mapping[str, Any], path: str) -> str:
+    """How many of the load's packets turnd+fastpath's program relayed in the kernel (its own
+    counters), each direction, and what the core credited."""
+    load = _get(results.get(FASTPATH, {}), *path.split("/"))
+    if not isinstance(load, Mapping) or "kernel_packets_to_peer" not in load:
+        return ""
+    return (
+        f"fast path program relayed {load['kernel_packets_to_peer']:,.0f} to peers, "
+        f"{load['kernel_packets_to_client']:,.0f} to clients (core credited "
+        f"{load['kernel_relayed_packets_to_peer']:,.0f}, "
+        f"{load['kernel_relayed_packets_to_client']:,.0f})"
+    )
 
 
 def _each(results: Mapping[str, Any], path: str, template: str) -> str:
@@ -208,14 +288,52 @@ def _rate_note(results: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def table_entry(row: Row) -> dict[str, Any]:
-    """A row of the table for the JSON file, with its ratio."""
-    return attrs.asdict(row) | {"ratio": ratio(row.values.get("turnd"), row.values.get("coturn"))}
+def spread(rounds: Sequence[Mapping[str, Mapping[str, Any]]], rows: Sequence[Row]) -> list[str]:
+    """Lowest-highest of each round for the rows the fast path is measured in (the CPU rows of
+    UDP channels, rate, added latency), one line per row, for ``--rounds`` above 1."""
+    each = [{(r.group, r.label): r for r in build_rows(one)} for one in rounds]
+    lines = []
+    for row in rows:
+        if row.not_applicable or row.label.startswith(("through", "direct")):
+            continue
+        parts = []
+        for name in SERVERS:
+            found = [
+                v
+                for one in each
+                if (r := one.get((row.group, row.label))) and (v := r.values.get(name)) is not None
+            ]
+            if found:
+                parts.append(f"{name} {format_number(min(found))}-{format_number(max(found))}")
+        if parts:
+            lines.append(f"  {row.label} ({row.unit}): {', '.join(parts)}")
+    return lines
 
 
-def explain(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """How to read the table: setup and caveats, from what actually ran."""
-    lines = ["ratio = turnd / coturn; 'better' says which direction wins."]
+def table_entry(row: Row, servers: Sequence[str] = SERVERS) -> dict[str, Any]:
+    """A row of the table for the JSON file, with its ratios to coturn ("ratio": turnd's)."""
+    ratios = {
+        s: row_ratio(row, s) for s in servers if s != REFERENCE and s not in row.not_applicable
+    }
+    return attrs.asdict(row) | {"ratio": ratios.get("turnd"), "ratios": ratios}
+
+
+#: Most lines naming loads another turnd's BPF program ran under (one per load and round).
+FOREIGN_LINES = 8
+
+
+def explain(
+    results: Mapping[str, Mapping[str, Any]],
+    irq_time: bool | None = None,
+    rounds: Sequence[Mapping[str, Mapping[str, Any]]] = (),
+) -> list[str]:
+    """How to read the table: setup and caveats, from what actually ran (``results``, the
+    medians of ``rounds`` when there are several); ``irq_time``: whether the kernel keeps
+    softirq time apart from the tasks it interrupts."""
+    lines = [
+        "ratio = server / coturn (fastpath = turnd+fastpath); 'better' says which direction wins;"
+        " n/a: turnd+fastpath is measured under the UDP channel loads only."
+    ]
     for name, result in results.items():
         settings = _get(result, "server", "settings")
         if settings:
@@ -237,6 +355,46 @@ def explain(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         f"CPU is utime+stime of /proc/PID/stat (every thread) in ticks of 1/{CLK_TCK} s; the load "
         "generator and the echo peer share the machine's cores with the server."
     )
+    lines += [
+        "CPU rows: the server process alone; (a) that plus the run_time_ns of the server's own "
+        "BPF program (kernel.bpf_stats_enabled); (b) host-gen-peer: the host's busy CPU "
+        "(/proc/stat user+nice+system+irq+softirq, all CPUs) less the load generator's and the "
+        "echo peer's processes; (b') that less what other user processes (not the bench's, "
+        "kernel threads kept) spent meanwhile; (c) the host's busy CPU less other tenants' over "
+        "what the same round trips cost sent straight to the echo peer.",
+        "(a) counts the program only: a packet it redirects is then delivered by the kernel "
+        "(loopback xmit, the peer's socket), work a userspace relay pays in its own sendto.",
+    ]
+    if irq_time is False:
+        lines.append(
+            "This kernel has no CONFIG_IRQ_TIME_ACCOUNTING: softirq time (where the fast path "
+            "runs) is charged to the task it interrupts, on loopback mostly the sender, the "
+            "generator or the echo peer, whose CPU (b) subtracts; (c) subtracts nothing but "
+            "the direct load's cost, so it is the fairest figure here."
+        )
+    shares = [
+        f"{name} {100 * load['tenants_cpu_s'] / load['host_busy_cpu_s']:.0f} %"
+        for name, result in results.items()
+        if isinstance(load := _get(result, "cpu", "udp-channel"), Mapping)
+        and load.get("host_busy_cpu_s")
+        and "tenants_cpu_s" in load
+    ]
+    if shares:
+        lines.append(
+            "Other tenants' share of the host's busy CPU over the UDP channel load: "
+            + ", ".join(shares)
+        )
+    foreign = [
+        f"{f'round {number} ' if len(rounds) > 1 else ''}{name} {load}: other turnd_relay "
+        f"programs ran {figures['other_bpf_runs']:,.0f} times "
+        f"({figures.get('other_bpf_cpu_s', 0) * 1e3:.1f} ms): another turnd's program on an "
+        "interface this load crossed"
+        for number, one in enumerate(rounds or [results], 1)
+        for name, result in one.items()
+        for load, figures in _relay_loads(result)
+        if figures.get("other_bpf_runs")
+    ]
+    lines += foreign[:FOREIGN_LINES]
     samples = [
         load["server_cpu_s"]
         for result in results.values()
@@ -246,7 +404,15 @@ def explain(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if samples:
         ticks = round(min(samples) * CLK_TCK)
         lines.append(
-            f"The smallest CPU-per-packet sample is {ticks} ticks: about ±{100 / ticks:.0f} % "
-            "from the clock tick alone (raise --packets for more)."
+            f"The smallest process CPU-per-packet sample is {ticks} ticks: about "
+            f"±{100 / ticks:.0f} % from the clock tick alone (raise --packets for more); BPF "
+            "run time is in ns, the host's CPU in ticks too."
         )
     return lines
+
+
+def _relay_loads(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(name, figures) of a server's CPU-measured relay loads."""
+    loads = [(f"cpu {k}", v) for k, v in (_get(result, "cpu") or {}).items()]
+    loads.append(("uclient", _get(result, "uclient") or {}))
+    return [(name, figures) for name, figures in loads if isinstance(figures, Mapping)]

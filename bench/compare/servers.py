@@ -1,20 +1,25 @@
 """The servers under test, started with equivalent configuration, and the UDP echo peer.
 
-Both get realm ``turnd.test``, the long-term user alice, loopback peers allowed, UDP, TCP and TLS
-listeners on 127.0.0.1 (TLS with a self-signed certificate), relays on 127.0.0.1 in the same
-port range, and allocation limits that no load reaches; coturn is held to ``relay-threads``
-(one by default: turnd is one process with one event loop). Each start returns a ``Server``
-whose ``settings`` say what was set, for the table's explanation.
+Every server gets realm ``turnd.test``, the long-term user alice, loopback peers allowed, UDP,
+TCP and TLS listeners on 127.0.0.1 (TLS with a self-signed certificate), relays on 127.0.0.1 in
+the same port range, and allocation limits that no load reaches; coturn is held to ``relay-threads``
+(one by default: turnd is one process with one event loop). turnd runs twice: with
+``[fastpath] mode = "off"`` (userspace relaying only; the default, "auto", would use the kernel
+where it can) and, as "turnd+fastpath", with ``mode = "on"`` (established UDP channels relayed by
+its eBPF program; it refuses to start without). Each start returns a ``Server`` whose
+``settings`` say what was set, for the table's explanation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import resource
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -22,8 +27,10 @@ from testkit.daemon import PASSWORD, REALM, USER, start_turnd
 
 #: Where the servers listen and relay, and the echo peer answers.
 LOOPBACK = "127.0.0.1"
+#: turnd with its kernel fast path on.
+FASTPATH = "turnd+fastpath"
 #: The server kinds, in the order they run and appear as the table's columns.
-SERVERS = ("turnd", "coturn")
+SERVERS = ("turnd", FASTPATH, "coturn")
 #: RFC 8656 §7.2 / coturn's default relay range: 16384 ports per relay address.
 DEFAULT_PORT_RANGE = (49152, 65535)
 
@@ -39,6 +46,20 @@ class Server:
     tls: tuple[str, int]
     stop: Callable[[], object]
     settings: list[str]
+    #: turnd's control socket (GET /v1/status), None for coturn.
+    control: str | None = None
+    #: Whether the kernel fast path relays this server's UDP channels.
+    fastpath: bool = False
+
+    def fastpath_counters(self) -> dict[str, Any] | None:
+        """turnd's "fastpath" status (the program's counters and what the core credited), or
+        None for a server without a control socket."""
+        if self.control is None:
+            return None
+        from turnd.turnctl_daemon import Daemon
+
+        status: dict[str, Any] = Daemon(socket_path=self.control).request("GET", "/v1/status")
+        return dict(status["fastpath"])
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -59,12 +80,13 @@ def raise_file_limit(wanted: int) -> int:
 UNLIMITED_RATE = 10_000_000
 
 
-def start_turnd_server(
-    work: Path, port_range: tuple[int, int], allocations: int, threads: int
-) -> Server:
-    """turnd on UDP, TCP and TLS (self-signed) with the limits raised to ``allocations``."""
-    del threads  # turnd is one process with one event loop
-    extra = f"""
+def turnd_extra(port_range: tuple[int, int], allocations: int, fastpath: str) -> str:
+    """The config sections bench adds to testkit's: relay range, limits, fast path mode."""
+    return f"""
+[fastpath]
+# Said explicitly: the default, "auto", relays in the kernel where it can.
+mode = "{fastpath}"
+
 [relay]
 port_min = {port_range[0]}
 port_max = {port_range[1]}
@@ -76,9 +98,18 @@ max_allocations_per_ip = {allocations}
 unauthenticated_rate = {UNLIMITED_RATE}
 unauthenticated_burst = {UNLIMITED_RATE}
 """
+
+
+def start_turnd_server(
+    work: Path, port_range: tuple[int, int], allocations: int, threads: int, fastpath: str = "off"
+) -> Server:
+    """turnd on UDP, TCP and TLS (self-signed) with the limits raised to ``allocations`` and
+    ``[fastpath] mode`` = ``fastpath``."""
+    del threads  # turnd is one process with one event loop
+    extra = turnd_extra(port_range, allocations, fastpath)
     daemon = start_turnd(work, extra, listen='["udp:0", "tcp:0", "tls:0"]')
-    return Server(
-        name="turnd",
+    server = Server(
+        name=FASTPATH if fastpath == "on" else "turnd",
         pid=daemon.process.pid,
         udp=(LOOPBACK, daemon.ports["udp"][0]),
         tcp=(LOOPBACK, daemon.ports["tcp"][0]),
@@ -89,8 +120,18 @@ unauthenticated_burst = {UNLIMITED_RATE}
             f"limits.max_allocations(_per_user, _per_ip) = {allocations}",
             f"limits.unauthenticated_rate/burst = {UNLIMITED_RATE} (coturn has no such limit)",
             "one event loop (uvloop when installed)",
+            f'fastpath.mode = "{fastpath}"',
         ],
+        control=daemon.control_socket,
+        fastpath=fastpath == "on",
     )
+    if server.fastpath:
+        status = server.fastpath_counters() or {}
+        if not status.get("active"):
+            server.stop()
+            raise RuntimeError(f"the fast path is not active: {status}")
+        server.settings.append(f"fast path on {', '.join(status.get('interfaces', []))}")
+    return server
 
 
 def start_coturn_server(
@@ -118,6 +159,7 @@ def start_coturn_server(
 
 STARTERS: dict[str, Callable[[Path, tuple[int, int], int, int], Server]] = {
     "turnd": start_turnd_server,
+    FASTPATH: functools.partial(start_turnd_server, fastpath="on"),
     "coturn": start_coturn_server,
 }
 
