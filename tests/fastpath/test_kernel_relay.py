@@ -273,3 +273,40 @@ def test_a_channel_the_kernel_cannot_route_is_refused_and_counted(
     assert routes.install(ends.route, math.inf, math.inf) is False
     assert routes.failures["no_route"] == 1
     assert routes.entries == {}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_two_clients_of_this_server_relaying_to_each_other_go_both_legs_in_one_pass(
+    fastpath: FastPath, topologies: tuple[Topology, Topology], v6: bool
+) -> None:
+    """Client 1's ChannelData to its peer, client 2's relayed address, reaches client 2 as
+    ChannelData on client 2's channel, both legs in the kernel (from a veth, where a datagram
+    from one relay to the other could not go up the stack), and back the same way."""
+    topo = topologies[int(v6)]
+    addresses = topo.addresses
+    one, two = Ends(topo), Ends(topo)  # each: a client, a listener, a relay (peers unused)
+    try:
+        a = ChannelRoute(one.route.five_tuple, CHANNEL, one.route.relay, two.route.relay)
+        b = ChannelRoute(two.route.five_tuple, CHANNEL + 1, two.route.relay, one.route.relay)
+        assert fastpath.routes.install(a, math.inf, math.inf)
+        assert fastpath.routes.install(b, math.inf, math.inf)
+        for size in (0, 5, 1000):
+            payload = os.urandom(size)
+            one.client.sendto(channel_data(payload), (addresses["listener"], one.server.port))
+            assert received(two.client) == (channel_data(payload, CHANNEL + 1), two.server.port)
+            two.client.sendto(
+                channel_data(payload, CHANNEL + 1), (addresses["listener"], two.server.port)
+            )
+            assert received(one.client) == (channel_data(payload), one.server.port)
+        for sock in (one.relay, two.relay, one.listener, two.listener):
+            sock.settimeout(0.2)
+            assert received(sock) is None
+        moved = dict(fastpath.routes.collect())
+        assert (moved[a].packets_to_peer, moved[a].packets_to_client) == (3, 3)
+        assert (moved[b].packets_to_peer, moved[b].packets_to_client) == (3, 3)
+        assert moved[a].bytes_to_peer == moved[b].bytes_to_client == 1005
+        fastpath.routes.remove(a)
+        fastpath.routes.remove(b)
+    finally:
+        one.close()
+        two.close()

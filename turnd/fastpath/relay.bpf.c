@@ -382,20 +382,53 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct parsed *p, stru
 	return 0;
 }
 
+/* Whether the packet, grown by `delta` bytes, fits `r`'s egress MTU. */
 static __always_inline int fits(struct __sk_buff *skb, struct route *r, int delta)
 {
 	__u32 mtu = 0;
 
-	if (delta <= 0 || r->oif == ROUTE_LOCAL)
+	if (r->oif == ROUTE_LOCAL)
 		return 1;
 	return bpf_check_mtu(skb, r->oif, &mtu, delta, 0) == BPF_MTU_CHK_RET_SUCCESS;
+}
+
+/* Frame the datagram parsed in `p` as ChannelData for `r`'s client (peer -> client). */
+static __always_inline int frame_for_client(struct __sk_buff *skb, struct parsed *p,
+					    struct route *r, __u32 plen)
+{
+	__u32 payload = p->l4 + sizeof(struct udphdr);
+	__be32 head = bpf_htonl(((__u32)r->channel << 16) | plen);
+
+	if (bpf_skb_change_tail(skb, skb->len + CHANNEL_HEADER, 0))
+		return -1;
+	if (move_payload(skb, payload, payload + CHANNEL_HEADER, plen))
+		return -1;
+	if (bpf_skb_store_bytes(skb, payload, &head, sizeof(head), BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	if (rewrite(skb, p, r, CHANNEL_HEADER, 0, head))
+		return -1;
+	__sync_fetch_and_add(&r->packets, 1);
+	__sync_fetch_and_add(&r->bytes, plen);
+	r->last_ns = bpf_ktime_get_ns();
+	count(STAT_TO_CLIENT);
+	return 0;
+}
+
+/* Charge `r`'s allocation for `plen` bytes; 0 when over its rate (dropped and counted). */
+static __always_inline int charge(struct route *r, __u32 plen)
+{
+	if (admit(r->quota_id, plen))
+		return 1;
+	__sync_fetch_and_add(&r->dropped, 1);
+	count(STAT_DROPPED_RATE);
+	return 0;
 }
 
 static __always_inline int client_to_peer(struct __sk_buff *skb, struct parsed *p, __be32 head)
 {
 	struct c2p_key key = {};
 	__u32 plen = p->udp_len - sizeof(struct udphdr) - CHANNEL_HEADER;
-	struct route *r;
+	struct route *r, *next = NULL;
 
 	if (p->udp_len < sizeof(struct udphdr) + CHANNEL_HEADER)
 		return TC_ACT_UNSPEC;
@@ -414,13 +447,25 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct parsed *
 			return TC_ACT_UNSPEC;
 	}
 	/* Exactly header + length: a padded or short one is userspace's (it counts a short one). */
-	if ((bpf_ntohl(head) & 0xffff) != plen || plen > MAX_PAYLOAD || !deliverable(skb, r))
+	if ((bpf_ntohl(head) & 0xffff) != plen || plen > MAX_PAYLOAD)
 		return TC_ACT_UNSPEC;
-	if (!admit(r->quota_id, plen)) {
-		__sync_fetch_and_add(&r->dropped, 1);
-		count(STAT_DROPPED_RATE);
-		return TC_ACT_SHOT;
+	if (r->oif == ROUTE_LOCAL) {
+		/* The peer may be another allocation's relayed address here (two clients of this
+		 * server relaying to each other): then both legs are done in this one pass. */
+		struct p2c_key chained = {};
+
+		__builtin_memcpy(chained.peer, r->src, 16);
+		__builtin_memcpy(chained.relay, r->dst, 16);
+		chained.peer_port = r->src_port;
+		chained.relay_port = r->dst_port;
+		chained.family = p->family;
+		next = bpf_map_lookup_elem(&p2c, &chained);
 	}
+	/* Chained, the packet leaves as long as it came (4 bytes off, 4 bytes on). */
+	if (next ? !deliverable(skb, next) || !fits(skb, next, 0) : !deliverable(skb, r))
+		return TC_ACT_UNSPEC;
+	if (!charge(r, plen))
+		return TC_ACT_SHOT;
 	__u32 payload = p->l4 + sizeof(struct udphdr);
 	if (move_payload(skb, payload + CHANNEL_HEADER, payload, plen))
 		goto error;
@@ -432,7 +477,18 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct parsed *
 	__sync_fetch_and_add(&r->bytes, plen);
 	r->last_ns = bpf_ktime_get_ns();
 	count(STAT_TO_PEER);
-	return deliver(skb, r->oif);
+	if (!next)
+		return deliver(skb, r->oif);
+	/* The second leg: the datagram from the relayed address, as the other relay gets it. */
+	struct parsed q;
+
+	if (parse(skb, &q))
+		goto error;
+	if (!charge(next, plen))
+		return TC_ACT_SHOT;
+	if (frame_for_client(skb, &q, next, plen))
+		goto error;
+	return deliver(skb, next->oif);
 error:
 	count(STAT_ERRORS);
 	return TC_ACT_SHOT; /* half rewritten: it cannot go on */
@@ -459,29 +515,13 @@ static __always_inline int peer_to_client(struct __sk_buff *skb, struct parsed *
 		count(STAT_PASSED_MTU);
 		return TC_ACT_UNSPEC;
 	}
-	if (!admit(r->quota_id, plen)) {
-		__sync_fetch_and_add(&r->dropped, 1);
-		count(STAT_DROPPED_RATE);
+	if (!charge(r, plen))
+		return TC_ACT_SHOT;
+	if (frame_for_client(skb, p, r, plen)) {
+		count(STAT_ERRORS);
 		return TC_ACT_SHOT;
 	}
-	__u32 payload = p->l4 + sizeof(struct udphdr);
-	__be32 head = bpf_htonl(((__u32)r->channel << 16) | plen);
-	if (bpf_skb_change_tail(skb, skb->len + CHANNEL_HEADER, 0))
-		goto error;
-	if (move_payload(skb, payload, payload + CHANNEL_HEADER, plen))
-		goto error;
-	if (bpf_skb_store_bytes(skb, payload, &head, sizeof(head), BPF_F_RECOMPUTE_CSUM))
-		goto error;
-	if (rewrite(skb, p, r, CHANNEL_HEADER, 0, head))
-		goto error;
-	__sync_fetch_and_add(&r->packets, 1);
-	__sync_fetch_and_add(&r->bytes, plen);
-	r->last_ns = bpf_ktime_get_ns();
-	count(STAT_TO_CLIENT);
 	return deliver(skb, r->oif);
-error:
-	count(STAT_ERRORS);
-	return TC_ACT_SHOT;
 }
 
 SEC("tc")
