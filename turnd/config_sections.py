@@ -456,7 +456,8 @@ class FastpathConfig:
         default=(), metadata=_kind(ListOf(Str(), "interface names", unique=True))
     )
     """Interfaces the program is attached to. Default []: those that carry a listener or relay
-    address (every interface up when one listens on a wildcard address), lo included."""
+    address, lo included; every interface up when one is a wildcard address or an address held
+    on lo that is not a loopback one (a cluster's service IP)."""
 
     max_routes: int = attrs.field(default=65_536, metadata=_kind(Int(1, FASTPATH_ROUTES_MAX)))
     """Channels the kernel holds at once; the next ones are relayed in userspace. Default

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from stun.addresses import Address
-from tests.fastpath.topology import Topology, inside
+from tests.fastpath.topology import Topology, inside, run
 from turnd.config_sections import FastpathConfig
 from turnd.core.actions import UDP, FiveTuple
 from turnd.core.routes import ChannelRoute
@@ -310,3 +310,24 @@ def test_two_clients_of_this_server_relaying_to_each_other_go_both_legs_in_one_p
     finally:
         one.close()
         two.close()
+
+
+def test_an_address_held_on_lo_attaches_to_every_interface(
+    topologies: tuple[Topology, Topology],
+) -> None:
+    """A cluster's service IP lives on lo but its traffic comes in on the router's links: the
+    program goes on every interface that is up. A loopback address keeps it on lo alone."""
+    topo = topologies[0]
+    run("ip", "-n", topo.turnd, "addr", "add", "10.77.9.9/32", "dev", "lo")
+    try:
+        with inside(topo.turnd):
+            service_ip = FastPath(FastpathConfig(), ["10.77.9.9"])
+            loopback = FastPath(FastpathConfig(), ["127.0.0.1"])
+        try:
+            assert sorted(service_ip.links) == ["lo", "tc0", "tp0"]
+            assert sorted(loopback.links) == ["lo"]
+        finally:
+            service_ip.close()
+            loopback.close()
+    finally:
+        run("ip", "-n", topo.turnd, "addr", "del", "10.77.9.9/32", "dev", "lo")

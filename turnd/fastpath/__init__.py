@@ -29,8 +29,9 @@ OBJECT = Path(__file__).with_name("relay.bpf.o")
 BUILD_COMMAND = "python3 -m turnd.fastpath.build (Debian packages clang, libbpf-dev)"
 #: rtm_type of a route to this host (RTN_LOCAL, include/uapi/linux/rtnetlink.h).
 RTN_LOCAL = 2
-#: IFF_UP (include/uapi/linux/if.h).
+#: IFF_UP and IFF_LOOPBACK (include/uapi/linux/if.h).
 IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
 
 
 _Result = TypeVar("_Result")
@@ -82,14 +83,21 @@ class FastPath:
             if missing:
                 raise FastPathUnavailable(f"fastpath.interfaces: no interface {', '.join(missing)}")
             return {name: links[name]["index"] for name in config.interfaces}
+        every_up = {name: link["index"] for name, link in links.items() if link["flags"] & IFF_UP}
         if any(ipaddress.ip_address(a).is_unspecified for a in addresses):
-            return {name: link["index"] for name, link in links.items() if link["flags"] & IFF_UP}
+            return every_up
         wanted = {ipaddress.ip_address(a) for a in addresses}
-        indexes = {
-            addr["index"]
+        carriers = [
+            (addr["index"], ipaddress.ip_address(addr.get_attr("IFA_ADDRESS")))
             for addr in self._ask(self._ipr.get_addr)
             if ipaddress.ip_address(addr.get_attr("IFA_ADDRESS")) in wanted
-        }
+        ]
+        loopbacks = {link["index"] for link in links.values() if link["flags"] & IFF_LOOPBACK}
+        if any(index in loopbacks and not ip.is_loopback for index, ip in carriers):
+            # An address held on lo that is not a loopback one (a cluster's anycast service
+            # IP): its traffic comes in on whichever interface the router chose.
+            return every_up
+        indexes = {index for index, _ in carriers}
         found = {name: link["index"] for name, link in links.items() if link["index"] in indexes}
         if not found:
             raise FastPathUnavailable(
