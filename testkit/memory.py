@@ -284,6 +284,8 @@ class MemoryRouteCache:
         self.by_peer: dict[tuple[Address, Address], ChannelRoute] = {}
         self.rates: dict[FiveTuple, _AllocationRate] = {}
         self.total = RouteTraffic()
+        #: Every refresh the core asked for, in order.
+        self.refreshed: list[ChannelRoute] = []
 
     @property
     def installed(self) -> set[ChannelRoute]:
@@ -315,6 +317,11 @@ class MemoryRouteCache:
         if not rate.routes:
             del self.rates[route.five_tuple]
         return traffic
+
+    def refresh(self, route: ChannelRoute) -> None:
+        if route not in self.unread:
+            raise KeyError(route)  # the core refreshed what it never installed
+        self.refreshed.append(route)
 
     def collect(self) -> list[tuple[ChannelRoute, RouteTraffic]]:
         out = []

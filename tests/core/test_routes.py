@@ -115,11 +115,17 @@ def test_channel_bind_installs_the_route_and_the_cache_relays_both_ways() -> Non
 
 
 def test_refreshing_an_installed_channel_installs_nothing_more() -> None:
-    """A ChannelBind refresh of an installed route leaves it as it is."""
+    """A ChannelBind refresh of an installed route installs nothing more; the cache is told
+    the route was refreshed (so it may look again at how it reaches the route's ends), as it
+    is by a CreatePermission refreshing the peer's permission."""
     world, alice, cache = bound()
+    assert cache.refreshed == []
     alice.channel_bind(CH, PEER)
     assert cache.installed == {route_of(alice)}
     assert world.server.stats["fastpath.installed"] == 1
+    assert cache.refreshed == [route_of(alice)]
+    alice.create_permission(PEER)
+    assert cache.refreshed == [route_of(alice)] * 2
 
 
 def test_attaching_a_cache_installs_every_live_route() -> None:

@@ -17,7 +17,7 @@ from tests.fastpath.topology import Topology, inside, run
 from turnd.config_sections import FastpathConfig
 from turnd.core.actions import UDP, FiveTuple
 from turnd.core.routes import ChannelRoute
-from turnd.fastpath import FastPath
+from turnd.fastpath import FastPath, maps
 
 CHANNEL = 0x4001
 SIZES = (0, 1, 3, 255, 256, 257, 1000, 1400)
@@ -331,3 +331,35 @@ def test_an_address_held_on_lo_attaches_to_every_interface(
             loopback.close()
     finally:
         run("ip", "-n", topo.turnd, "addr", "del", "10.77.9.9/32", "dev", "lo")
+
+
+def test_a_refresh_follows_a_moved_route_and_carries_the_counts(
+    fastpath: FastPath, ends: Ends
+) -> None:
+    """When the host's route to an end has moved, a refresh rewrites the entries with the new
+    egress; what they relayed before is not lost but comes with the next read. An unchanged
+    route is left alone."""
+    routes = fastpath.routes
+    route = ends.route
+    server = (route.five_tuple.server.host, route.five_tuple.server.port)
+    assert routes.install(route, math.inf, math.inf)
+    ends.client.sendto(channel_data(b"before"), server)
+    assert received(ends.peer) == (b"before", route.relay.port)
+    routes.refresh(route)  # nothing moved
+    assert routes.rerouted == 0
+    real = routes.resolve
+    routes.resolve = lambda host: (1, real(host)[1]) if host == route.peer.host else real(host)
+    routes.refresh(route)  # the peer "moved" behind lo
+    assert routes.rerouted == 1
+    value = routes.c2p.lookup(routes.entries[route].c2p)
+    assert value is not None and maps.ROUTE.unpack(value)[5] == 1  # the egress it now uses
+    routes.resolve = real
+    routes.refresh(route)  # and back
+    assert routes.rerouted == 2
+    ends.client.sendto(channel_data(b"after"), server)
+    assert received(ends.peer) == (b"after", route.relay.port)
+    [(moved, traffic)] = routes.collect()
+    assert moved == route
+    assert (traffic.packets_to_peer, traffic.bytes_to_peer) == (2, len(b"before") + len(b"after"))
+    assert routes.collect() == []
+    routes.remove(route)

@@ -88,6 +88,10 @@ class RouteCache(Protocol):
         """Every installed route that relayed or dropped anything since it was last read, with
         that."""
 
+    def refresh(self, route: ChannelRoute) -> None:
+        """The client refreshed installed `route` (ChannelBind, CreatePermission): the cache may
+        look again at how it reaches the route's ends (a route of the host that changed)."""
+
 
 # --- installing ----------------------------------------------------------------------------------
 
@@ -114,9 +118,13 @@ def live_route(
 
 def install(server: TurnServer, alloc: Allocation, binding: ChannelBinding, now: float) -> None:
     """Hand ``binding``'s route to the cache if one is attached, the route is live and it is not
-    installed yet."""
+    installed yet; an installed one is refreshed in the cache instead."""
     cache = server.routes
-    if cache is None or binding.number in alloc.routes:
+    if cache is None:
+        return
+    installed = alloc.routes.get(binding.number)
+    if installed is not None:
+        cache.refresh(installed)
         return
     route = live_route(server, alloc, binding, now)
     if route is None:

@@ -133,6 +133,7 @@ class FastPath:
             "errors": counters["errors"],
             "passed_mtu": counters["passed_mtu"],
             "install_failures": dict(self.routes.failures),
+            "rerouted": self.routes.rerouted,
         }
 
     def close(self) -> None:

@@ -36,8 +36,13 @@ class _Entry:
     c2p: bytes
     p2c: bytes
     group: FiveTuple | None
+    quota: int
+    #: How its ends were reached at install: (peer's egress, client's egress, source address).
+    where: tuple[int, int, Address]
     to_peer: maps.Counters = maps.NO_COUNTS
     to_client: maps.Counters = maps.NO_COUNTS
+    #: Counts of entries replaced by a refresh, not read back yet.
+    carried: RouteTraffic | None = None
 
 
 class KernelRoutes:
@@ -54,8 +59,10 @@ class KernelRoutes:
         #: Quota group (an allocation's 5-tuple) -> (map key, routes using it).
         self.groups: dict[FiveTuple, tuple[int, int]] = {}
         self._next_group = 1
-        #: Why installs failed, by reason (turnd_fastpath_install_failures_total).
+        #: Why installs (or refreshes, removals) failed, by reason (turnctl status).
         self.failures: dict[str, int] = {}
+        #: Entries a refresh rewrote because the host's routes to their ends had moved.
+        self.rerouted = 0
 
     # --- RouteCache --------------------------------------------------------------------------
 
@@ -65,20 +72,11 @@ class KernelRoutes:
             return True
         if len(self.entries) >= self.max_routes:
             return self._failed("table_full")
-        client, server = route.five_tuple.client, route.five_tuple.server
-        if maps.family(client) != maps.family(route.peer):
+        if maps.family(route.five_tuple.client) != maps.family(route.peer):
             return self._failed("cross_family")
-        try:
-            peer_oif, _ = self.resolve(route.peer.host)
-            client_oif, client_source = self.resolve(client.host)
-        except Exception:  # netlink's own errors too: the channel stays in userspace
-            return self._failed("no_route")
-        wildcard = ipaddress.ip_address(server.host).is_unspecified
-        source = server
-        if wildcard:
-            if client_source is None:
-                return self._failed("no_source_address")
-            source = Address(client_source, server.port)
+        where = self._where(route)
+        if isinstance(where, str):
+            return self._failed(where)
         group = None
         quota = 0
         if packet_rate != math.inf or byte_rate != math.inf:
@@ -88,21 +86,74 @@ class KernelRoutes:
             except BpfError:
                 return self._failed("map_error")
         entry = _Entry(
-            maps.c2p_key(client, server, route.number), maps.p2c_key(route.peer, route.relay), group
+            maps.c2p_key(route.five_tuple.client, route.five_tuple.server, route.number),
+            maps.p2c_key(route.peer, route.relay),
+            group,
+            quota,
+            where,
         )
         try:
-            self.c2p.update(
-                entry.c2p, maps.route_value(route.relay, route.peer, 0, peer_oif, quota)
-            )
-            self.p2c.update(
-                entry.p2c, maps.route_value(source, client, route.number, client_oif, quota)
-            )
+            self._write(route, entry)
         except BpfError as exc:
             self.c2p.delete(entry.c2p)
             self._leave_group(group)
             return self._failed("table_full" if exc.errno == errno.E2BIG else "map_error")
         self.entries[route] = entry
         return True
+
+    def refresh(self, route: ChannelRoute) -> None:
+        """Look again at how ``route``'s ends are reached; where that changed (the host's routes
+        moved), replace its entries, carrying their counts to the next read."""
+        entry = self.entries.get(route)
+        if entry is None:
+            return
+        where = self._where(route)
+        if isinstance(where, str) or where == entry.where:
+            return  # unreachable now: the entries stay as they were until removed
+        try:
+            to_peer = self.c2p.pop(entry.c2p)
+            to_client = self.p2c.pop(entry.p2c)
+            moved = _delta(
+                entry,
+                maps.counters(to_peer) if to_peer else entry.to_peer,
+                maps.counters(to_client) if to_client else entry.to_client,
+            )
+            entry.carried = _sum(entry.carried, moved)
+            entry.where = where
+            entry.to_peer = entry.to_client = maps.NO_COUNTS
+            self._write(route, entry)
+        except BpfError:
+            self.failures["refresh_error"] = self.failures.get("refresh_error", 0) + 1
+            return
+        self.rerouted += 1
+
+    def _where(self, route: ChannelRoute) -> tuple[int, int, Address] | str:
+        """(peer's egress, client's egress, the source the client is answered from), or why
+        the route cannot be held."""
+        client, server = route.five_tuple.client, route.five_tuple.server
+        try:
+            peer_oif, _ = self.resolve(route.peer.host)
+            client_oif, client_source = self.resolve(client.host)
+        except Exception:  # netlink's own errors too: the channel stays in userspace
+            return "no_route"
+        if not ipaddress.ip_address(server.host).is_unspecified:
+            return peer_oif, client_oif, server
+        if client_source is None:
+            return "no_source_address"
+        return peer_oif, client_oif, Address(client_source, server.port)
+
+    def _write(self, route: ChannelRoute, entry: _Entry) -> None:
+        """Write ``entry``'s two map values, with zeroed counters."""
+        peer_oif, client_oif, source = entry.where
+        self.c2p.update(
+            entry.c2p, maps.route_value(route.relay, route.peer, 0, peer_oif, entry.quota)
+        )
+        self.p2c.update(
+            entry.p2c,
+            maps.route_value(
+                source, route.five_tuple.client, route.number, client_oif, entry.quota
+            ),
+        )
 
     def remove(self, route: ChannelRoute) -> RouteTraffic:
         """Take ``route`` out of the maps; what it relayed since it was last read."""
@@ -115,12 +166,13 @@ class KernelRoutes:
             self._leave_group(entry.group)
         except BpfError:  # not seen: the counts last read are what is known
             self.failures["remove_error"] = self.failures.get("remove_error", 0) + 1
-            return RouteTraffic()
-        return _delta(
+            return entry.carried or RouteTraffic()
+        final = _delta(
             entry,
             maps.counters(to_peer) if to_peer else entry.to_peer,
             maps.counters(to_client) if to_client else entry.to_client,
         )
+        return _sum(entry.carried, final)
 
     def collect(self) -> list[tuple[ChannelRoute, RouteTraffic]]:
         """Every route whose counters moved since the last read, with what moved."""
@@ -133,9 +185,11 @@ class KernelRoutes:
                 continue
             peer_counts = maps.counters(to_peer) if to_peer else entry.to_peer
             client_counts = maps.counters(to_client) if to_client else entry.to_client
-            if peer_counts == entry.to_peer and client_counts == entry.to_client:
+            unchanged = peer_counts == entry.to_peer and client_counts == entry.to_client
+            if unchanged and entry.carried is None:
                 continue
-            moved.append((route, _delta(entry, peer_counts, client_counts)))
+            moved.append((route, _sum(entry.carried, _delta(entry, peer_counts, client_counts))))
+            entry.carried = None
         return moved
 
     # --- the rest ------------------------------------------------------------------------------
@@ -191,6 +245,22 @@ def _delta(entry: _Entry, to_peer: maps.Counters, to_client: maps.Counters) -> R
     entry.to_peer = to_peer
     entry.to_client = to_client
     return traffic
+
+
+def _sum(carried: RouteTraffic | None, traffic: RouteTraffic) -> RouteTraffic:
+    """``traffic`` plus what a refresh carried over (the later last use)."""
+    if carried is None:
+        return traffic
+    seen = [t for t in (carried.last_seen, traffic.last_seen) if t is not None]
+    return RouteTraffic(
+        packets_to_peer=carried.packets_to_peer + traffic.packets_to_peer,
+        bytes_to_peer=carried.bytes_to_peer + traffic.bytes_to_peer,
+        packets_to_client=carried.packets_to_client + traffic.packets_to_client,
+        bytes_to_client=carried.bytes_to_client + traffic.bytes_to_client,
+        dropped_to_peer=carried.dropped_to_peer + traffic.dropped_to_peer,
+        dropped_to_client=carried.dropped_to_client + traffic.dropped_to_client,
+        last_seen=max(seen) if seen else None,
+    )
 
 
 def _wall_clock(monotonic_ns: int) -> float:
