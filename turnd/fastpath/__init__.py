@@ -25,6 +25,9 @@ from turnd.fastpath.maps import ROUTE_LOCAL
 #: The program's source and the object turnd/fastpath/build.py compiles from it.
 SOURCE = Path(__file__).with_name("relay.bpf.c")
 OBJECT = Path(__file__).with_name("relay.bpf.o")
+#: A source this much newer than the object was edited after the build (an install writes
+#: both within the same moment, in either order).
+STALE_AFTER = 1.0
 #: How an operator builds it (build.py runs on a bare python3: scripts/run and scripts/test do).
 BUILD_COMMAND = "python3 -m turnd.fastpath.build (Debian packages clang, libbpf-dev)"
 #: rtm_type of a route to this host (RTN_LOCAL, include/uapi/linux/rtnetlink.h).
@@ -50,7 +53,7 @@ class FastPath:
             raise FastPathUnavailable(
                 f"the compiled program {OBJECT} is missing: build it with {BUILD_COMMAND}"
             )
-        if SOURCE.exists() and SOURCE.stat().st_mtime > OBJECT.stat().st_mtime:
+        if SOURCE.exists() and SOURCE.stat().st_mtime > OBJECT.stat().st_mtime + STALE_AFTER:
             raise FastPathUnavailable(
                 f"{OBJECT} is older than {SOURCE.name}: rebuild it with {BUILD_COMMAND}"
             )
