@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from turnd.config_sections import FastpathConfig
 from turnd.fastpath.kernel import KernelRoutes
-from turnd.fastpath.libbpf import BpfError, BpfObject, attach_tcx_ingress
+from turnd.fastpath.libbpf import PROGRAM, BpfError, BpfObject, attach_tcx_ingress
 from turnd.fastpath.maps import ROUTE_LOCAL
 
 #: The program's source and the object turnd/fastpath/build.py compiles from it.
@@ -67,7 +67,7 @@ class FastPath:
         try:
             names = self._interfaces(config, list(addresses))
             self._obj = BpfObject(str(OBJECT), {"c2p": config.max_routes, "p2c": config.max_routes})
-            program = self._obj.program_fd("turnd_relay")
+            program = self._obj.program_fd(PROGRAM)
             for name, index in names.items():
                 self.links[name] = attach_tcx_ingress(program, index)
             self.routes = KernelRoutes(self._obj, self.resolve, config.max_routes)

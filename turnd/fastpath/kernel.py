@@ -49,10 +49,11 @@ class KernelRoutes:
     """The core's route cache in the relay program's maps."""
 
     def __init__(self, obj: BpfObject, resolve: Resolver, max_routes: int) -> None:
-        self.c2p = BpfMap(obj.map_fd("c2p"), maps.C2P_KEY.size, maps.ROUTE.size, "c2p")
-        self.p2c = BpfMap(obj.map_fd("p2c"), maps.P2C_KEY.size, maps.ROUTE.size, "p2c")
-        self.quotas = BpfMap(obj.map_fd("quotas"), 4, maps.QUOTA.size, "quotas")
-        self.stats_map = BpfMap(obj.map_fd("stats"), 4, 8 * possible_cpus(), "stats")
+        self.c2p = obj.map("c2p", maps.C2P_KEY.size, maps.ROUTE.size)
+        self.p2c = obj.map("p2c", maps.P2C_KEY.size, maps.ROUTE.size)
+        self.quotas = obj.map("quotas", 4, maps.QUOTA.size)
+        # A per-CPU array reads back one 8-byte counter per possible CPU.
+        self.stats_map = BpfMap(obj.map("stats", 4, 8).fd, 8 * possible_cpus(), "stats")
         self.resolve = resolve
         self.max_routes = max_routes
         self.entries: dict[ChannelRoute, _Entry] = {}

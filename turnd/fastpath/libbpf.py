@@ -23,6 +23,8 @@ BPF_TCX_INGRESS = 46
 #: BPF_MAP_UPDATE_ELEM flags.
 BPF_ANY = 0
 BPF_NOEXIST = 1
+#: The object's one program (relay.bpf.c).
+PROGRAM = "turnd_relay"
 #: Bytes kept of the verifier's log when a load fails (its last lines say why).
 VERIFIER_LOG_BYTES = 1 << 20
 
@@ -64,6 +66,8 @@ def library() -> Any:
         "bpf_object__find_program_by_name": (vp, [vp, cp]),
         "bpf_map__set_max_entries": (i, [vp, u32]),
         "bpf_map__fd": (i, [vp]),
+        "bpf_map__key_size": (u32, [vp]),
+        "bpf_map__value_size": (u32, [vp]),
         "bpf_program__fd": (i, [vp]),
         "bpf_program__set_log_buf": (i, [vp, cp, ctypes.c_size_t]),
         "bpf_program__set_log_level": (i, [vp, u32]),
@@ -107,14 +111,11 @@ class BpfObject:
                     lib.bpf_map__set_max_entries(self._map(name), size),
                 )
             log = ctypes.create_string_buffer(VERIFIER_LOG_BYTES)
-            programs = []
-            for name in ("turnd_relay",):
-                program = lib.bpf_object__find_program_by_name(handle, name.encode())
-                if not program:
-                    raise BpfError(f"program {name} in {path}", errno.ENOENT)
-                lib.bpf_program__set_log_buf(program, log, VERIFIER_LOG_BYTES)
-                lib.bpf_program__set_log_level(program, 1)
-                programs.append(program)
+            program = lib.bpf_object__find_program_by_name(handle, PROGRAM.encode())
+            if not program:
+                raise BpfError(f"program {PROGRAM} in {path}", errno.ENOENT)
+            lib.bpf_program__set_log_buf(program, log, VERIFIER_LOG_BYTES)
+            lib.bpf_program__set_log_level(program, 1)
             result = lib.bpf_object__load(handle)
             if result < 0:
                 lines = log.value.decode(errors="replace").strip().splitlines()
@@ -129,9 +130,17 @@ class BpfObject:
             raise BpfError(f"map {name}", errno.ENOENT)
         return int(found)
 
-    def map_fd(self, name: str) -> int:
-        """The file descriptor of map ``name``."""
-        return _check(f"map {name}", library().bpf_map__fd(self._map(name)))
+    def map(self, name: str, key_size: int, value_size: int) -> BpfMap:
+        """Map ``name``, whose key and value must have these sizes (the layouts of
+        turnd.fastpath.maps): BpfError when the object's C structs say otherwise."""
+        lib, found = library(), self._map(name)
+        sizes = (lib.bpf_map__key_size(found), lib.bpf_map__value_size(found))
+        if sizes != (key_size, value_size):
+            raise BpfError(
+                f"map {name}", errno.EINVAL, f"key and value of {sizes}, expected "
+                f"{(key_size, value_size)}: the object and turnd disagree, rebuild it"
+            )  # fmt: skip
+        return BpfMap(_check(f"map {name}", lib.bpf_map__fd(found)), value_size, name)
 
     def program_fd(self, name: str) -> int:
         """The file descriptor of program ``name``."""
@@ -159,9 +168,8 @@ def attach_tcx_ingress(program_fd: int, ifindex: int) -> int:
 class BpfMap:
     """One map of fixed key and value sizes."""
 
-    def __init__(self, fd: int, key_size: int, value_size: int, name: str) -> None:
+    def __init__(self, fd: int, value_size: int, name: str) -> None:
         self.fd = fd
-        self.key_size = key_size
         self.value_size = value_size
         self.name = name
 
@@ -171,20 +179,18 @@ class BpfMap:
 
     def lookup(self, key: bytes) -> bytes | None:
         """The value under ``key``, or None."""
-        out = ctypes.create_string_buffer(self.value_size)
-        result = library().bpf_map_lookup_elem(self.fd, key, out)
-        if result == -errno.ENOENT:
-            return None
-        _check(f"lookup {self.name}", result)
-        return out.raw
+        return self._read(library().bpf_map_lookup_elem, "lookup", key)
 
     def pop(self, key: bytes) -> bytes | None:
         """Remove ``key``, atomically returning its last value (or None: it was not there)."""
+        return self._read(library().bpf_map_lookup_and_delete_elem, "remove from", key)
+
+    def _read(self, call: Any, what: str, key: bytes) -> bytes | None:
         out = ctypes.create_string_buffer(self.value_size)
-        result = library().bpf_map_lookup_and_delete_elem(self.fd, key, out)
+        result = call(self.fd, key, out)
         if result == -errno.ENOENT:
             return None
-        _check(f"remove from {self.name}", result)
+        _check(f"{what} {self.name}", result)
         return out.raw
 
     def delete(self, key: bytes) -> bool:
