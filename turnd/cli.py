@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -108,14 +109,17 @@ def main_command(
     raise typer.Exit(_run(resolved, notes, path, overrides))
 
 
-def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str, object]) -> int:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (libuv: cheaper per datagram), else asyncio's."""
     try:
-        import uvloop  # libuv event loop: cheaper per datagram than the default loop
+        import uvloop
     except ImportError:
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str, object]) -> int:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         try:
             runner.run(_serve(config, notes, path, overrides))
         except StateError as exc:  # a bad state file: as bad config, a restart cannot fix it

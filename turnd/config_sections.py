@@ -134,6 +134,14 @@ class ServerConfig:
     Default false: turnd refuses to start, naming the file, since a silently dropped line
     would let a revoked credential in again. Also the flag --accept-damaged-revocations."""
 
+    workers: int = attrs.field(default=1, metadata=_kind(Int(0, 256)))
+    """Worker processes that relay side by side, each on its own core with its own share of the
+    relay ports, behind one supervisor (the main PID) that serves turnctl and the metrics for all
+    of them; 0: one per usable core. Default 1: one process, as before. With more than one, the
+    listeners are shared with SO_REUSEPORT and each client flow stays on one worker for its
+    whole life; the relay port range is split evenly, so each worker holds its share of
+    ``relay.port_max - relay.port_min + 1`` ports. Read at start."""
+
     log_level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=_kind(Choice(LogLevel)))
     """Least severe level logged: debug, info, warning or error. Default "info"."""
 

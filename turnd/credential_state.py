@@ -61,6 +61,9 @@ class CredentialState:
         self._state_writer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="turnd-state"
         )
+        #: Told of every revocation made here that the rest of the node must make too (the
+        #: supervisor's fan-out, with workers).
+        self.on_revoke: Callable[[str], None] | None = None
         self.rebuild_authenticator()
         loaded = len(self.revoked)
         self._prune_revocations(time.time())
@@ -114,6 +117,8 @@ class CredentialState:
         self.revoked.add(username)
         if broadcast and self._owner.cluster is not None:
             self._owner.cluster.send_all(self._owner.cluster.node.announce_revocation(username))
+        if broadcast and self.on_revoke is not None:
+            self.on_revoke(username)
         now = time.time()
         actions = self._owner.core.revoke(username, now)
         if new:

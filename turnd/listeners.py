@@ -13,6 +13,7 @@ import errno
 import logging
 import socket
 import ssl
+from collections.abc import Mapping
 
 import attrs
 
@@ -54,6 +55,42 @@ def bind_failure_reason(exc: OSError, port: int) -> str:
     return exc.strerror or str(exc)
 
 
+def bind_stream(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (OSError when it cannot be bound)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_datagram(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
+    """A UDP listener socket on ``host``:``port`` with the relay buffers (OSError when it cannot
+    be bound)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        set_buffers(sock)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Listeners:
     """The client listeners of one service."""
 
@@ -66,10 +103,19 @@ class Listeners:
         self._tls_listeners: list[socket.socket] = []
         self.tls_context: ssl.SSLContext | None = None
         self.tls_error = ""
+        self._inherited: Mapping[tuple[str, str, int], socket.socket] | None = None
 
-    async def start(self, config: Config) -> None:
+    async def start(
+        self, config: Config, inherited: Mapping[tuple[str, str, int], socket.socket] | None = None
+    ) -> None:
         """Start every listener of ``config``; a failed one is reported, not raised, but for
-        an operator's own TLS certificate that cannot serve (StartupError)."""
+        an operator's own TLS certificate that cannot serve (StartupError).
+
+        ``inherited`` holds sockets bound already, by (transport, address, configured port): a
+        worker's share of the supervisor's listeners (turnd.workers). They are served as they
+        are; a listener missing from it is one the supervisor could not bind, so it is skipped.
+        """
+        self._inherited = inherited
         listen = config.server.listen
         if any(listener.transport is ListenerTransport.TLS for listener in listen):
             self._load_tls(config)
@@ -91,16 +137,25 @@ class Listeners:
                         Transport(listener.transport.value), str(address), listener.port, timeout
                     )
 
+    def _adopted(self, transport: str, host: str, port: int) -> socket.socket | None | bool:
+        """The inherited socket of a listener; True when this service binds its own; None when
+        it is a worker's and the supervisor has none for it."""
+        if self._inherited is None:
+            return True
+        return self._inherited.get((transport, host, port))
+
     async def _start_udp(self, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        adopted = self._adopted("udp", host, port)
+        if adopted is None:
+            return
+        if isinstance(adopted, socket.socket):
+            bound = Address(host, adopted.getsockname()[1])
+            await self._path.listen_udp(bound, adopted)
+            self.bound.append(("udp", bound))
+            return
         try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            set_buffers(sock)
-            sock.bind((host, port))
+            sock = bind_datagram(host, port)
         except OSError as exc:
-            sock.close()
             self.report("udp", host, port, False, bind_failure_reason(exc, port))
             return
         bound = Address(host, sock.getsockname()[1])
@@ -128,18 +183,17 @@ class Listeners:
                 self.report(kind.value, host, port, False, f"no TLS context: {self.tls_error}")
                 return
             context = self.tls_context
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-            sock.listen(LISTEN_BACKLOG)
-        except OSError as exc:
-            sock.close()
-            self.report(kind.value, host, port, False, bind_failure_reason(exc, port))
+        adopted = self._adopted(kind.value, host, port)
+        if adopted is None:
             return
+        if isinstance(adopted, socket.socket):
+            sock = adopted
+        else:
+            try:
+                sock = bind_stream(host, port)
+            except OSError as exc:
+                self.report(kind.value, host, port, False, bind_failure_reason(exc, port))
+                return
         bound = Address(host, sock.getsockname()[1])
         if context is None:
             path = self._path
@@ -150,7 +204,8 @@ class Listeners:
             self._tls_listeners.append(sock)
             self._path.spawn(serve_tls(self._path, sock, bound, context, timeout))
         self.bound.append((kind.value, bound))
-        self.report(kind.value, host, bound.port, True)
+        if not isinstance(adopted, socket.socket):
+            self.report(kind.value, host, bound.port, True)
 
     def report(self, transport: str, host: str, port: int, ok: bool, reason: str = "") -> None:
         self.reports.append(ListenerReport(transport, host, port, ok, reason))

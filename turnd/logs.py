@@ -27,8 +27,19 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+#: Fields every event of this process carries (a worker's slot).
+_CONTEXT: dict[str, Any] = {}
+
+
+def set_context(**fields: Any) -> None:
+    """Add ``fields`` to every event this process logs from now on (``worker=N``)."""
+    _CONTEXT.update(fields)
+
+
 def event(level: int, name: str, message: str = "", **fields: Any) -> None:
     """Log event ``name`` with ``fields`` (and an optional human sentence)."""
+    if _CONTEXT:
+        fields = {**_CONTEXT, **fields}
     LOGGER.log(level, message or name, extra={"event": name, "fields": fields})
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -60,8 +61,11 @@ class TurnService:
         *,
         relay_ipv4: str | None = None,
         config_source: Callable[[], Config] | None = None,
+        inherited: Mapping[tuple[str, str, int], socket.socket] | None = None,
     ) -> None:
         self.config = config
+        #: Listener sockets bound by a supervisor, when this service is one of its workers.
+        self.inherited = inherited
         self.started = time.time()
         #: Produces a fresh configuration for reloads (SIGHUP, turnctl reload).
         self.config_source = config_source
@@ -147,7 +151,7 @@ class TurnService:
                 await self.cluster.start()
             except ClusterError as exc:
                 raise StartupError(str(exc)) from exc
-        await self.listeners.start(self.config)
+        await self.listeners.start(self.config, self.inherited)
         await self.side.start()
         if not self.bound:
             raise StartupError(

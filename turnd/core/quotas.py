@@ -11,7 +11,7 @@ binds; each is counted by :meth:`AllocationQuotas.add` when its ports are taken 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from turnd.core.allocation import Allocation
@@ -27,6 +27,14 @@ class AllocationQuotas:
         self.stats = stats
         self._per_user: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()
+        #: Allocations the node's other workers hold (turnd.workers), per user, per client IP
+        #: and in all: the quotas are the node's, so the checks count them too. The supervisor
+        #: keeps them current; empty on a single process.
+        self.elsewhere_user: Counter[str] = Counter()
+        self.elsewhere_ip: Counter[str] = Counter()
+        self.elsewhere_total = 0
+        #: Told of every count this worker adds (+1) or forgets (-1): (username, host, delta).
+        self.on_change: Callable[[str, str, int], None] | None = None
 
     @property
     def per_user(self) -> Mapping[str, int]:
@@ -45,13 +53,14 @@ class AllocationQuotas:
         if draining:
             self.stats["quota.draining"] += 1
             raise StunError(508, "this server is draining: it takes no new allocations")
-        if held >= settings.max_allocations:
+        if held + self.elsewhere_total >= settings.max_allocations:
             self.stats["quota.node"] += 1
             raise StunError(508, "node allocation limit reached")
-        if self._per_user[username] >= settings.max_allocations_per_user:
+        user_held = self._per_user[username] + self.elsewhere_user[username]
+        if user_held >= settings.max_allocations_per_user:
             self.stats["quota.user"] += 1
             raise StunError(486)
-        if self._per_ip[host] >= settings.max_allocations_per_ip:
+        if self._per_ip[host] + self.elsewhere_ip[host] >= settings.max_allocations_per_ip:
             self.stats["quota.client_ip"] += 1
             raise StunError(486, "Allocation Quota Reached for this client address")
 
@@ -59,6 +68,8 @@ class AllocationQuotas:
         """One allocation more for ``username`` and ``host``."""
         self._per_user[username] += 1
         self._per_ip[host] += 1
+        if self.on_change is not None:
+            self.on_change(username, host, 1)
 
     def forget(self, username: str, host: str) -> None:
         """One allocation less for the quotas of ``username`` and ``host``."""
@@ -66,6 +77,16 @@ class AllocationQuotas:
             counter[key] -= 1
             if not counter[key]:
                 del counter[key]
+        if self.on_change is not None:
+            self.on_change(username, host, -1)
+
+    def count_elsewhere(self, username: str, host: str, delta: int) -> None:
+        """Another worker of the node took (+1) or gave back (-1) an allocation."""
+        for counter, key in ((self.elsewhere_user, username), (self.elsewhere_ip, host)):
+            counter[key] += delta
+            if counter[key] <= 0:
+                del counter[key]
+        self.elsewhere_total = max(0, self.elsewhere_total + delta)
 
     def check_permissions(self, alloc: Allocation, hosts: set[str]) -> None:
         """Refuse (508) what would take ``alloc`` past its permission limit (§9.2, §11.2)."""

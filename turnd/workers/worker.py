@@ -1,0 +1,163 @@
+"""One worker process: a whole :class:`turnd.service.TurnService` over the supervisor's sockets.
+
+Started by the supervisor as ``python -m turnd.workers.worker --channel FD`` with its boot
+settings in ``$TURND_WORKER_BOOT`` (JSON: the configuration source, its slot, the worker count
+and the inherited listener sockets' fd numbers). It serves its share of the listeners and its
+slice of the relay ports, answers the supervisor's requests (:class:`WorkerOps`) and tells it of
+every allocation count its quotas take or give back, and of revocations made here. It stops on
+SIGTERM, or when the channel closes (its supervisor is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import attrs
+
+from turnd import logs
+from turnd.assembly import StartupError, resolve_secrets
+from turnd.config import Config, load_config
+from turnd.logs import event
+from turnd.service import TurnService
+from turnd.workers.rpc import Channel
+
+#: The environment variable that carries a worker's boot settings.
+BOOT_ENV = "TURND_WORKER_BOOT"
+
+
+def relay_slice(port_min: int, port_max: int, slot: int, count: int) -> tuple[int, int]:
+    """Worker ``slot``'s share of the relay ports: even contiguous slices, the last one taking
+    the remainder. ValueError when the range is too small for ``count`` workers."""
+    size = (port_max - port_min + 1) // count
+    if size < 1:
+        raise ValueError(
+            f"relay ports {port_min}-{port_max} are too few for {count} workers: widen "
+            "relay.port_min..relay.port_max or lower server.workers"
+        )
+    low = port_min + slot * size
+    high = port_max if slot == count - 1 else low + size - 1
+    return low, high
+
+
+def worker_config(config: Config, slot: int, count: int) -> Config:
+    """What worker ``slot`` of ``count`` runs: its relay slice, and no side server of its own
+    but the credential endpoint on slot 0 (the supervisor serves metrics and turnctl)."""
+    low, high = relay_slice(config.relay.port_min, config.relay.port_max, slot, count)
+    relay = attrs.evolve(config.relay, port_min=low, port_max=high)
+    control = attrs.evolve(config.control, socket="", listen=None, token=None)
+    metrics = attrs.evolve(config.metrics, listen=None)
+    api = config.api if slot == 0 else attrs.evolve(config.api, listen=None)
+    server = attrs.evolve(config.server, workers=1)
+    return attrs.evolve(
+        config, relay=relay, control=control, metrics=metrics, api=api, server=server
+    )
+
+
+class Worker:
+    """The running worker: its service and its channel to the supervisor."""
+
+    def __init__(self, boot: dict[str, Any], channel_fd: int) -> None:
+        self.slot: int = boot["slot"]
+        self.count: int = boot["count"]
+        path, overrides = boot["config_path"], boot["overrides"]
+
+        def fresh_config() -> Config:
+            loaded = resolve_secrets(load_config(path, os.environ, overrides))[0]
+            return worker_config(loaded, self.slot, self.count)
+
+        self.fresh_config = fresh_config
+        config = fresh_config()
+        inherited = {
+            (transport, host, port): socket.socket(fileno=fd)
+            for transport, host, port, fd in boot["listeners"]
+        }
+        self.service = TurnService(config, config_source=fresh_config, inherited=inherited)
+        self.stopped = asyncio.Event()
+        self.channel = Channel(
+            socket.socket(fileno=channel_fd), self.handle, self.notice, name="supervisor"
+        )
+        quotas = self.service.core.quotas
+        quotas.on_change = self._quota_changed
+        self.service.credentials.on_revoke = self._revoked
+
+    def _quota_changed(self, username: str, host: str, delta: int) -> None:
+        self.channel.notify("quota", {"username": username, "host": host, "delta": delta})
+
+    def _revoked(self, username: str) -> None:
+        self.channel.notify("revoked", {"username": username})
+
+    def notice(self, op: str, args: dict[str, Any]) -> None:
+        """A notice from the supervisor: another worker's allocation counts."""
+        quotas = self.service.core.quotas
+        if op == "elsewhere":
+            quotas.count_elsewhere(str(args["username"]), str(args["host"]), int(args["delta"]))
+        elif op == "elsewhere_all":
+            quotas.elsewhere_user.clear()
+            quotas.elsewhere_ip.clear()
+            quotas.elsewhere_user.update(args["users"])
+            quotas.elsewhere_ip.update(args["hosts"])
+            quotas.elsewhere_total = int(args["total"])
+        elif op == "stop":
+            self.stopped.set()
+
+    def handle(self, op: str, args: dict[str, Any]) -> Any:
+        """A request from the supervisor (turnctl and the metrics, fanned out)."""
+        from turnd.workers.worker_ops import WorkerOps
+
+        return WorkerOps(self.service).handle(op, args)
+
+    async def run(self) -> None:
+        await self.channel.open()
+        reader = asyncio.get_running_loop().create_task(self.channel.run())
+        reader.add_done_callback(lambda _: self.stopped.set())
+        try:
+            await self.service.start()
+        except BaseException:
+            await self.service.stop()
+            raise
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
+        for ignored in (signal.SIGINT, signal.SIGHUP):  # the supervisor's to act on
+            loop.add_signal_handler(ignored, lambda: None)
+        quotas = self.service.core.quotas
+        self.channel.notify(
+            "ready",
+            {
+                "pid": os.getpid(),
+                "users": dict(quotas.per_user),
+                "hosts": dict(quotas.per_ip),
+            },
+        )
+        await self.stopped.wait()
+        await self.service.stop()
+        self.channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="turnd-worker", description=__doc__)
+    parser.add_argument("--channel", type=int, required=True, help="fd of the supervisor channel")
+    options = parser.parse_args(argv)
+    boot = json.loads(os.environ.pop(BOOT_ENV))
+    logs.setup(boot["log_level"], boot["log_format"])
+    logs.set_context(worker=boot["slot"])
+    try:
+        from turnd.cli import event_loop_factory
+
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(Worker(boot, options.channel).run())
+    except StartupError as exc:
+        event(logging.ERROR, "worker.failed", str(exc), slot=boot["slot"])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
