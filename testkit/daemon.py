@@ -164,8 +164,10 @@ def start_turnd(
     listen: str = '["udp:0"]',
     addresses: str = '["127.0.0.1"]',
     env: dict[str, str] | None = None,
+    ready: str = "service.started",
 ) -> Daemon:
-    """Start turnd with :func:`write_config` and wait until it serves."""
+    """Start turnd with :func:`write_config` and wait until it serves: until it logs
+    ``ready`` (``workers.ready`` for a node of many workers)."""
     config = write_config(directory, extra, listen=listen, addresses=addresses)
     log_path = directory / "turnd.log"
     with log_path.open("wb") as log:
@@ -178,7 +180,7 @@ def start_turnd(
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         text = log_path.read_text()
-        if '"service.started"' in text:
+        if f'"{ready}"' in text:
             ports: dict[str, list[int]] = {}
             for line in text.splitlines():
                 if line.startswith("{"):

@@ -12,8 +12,8 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -119,9 +119,16 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _run(config: Config, notes: list[str], path: str | None, overrides: dict[str, object]) -> int:
+    from turnd.workers.supervisor import supervise, worker_count
+
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         try:
-            runner.run(_serve(config, notes, path, overrides))
+            if worker_count(config) == 1:
+                runner.run(_serve(config, notes, path, overrides))
+            else:  # the secrets are resolved (generated) here, before any worker reads them
+                for note in notes:
+                    logs.event(logging.WARNING, "auth.generated_secret", note)
+                runner.run(supervise(config, path, overrides))
         except StateError as exc:  # a bad state file: as bad config, a restart cannot fix it
             typer.echo(f"turnd: {exc}", err=True)
             return 2

@@ -137,7 +137,7 @@ class Listeners:
                         Transport(listener.transport.value), str(address), listener.port, timeout
                     )
 
-    def _adopted(self, transport: str, host: str, port: int) -> socket.socket | None | bool:
+    def _adopted(self, transport: str, host: str, port: int) -> socket.socket | bool | None:
         """The inherited socket of a listener; True when this service binds its own; None when
         it is a worker's and the supervisor has none for it."""
         if self._inherited is None:

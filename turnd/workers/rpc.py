@@ -154,4 +154,3 @@ class Channel:
             if not future.done():
                 future.set_exception(ChannelClosed(f"{self.name} closed"))
         self._waiting.clear()
-

@@ -1,0 +1,541 @@
+"""The supervisor: the main process of a node that runs ``[server] workers`` worker processes.
+
+It binds every client listener once per worker with SO_REUSEPORT, in slot order, and puts the
+reuseport selector (:mod:`turnd.workers.selector`) on each UDP group, so that a client flow
+always reaches the same slot; it keeps all those sockets open for its whole life, whatever
+happens to the workers. Each worker (:mod:`turnd.workers.worker`) gets its slot's sockets, its
+slice of the relay ports and one channel (:mod:`turnd.workers.rpc`) back here.
+
+What must be one node across the workers goes through here: turnctl's control API and the
+Prometheus scrape (:class:`turnd.workers.views.FanOutOps` over :meth:`Supervisor.call`), the
+allocation quotas (every worker tells its counts, and hears the others'), and revocations (made
+on one worker, applied on all). A worker that exits is started again on the same slot, after a
+pause that grows while it keeps failing; only its own allocations are lost, and the clients of
+its slot wait in its sockets' queues meanwhile.
+
+Signals: SIGTERM and SIGINT stop every worker and then the supervisor; SIGHUP reloads every
+worker. systemd sees the supervisor as the main PID: READY=1 once every worker serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from turnd import logs, systemd
+from turnd.assembly import StartupError
+from turnd.config import Config
+from turnd.config import Transport as ListenerTransport
+from turnd.listeners import bind_datagram, bind_failure_reason, bind_stream
+from turnd.logs import event
+from turnd.workers import selector
+from turnd.workers.rpc import Channel, ChannelClosed, RemoteError
+from turnd.workers.views import WorkerInfo, WorkerUnavailable, raise_remote
+from turnd.workers.worker import BOOT_ENV, relay_slice
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+#: Seconds a worker has to serve after it is started before it counts as failed.
+READY_TIMEOUT = 60.0
+#: The pause before a worker that exited is started again, doubled while it keeps exiting
+#: within :data:`STABLE_AFTER` seconds of its start, up to :data:`MAX_RESTART_DELAY`.
+RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+STABLE_AFTER = 60.0
+#: Seconds a stopping worker has to end before it is killed.
+STOP_TIMEOUT = 20.0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(config: Config) -> int:
+    """How many workers ``[server] workers`` asks for: 0 is one per usable core."""
+    return config.server.workers or usable_cores()
+
+
+def check_workers(config: Config, count: int) -> None:
+    """StartupError when ``config`` cannot run as ``count`` workers, saying what to change."""
+    if count > 1 and config.cluster.enabled:
+        raise StartupError(
+            "server.workers > 1 does not run in a cluster yet: set server.workers = 1 on "
+            "cluster nodes (each node is one process on the backbone)"
+        )
+    try:
+        relay_slice(config.relay.port_min, config.relay.port_max, 0, count)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One worker's place: its sockets, and the process that serves them now."""
+
+    index: int
+    #: (transport, host, configured port, socket) of each listener this slot serves.
+    listeners: list[tuple[str, str, int, socket.socket]] = attrs.field(factory=list)
+    process: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    up: bool = False
+    restarts: int = 0
+    started: float | None = None
+    ready: asyncio.Event = attrs.field(factory=asyncio.Event)
+    #: The worker's allocations by username and by client IP, as it last told (quotas).
+    users: Counter[str] = attrs.field(factory=Counter)
+    hosts: Counter[str] = attrs.field(factory=Counter)
+
+    def info(self) -> WorkerInfo:
+        pid = self.process.pid if self.process is not None else None
+        return WorkerInfo(self.index, pid, self.up, self.restarts, self.started)
+
+
+class Supervisor:
+    """Starts, watches and stops the workers of one node; implements
+    :class:`turnd.workers.views.WorkerCalls` for the control API and the metrics."""
+
+    def __init__(
+        self,
+        config: Config,
+        count: int,
+        config_path: str | None,
+        overrides: dict[str, object],
+    ) -> None:
+        check_workers(config, count)
+        self.config = config
+        self.count = count
+        self._config_path = config_path
+        self._overrides = {key: str(value) for key, value in overrides.items()}
+        self.places = [Slot(index) for index in range(count)]
+        self.started = time.time()
+        self.stopping = False
+        #: The bound listeners: (transport, host, port) once each, for the status line.
+        self.bound: list[tuple[str, str, int]] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._side: list[web.AppRunner] = []
+        self.metrics_port: int | None = None
+
+    # --- sockets -----------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind each listener once per slot (SO_REUSEPORT, in slot order) and put the selector
+        on the UDP groups. A listener that cannot be bound is logged and left out; StartupError
+        when none can be."""
+        failures: list[str] = []
+        for address in self.config.listen_addresses():
+            host = str(address)
+            for listener in self.config.server.listen:
+                transport = listener.transport.value
+                try:
+                    group = self._bind_group(listener.transport, host, listener.port)
+                except OSError as exc:
+                    reason = bind_failure_reason(exc, listener.port)
+                    failures.append(f"{transport} {host}:{listener.port}: {reason}")
+                    event(
+                        logging.WARNING,
+                        "listener.failed",
+                        transport=transport,
+                        address=host,
+                        port=listener.port,
+                        reason=reason,
+                    )
+                    continue
+                for slot, sock in zip(self.places, group, strict=True):
+                    slot.listeners.append((transport, host, listener.port, sock))
+                port = group[0].getsockname()[1]
+                self.bound.append((transport, host, port))
+                event(
+                    logging.INFO, "listener.started", transport=transport, address=host, port=port
+                )
+        if not self.bound:
+            raise StartupError("no listener could be started: " + "; ".join(failures))
+
+    def _bind_group(self, kind: ListenerTransport, host: str, port: int) -> list[socket.socket]:
+        """``count`` sockets sharing ``host``:``port`` (the first one's port when 0 is asked)."""
+        group: list[socket.socket] = []
+        try:
+            for _ in range(self.count):
+                if kind is ListenerTransport.UDP:
+                    sock = bind_datagram(host, port, reuseport=True)
+                else:
+                    sock = bind_stream(host, port, reuseport=True)
+                group.append(sock)
+                port = sock.getsockname()[1]
+            if kind is ListenerTransport.UDP:
+                selector.attach(group[0], self.count)
+        except OSError:
+            for sock in group:
+                sock.close()
+            raise
+        return group
+
+    # --- workers -----------------------------------------------------------------------------
+
+    async def _spawn(self, slot: Slot) -> None:
+        """Start the worker of ``slot`` on its sockets, with a fresh channel."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [sock.fileno() for *_, sock in slot.listeners]
+        boot = {
+            "slot": slot.index,
+            "count": self.count,
+            "config_path": self._config_path,
+            "overrides": self._overrides,
+            "listeners": [[t, h, p, s.fileno()] for t, h, p, s in slot.listeners],
+            "log_level": self.config.server.log_level.value,
+            "log_format": self.config.server.log_format.value,
+        }
+        env = {key: value for key, value in os.environ.items() if key != systemd.NOTIFY_SOCKET}
+        env[BOOT_ENV] = json.dumps(boot)
+        try:
+            slot.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "turnd.workers.worker",
+                "--channel",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno(), *fds],
+                env=env,
+                start_new_session=True,  # Ctrl-C in a terminal is the supervisor's to act on
+            )
+        finally:
+            theirs.close()
+        slot.ready = asyncio.Event()
+        slot.started = time.time()
+        slot.users.clear()
+        slot.hosts.clear()
+        channel = Channel(
+            ours,
+            self._worker_request,
+            lambda op, args: self._notice(slot, op, args),
+            name=f"worker {slot.index}",
+        )
+        await channel.open()
+        slot.channel = channel
+        asyncio.get_running_loop().create_task(channel.run())
+        # What the others hold, before anything the worker could count on its own: deltas
+        # sent from here on follow it on the same stream.
+        channel.notify("elsewhere_all", self._elsewhere(slot))
+        event(logging.INFO, "worker.started", slot=slot.index, pid=slot.process.pid)
+
+    def _worker_request(self, op: str, args: dict[str, Any]) -> Any:
+        raise ValueError(f"the supervisor answers no worker requests ({op})")
+
+    def _elsewhere(self, slot: Slot) -> dict[str, Any]:
+        users: Counter[str] = Counter()
+        hosts: Counter[str] = Counter()
+        for other in self.places:
+            if other is not slot:
+                users.update(other.users)
+                hosts.update(other.hosts)
+        return {"users": dict(users), "hosts": dict(hosts), "total": sum(hosts.values())}
+
+    def _notice(self, slot: Slot, op: str, args: dict[str, Any]) -> None:
+        """A notice from the worker of ``slot``."""
+        if op == "ready":
+            slot.up = True
+            slot.users = Counter(args.get("users", {}))
+            slot.hosts = Counter(args.get("hosts", {}))
+            slot.ready.set()
+            self._share_counts(slot)
+        elif op == "quota":
+            username, host, delta = str(args["username"]), str(args["host"]), int(args["delta"])
+            for counter, key in ((slot.users, username), (slot.hosts, host)):
+                counter[key] += delta
+                if counter[key] <= 0:
+                    del counter[key]
+            for other in self._others(slot):
+                assert other.channel is not None
+                other.channel.notify("elsewhere", args)
+        elif op == "revoked":
+            username = str(args["username"])
+            for other in self._others(slot):
+                asyncio.get_running_loop().create_task(self._revoke_on(other, username))
+        else:
+            event(logging.WARNING, "worker.unknown_notice", slot=slot.index, op=op)
+
+    def _others(self, slot: Slot) -> list[Slot]:
+        return [o for o in self.places if o is not slot and o.channel is not None]
+
+    def _share_counts(self, changed: Slot) -> None:
+        """Tell every worker but ``changed`` the node's counts anew (``changed`` came or went)."""
+        for other in self._others(changed):
+            assert other.channel is not None
+            other.channel.notify("elsewhere_all", self._elsewhere(other))
+
+    async def _revoke_on(self, slot: Slot, username: str) -> None:
+        """Apply a revocation made on another worker (persisted there already)."""
+        try:
+            await self.call(slot.index, "revoke", {"username": username, "persist": False})
+        except (WorkerUnavailable, ValueError) as exc:
+            # A worker that is down reads the revocation from the state file when it starts.
+            event(logging.WARNING, "worker.revoke_missed", slot=slot.index, reason=str(exc))
+
+    async def _watch(self, slot: Slot) -> None:
+        """Wait for the worker of ``slot`` to exit, and start it again unless stopping."""
+        delay = RESTART_DELAY
+        while True:
+            assert slot.process is not None
+            status = await slot.process.wait()
+            lived = time.time() - (slot.started or time.time())
+            slot.up = False
+            if slot.channel is not None:
+                slot.channel.close()
+                slot.channel = None
+            slot.users.clear()
+            slot.hosts.clear()
+            self._share_counts(slot)
+            if self.stopping:
+                return
+            event(
+                logging.ERROR,
+                "worker.exited",
+                f"worker {slot.index} exited with status {status}; its allocations are lost, "
+                "starting it again",
+                slot=slot.index,
+                status=status,
+                lived=round(lived, 3),
+            )
+            delay = RESTART_DELAY if lived >= STABLE_AFTER else delay
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
+            if self.stopping:
+                return
+            slot.restarts += 1
+            try:
+                await self._spawn(slot)
+            except OSError as exc:
+                event(logging.ERROR, "worker.spawn_failed", slot=slot.index, reason=str(exc))
+                continue
+
+    async def start(self) -> None:
+        """Bind, start every worker and wait until each serves (StartupError if one cannot)."""
+        self.bind()
+        for slot in self.places:
+            await self._spawn(slot)
+        waits = {slot.index: asyncio.ensure_future(slot.ready.wait()) for slot in self.places}
+        exits = {
+            slot.index: asyncio.ensure_future(slot.process.wait())
+            for slot in self.places
+            if slot.process is not None
+        }
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:
+            while not all(wait.done() for wait in waits.values()):
+                pending = [w for w in waits.values() if not w.done()] + list(exits.values())
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StartupError(
+                        f"workers {sorted(i for i, w in waits.items() if not w.done())} did "
+                        f"not serve within {READY_TIMEOUT:.0f} s"
+                    )
+                await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for index, exit_ in exits.items():
+                    if exit_.done():
+                        raise StartupError(
+                            f"worker {index} exited with status {exit_.result()} before it "
+                            "served (its log lines above say why)"
+                        )
+        except BaseException:
+            for task in [*waits.values(), *exits.values()]:
+                task.cancel()
+            await self.stop()
+            raise
+        for task in exits.values():
+            task.cancel()
+        self._watchers = [
+            asyncio.get_running_loop().create_task(self._watch(slot)) for slot in self.places
+        ]
+        await self._start_side()
+        event(
+            logging.INFO,
+            "workers.ready",
+            workers=self.count,
+            pids=",".join(str(s.process.pid) for s in self.places if s.process is not None),
+        )
+
+    async def _start_side(self) -> None:
+        """turnctl's control API and the metrics, for the whole node."""
+        from turnd.control import make_app, start_control
+        from turnd.workers.views import FanOutOps
+
+        ops = FanOutOps(self, self.started)
+        control = self.config.control
+        limits = self._side_limits()
+        if control.socket:
+            try:
+                self._side += await start_control(make_app(ops, None), control.socket, None, limits)
+                event(logging.INFO, "control.started", socket=control.socket)
+            except OSError as exc:
+                event(logging.WARNING, "control.failed", socket=control.socket, reason=str(exc))
+        if control.listen is not None and control.token is not None:
+            listen = (control.listen.host, control.listen.port)
+            try:
+                self._side += await start_control(
+                    make_app(ops, control.token.reveal()), None, listen, limits
+                )
+                event(logging.INFO, "control.started", address=control.listen.host)
+            except OSError as exc:
+                reason = bind_failure_reason(exc, control.listen.port)
+                event(logging.WARNING, "control.failed", address=control.listen.host, reason=reason)
+        if self.config.metrics.listen is not None:
+            await self._start_metrics(ops)
+
+    def _side_limits(self) -> Any:
+        from turnd.side_http import SideLimits
+
+        limits = self.config.limits
+        return SideLimits(limits.side_max_connections, float(limits.side_header_timeout))
+
+    async def _start_metrics(self, ops: Any) -> None:
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from turnd import side_http
+
+        endpoint = self.config.metrics.listen
+        assert endpoint is not None
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = await ops.metrics()
+            return web.Response(text=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        limits = self._side_limits()
+        runner = side_http.runner(app, limits, access_log=None)
+        await runner.setup()
+        site = side_http.TCPSite(
+            runner, endpoint.host, endpoint.port, name="metrics", limits=limits
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = bind_failure_reason(exc, endpoint.port)
+            event(logging.WARNING, "listener.failed", transport="metrics", reason=reason)
+            return
+        self._side.append(runner)
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.metrics_port = sockets[0].getsockname()[1] if sockets else endpoint.port
+        event(logging.INFO, "metrics.started", address=endpoint.host, port=self.metrics_port)
+
+    async def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL past :data:`STOP_TIMEOUT`), then the side
+        servers, then close the listeners."""
+        self.stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        running = [s.process for s in self.places if s.process is not None]
+        for process in running:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in running:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                event(logging.ERROR, "worker.killed", pid=process.pid, timeout=STOP_TIMEOUT)
+                process.kill()
+                await process.wait()
+        for slot in self.places:
+            slot.up = False
+            if slot.channel is not None:
+                slot.channel.close()
+                slot.channel = None
+        from turnd.control import stop_control
+
+        await stop_control(self._side)
+        self._side = []
+        for slot in self.places:
+            for *_, sock in slot.listeners:
+                sock.close()
+            slot.listeners.clear()
+
+    # --- WorkerCalls -------------------------------------------------------------------------
+
+    def slots(self) -> list[WorkerInfo]:
+        """Each worker's slot, PID, state and restart count."""
+        return [slot.info() for slot in self.places]
+
+    async def call(self, slot: int, op: str, args: dict[str, Any]) -> Any:
+        """Ask worker ``slot``: its answer; WorkerUnavailable when it is down or does not
+        answer in time; the error it raised otherwise (:func:`raise_remote`)."""
+        place = self.places[slot]
+        channel = place.channel
+        if channel is None or not place.up:
+            raise WorkerUnavailable(slot, "restarting" if not self.stopping else "stopping")
+        try:
+            return await channel.call(op, args)
+        except (ChannelClosed, TimeoutError) as exc:
+            raise WorkerUnavailable(slot, f"no answer ({exc or type(exc).__name__})") from exc
+        except RemoteError as exc:
+            raise_remote(slot, str(exc))
+
+    # --- running -----------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        listeners = ", ".join(f"{t} {p}" for t, _, p in self.bound)
+        up = sum(slot.up for slot in self.places)
+        return f"serving {listeners}; {up} of {self.count} workers up"
+
+    async def reload(self) -> str | None:
+        """Reload every worker: None when all took it, else what went wrong."""
+        from turnd.workers.views import FanOutOps
+
+        result = await FanOutOps(self, self.started).reload()
+        failures = result.get("failed") or {}
+        return "; ".join(f"worker {k}: {v}" for k, v in failures.items()) or None
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP reloads every worker."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            systemd.reloading("reloading configuration")
+            error: str | None = "internal error: see the log"
+            try:
+                error = await self.reload()
+            finally:
+                systemd.ready(f"reload refused: {error}" if error else self.status_line())
+
+        def on_reload() -> None:
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        systemd.ready(self.status_line())
+        try:
+            await stop.wait()
+        finally:
+            systemd.stopping("shutting down")
+            await self.stop()
+            event(logging.INFO, "workers.stopped", workers=self.count)
+
+
+async def supervise(config: Config, path: str | None, overrides: dict[str, object]) -> None:
+    """Run the node as ``[server] workers`` workers until stopped."""
+    count = worker_count(config)
+    supervisor = Supervisor(config, count, path, overrides)
+    logs.set_context(worker="supervisor")
+    await supervisor.start()
+    await supervisor.serve()
