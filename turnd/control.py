@@ -8,6 +8,9 @@ Two doors, one API: a Unix socket (mode 0600 — whoever may open it operates tu
 no token) and, optionally, TCP, where every request must carry ``Authorization: Bearer <token>``.
 Each door gets its own application from :func:`make_app` (token None for the socket).
 
+Any route answers 503 when the node cannot carry it out now (a worker that must take part is
+restarting: :class:`OpsUnavailable`).
+
 Routes (all under /v1)::
 
     GET    /status                      200 ops.status()
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import inspect
 import json
 import os
 import re
@@ -43,7 +47,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeAlias, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -63,84 +67,94 @@ SOCKET_DIR_MODE = 0o755
 NOT_A_CLUSTER = "not a cluster: [cluster] lists no nodes"
 
 _T = TypeVar("_T")
+#: What a :class:`ControlOps` method returns: the answer, or an awaitable of it.
+Answer: TypeAlias = _T | Awaitable[_T]
+
+
+class OpsUnavailable(Exception):
+    """The operation cannot be carried out now (a worker that must take part is down): 503,
+    with this message."""
 
 
 class ControlOps(Protocol):
-    """What the daemon lets an operator see and do. Times are Unix seconds (floats)."""
+    """What the daemon lets an operator see and do. Times are Unix seconds (floats).
 
-    def status(self) -> dict[str, Any]:
+    Each method answers directly or with an awaitable (a node of workers asks them first); one
+    that cannot answer now raises :class:`OpsUnavailable` (503)."""
+
+    def status(self) -> Answer[dict[str, Any]]:
         """version, started, uptime_s, realm, listeners [{transport, address, port}],
         relay_addresses [str], allocations (int), connections (int), draining (bool)."""
 
     def allocations(
         self, user: str | None, client: str | None, transport: str | None
-    ) -> list[dict[str, Any]]:
+    ) -> Answer[list[dict[str, Any]]]:
         """Live allocations, filtered. Each: id (its first relay address, "ip:port"), username,
         rest_id, client, server, transport, relays [str], tcp, started, expires,
         permissions (int), channels (int), packets/bytes_to_peer, packets/bytes_to_client."""
 
-    def allocation(self, allocation_id: str) -> dict[str, Any] | None:
+    def allocation(self, allocation_id: str) -> Answer[dict[str, Any] | None]:
         """One allocation as above, plus permission_list [ip] and
         channel_list [{number, peer, kernel (relayed by the kernel), last_seen (Unix seconds
         of the fast path's last packet, or None)}]; None if there is none with that id."""
 
-    def kill(self, allocation_id: str) -> bool:
+    def kill(self, allocation_id: str) -> Answer[bool]:
         """End an allocation now; False if there is none with that id."""
 
-    def users(self) -> list[str]:
+    def users(self) -> Answer[list[str]]:
         """Names of the long-term-credential users."""
 
-    def add_user(self, name: str, password: str) -> None:
+    def add_user(self, name: str, password: str) -> Answer[None]:
         """Add or replace a user; ValueError (with a message) for a bad name or password."""
 
-    def remove_user(self, name: str) -> bool:
+    def remove_user(self, name: str) -> Answer[bool]:
         """Remove a user; False if there is none of that name."""
 
-    def secrets(self) -> list[dict[str, Any]]:
+    def secrets(self) -> Answer[list[dict[str, Any]]]:
         """REST secrets, newest first: [{id, source, fingerprint}] — never the secret itself."""
 
-    def add_secret(self, value: str | None) -> dict[str, Any]:
+    def add_secret(self, value: str | None) -> Answer[dict[str, Any]]:
         """Add ``value`` (None: generate one) as the newest secret; {id, secret}. ValueError for
         a bad value."""
 
-    def retire_secret(self, secret_id: str) -> bool:
+    def retire_secret(self, secret_id: str) -> Answer[bool]:
         """Retire a secret; False if unknown; ValueError when it may not go (the last one)."""
 
-    def keys(self) -> list[dict[str, Any]]:
+    def keys(self) -> Answer[list[dict[str, Any]]]:
         """Credential endpoint keys: [{id, source}] — never the token."""
 
-    def add_key(self, key_id: str, token: str | None) -> dict[str, Any]:
+    def add_key(self, key_id: str, token: str | None) -> Answer[dict[str, Any]]:
         """Add a key (token None: generate one); {id, token}. ValueError for a bad id or token."""
 
-    def remove_key(self, key_id: str) -> bool:
+    def remove_key(self, key_id: str) -> Answer[bool]:
         """Remove a key; False if unknown; ValueError when it may not go (from the config)."""
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> Answer[dict[str, Any]]:
         """Reload configuration, secrets and certificates: {ok, error}."""
 
-    def drain(self, on: bool) -> dict[str, Any]:
+    def drain(self, on: bool) -> Answer[dict[str, Any]]:
         """Refuse (or accept again) new allocations: {draining, allocations}."""
 
-    def revoke(self, username: str) -> int:
+    def revoke(self, username: str) -> Answer[int]:
         """End every allocation of ``username``; how many ended."""
 
-    def mint(self, ttl: int, ident: str) -> dict[str, Any]:
+    def mint(self, ttl: int, ident: str) -> Answer[dict[str, Any]]:
         """A REST credential as the credential endpoint returns it: {"iceServers": [...]}.
         ValueError when none can be minted (no secret)."""
 
-    def cluster_nodes(self) -> dict[str, Any]:
+    def cluster_nodes(self) -> Answer[dict[str, Any]]:
         """The cluster as this node sees it: enabled (bool), node_id (0: not a cluster),
         nodes [{node, self, alive, draining, last_heard_ago (seconds or None), backbone,
         relay_ports}], counters {forwarded_client, forwarded_peer, second_chance,
         frames_sent {type: n}, frames_received {type: n}, drops {reason: n}}."""
 
-    def cluster_table(self) -> dict[str, Any] | None:
+    def cluster_table(self) -> Answer[dict[str, Any] | None]:
         """The relay port slices: slice_size, port_min, port_max, nodes {"id": [[low, high],
         ...]}, catch_sockets (int); None when this node is not in a cluster."""
 
     def cluster_owner(
         self, transport: str, client: str, server: str | None
-    ) -> dict[str, Any] | None:
+    ) -> Answer[dict[str, Any] | None]:
         """Which node owns the flow from ``client`` to ``server`` ("ip:port", "[v6]:port"; None:
         the first UDP listener) over ``transport``: {node, alive, here (this node holds its
         allocation), flow (text)}; node is None for a TCP/TLS flow this node does not hold (its
@@ -172,6 +186,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except _Refusal as refusal:
         return _error(refusal.status, refusal.message)
+    except OpsUnavailable as exc:
+        return _error(503, str(exc))
     except web.HTTPException as exc:  # the router's 404 and 405, the body limit's 413
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return _error(exc.status, exc.reason.lower(), allow)
@@ -223,10 +239,17 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = True) -
     return value
 
 
-def _or_refuse(status: int, call: Callable[[], _T]) -> _T:
-    """What ``call()`` returns; a ValueError it raises is refused with ``status``."""
+async def _settle(answer: Answer[_T]) -> _T:
+    """An ops method's answer, awaited when it is an awaitable."""
+    if inspect.isawaitable(answer):
+        return await answer
+    return answer
+
+
+async def _or_refuse(status: int, call: Callable[[], Answer[_T]]) -> _T:
+    """What ``call()`` answers; a ValueError it raises is refused with ``status``."""
     try:
-        return call()
+        return await _settle(call())
     except ValueError as exc:
         _refuse(status, str(exc))
 
@@ -249,68 +272,76 @@ class _Routes:
         self.ops = ops
 
     async def status(self, _: web.Request) -> web.Response:
-        return web.json_response(self.ops.status())
+        return web.json_response(await _settle(self.ops.status()))
 
     async def allocations(self, request: web.Request) -> web.Response:
         query = request.query
-        found = self.ops.allocations(
-            query.get("user") or None, query.get("client") or None, query.get("transport") or None
+        found = await _settle(
+            self.ops.allocations(
+                query.get("user") or None,
+                query.get("client") or None,
+                query.get("transport") or None,
+            )
         )
         return web.json_response(found)
 
     async def allocation(self, request: web.Request) -> web.Response:
-        found = self.ops.allocation(request.match_info["id"])
+        found = await _settle(self.ops.allocation(request.match_info["id"]))
         if found is None:
             _refuse(404, f"no allocation {request.match_info['id']}")
         return web.json_response(found)
 
     async def kill(self, request: web.Request) -> web.Response:
-        return _removed(self.ops.kill(request.match_info["id"]), "allocation", request, "id")
+        killed = await _settle(self.ops.kill(request.match_info["id"]))
+        return _removed(killed, "allocation", request, "id")
 
     async def users(self, _: web.Request) -> web.Response:
-        return web.json_response(self.ops.users())
+        return web.json_response(await _settle(self.ops.users()))
 
     async def add_user(self, request: web.Request) -> web.Response:
         password = _field(await _body(request), "password", str)
-        _or_refuse(400, lambda: self.ops.add_user(request.match_info["name"], password))
+        await _or_refuse(400, lambda: self.ops.add_user(request.match_info["name"], password))
         return _no_content()
 
     async def remove_user(self, request: web.Request) -> web.Response:
-        return _removed(self.ops.remove_user(request.match_info["name"]), "user", request, "name")
+        removed = await _settle(self.ops.remove_user(request.match_info["name"]))
+        return _removed(removed, "user", request, "name")
 
     async def secrets(self, _: web.Request) -> web.Response:
-        return web.json_response(self.ops.secrets())
+        return web.json_response(await _settle(self.ops.secrets()))
 
     async def add_secret(self, request: web.Request) -> web.Response:
         value = _field(await _body(request), "secret", str, required=False)
-        return web.json_response(_or_refuse(400, lambda: self.ops.add_secret(value)), status=201)
+        added = await _or_refuse(400, lambda: self.ops.add_secret(value))
+        return web.json_response(added, status=201)
 
     async def retire_secret(self, request: web.Request) -> web.Response:
-        retired = _or_refuse(409, lambda: self.ops.retire_secret(request.match_info["id"]))
+        retired = await _or_refuse(409, lambda: self.ops.retire_secret(request.match_info["id"]))
         return _removed(retired, "secret", request, "id")
 
     async def keys(self, _: web.Request) -> web.Response:
-        return web.json_response(self.ops.keys())
+        return web.json_response(await _settle(self.ops.keys()))
 
     async def add_key(self, request: web.Request) -> web.Response:
         token = _field(await _body(request), "token", str, required=False)
-        added = _or_refuse(400, lambda: self.ops.add_key(request.match_info["id"], token))
+        added = await _or_refuse(400, lambda: self.ops.add_key(request.match_info["id"], token))
         return web.json_response(added, status=201)
 
     async def remove_key(self, request: web.Request) -> web.Response:
-        removed = _or_refuse(409, lambda: self.ops.remove_key(request.match_info["id"]))
+        removed = await _or_refuse(409, lambda: self.ops.remove_key(request.match_info["id"]))
         return _removed(removed, "key", request, "id")
 
     async def reload(self, _: web.Request) -> web.Response:
-        result = self.ops.reload()
+        result = await _settle(self.ops.reload())
         return web.json_response(result, status=200 if result.get("ok") else 409)
 
     async def drain(self, request: web.Request) -> web.Response:
         on = _field(await _body(request), "on", bool)
-        return web.json_response(self.ops.drain(on))
+        return web.json_response(await _settle(self.ops.drain(on)))
 
     async def revoke(self, request: web.Request) -> web.Response:
-        return web.json_response({"ended": self.ops.revoke(request.match_info["username"])})
+        ended = await _settle(self.ops.revoke(request.match_info["username"]))
+        return web.json_response({"ended": ended})
 
     async def credentials(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -319,7 +350,7 @@ class _Routes:
         if ttl <= 0:
             _refuse(400, '"ttl" must be positive')
         try:
-            minted = self.ops.mint(ttl, ident)
+            minted = await _settle(self.ops.mint(ttl, ident))
         except MintRefused as exc:  # a ttl or id turnd would itself refuse at authentication
             _refuse(400, str(exc))
         except ValueError as exc:
@@ -327,10 +358,10 @@ class _Routes:
         return web.json_response(minted, status=201)
 
     async def cluster_nodes(self, _: web.Request) -> web.Response:
-        return web.json_response(self.ops.cluster_nodes())
+        return web.json_response(await _settle(self.ops.cluster_nodes()))
 
     async def cluster_table(self, _: web.Request) -> web.Response:
-        found = self.ops.cluster_table()
+        found = await _settle(self.ops.cluster_table())
         if found is None:
             _refuse(409, NOT_A_CLUSTER)
         return web.json_response(found)
@@ -341,7 +372,7 @@ class _Routes:
         if not client:
             _refuse(400, '"client" is required: the client address, ip:port')
         transport, server = query.get("transport") or "udp", query.get("server") or None
-        found = _or_refuse(400, lambda: self.ops.cluster_owner(transport, client, server))
+        found = await _or_refuse(400, lambda: self.ops.cluster_owner(transport, client, server))
         if found is None:
             _refuse(409, NOT_A_CLUSTER)
         return web.json_response(found)

@@ -108,10 +108,12 @@ class CredentialState:
             (s.reveal(), "config") for s in (config or self._owner.config).auth.secrets
         ]
 
-    def revoke(self, username: str, *, broadcast: bool = True) -> int:
+    def revoke(self, username: str, *, broadcast: bool = True, persist: bool = True) -> int:
         """Refuse ``username`` from now on and end its allocations here; how many ended.
 
-        In a cluster (and with ``broadcast``) every other node is told to do the same.
+        In a cluster (and with ``broadcast``) every other node is told to do the same, and so is
+        every other worker of this node (:attr:`on_revoke`). Without ``persist`` the state file
+        is left alone: another worker of this node writes it.
         """
         new = username not in self.revoked
         self.revoked.add(username)
@@ -125,21 +127,23 @@ class CredentialState:
             key = _minted_for(username)
             if key is not None:
                 self._revoked_per_key[key] += 1
-            self._store_revocation(username, now)
+            if persist:
+                self._store_revocation(username, now)
         ended = {a.five_tuple for a in actions if isinstance(a, AllocationEnded)}
         self._owner.execute(actions)
         event(logging.INFO, "auth.revoked", username=username, allocations=len(ended))
         return len(ended)
 
-    def unrevoke(self, username: str) -> None:
+    def unrevoke(self, username: str, *, persist: bool = True) -> None:
         """Accept ``username`` again (turnctl users add of a revoked name); the caller rebuilds
-        the authenticator."""
+        the authenticator. Without ``persist`` the state file is left to another worker."""
         if username in self.revoked:
             self.revoked.discard(username)
             key = _minted_for(username)
             if key is not None:
                 self._revoked_per_key[key] -= 1
-            self._compact_revocations()
+            if persist:
+                self._compact_revocations()
 
     def _store_revocation(self, username: str, now: float) -> None:
         """Append ``username`` to revoked.runtime; when a prune is due, prune and rewrite the

@@ -112,6 +112,20 @@ def _print_status(found: Any) -> None:
         rows = [(ln["transport"], ln["address"], ln["port"]) for ln in listeners]
         typer.echo("listeners")
         typer.echo(indent(table(rows, ("TRANSPORT", "ADDRESS", "PORT"))))
+    workers = found.get("workers") or []
+    if workers:
+        states = [
+            (
+                w["slot"],
+                w.get("pid") or "-",
+                "up" if w.get("up") else "restarting",
+                w.get("restarts", 0),
+                "-" if w.get("allocations") is None else w["allocations"],
+            )
+            for w in workers
+        ]
+        typer.echo("workers")
+        typer.echo(indent(table(states, ("SLOT", "PID", "STATE", "RESTARTS", "ALLOCATIONS"))))
 
 
 def _fastpath_line(view: dict[str, Any]) -> str:
@@ -148,6 +162,7 @@ def _print_allocations(found: Any) -> None:
     now = time.time()
     headers = ["ID", "USER", "CLIENT", "TRANSPORT", "RELAY", "PERMS", "CHANNELS", "AGE"]
     headers += ["EXPIRES IN", "TO PEER", "TO CLIENT"]
+    workers = any("worker" in a for a in found)  # a node of workers says which holds each
     rows = [
         (
             a["id"],
@@ -162,9 +177,10 @@ def _print_allocations(found: Any) -> None:
             size(a["bytes_to_peer"]),
             size(a["bytes_to_client"]),
         )
+        + ((a.get("worker", "-"),) if workers else ())
         for a in found
     ]
-    typer.echo(table(rows, headers))
+    typer.echo(table(rows, headers + ["WORKER"] if workers else headers))
 
 
 def _listed(value: Any) -> list[Any]:

@@ -11,8 +11,10 @@ failure is counted as ``usage.keys_unreadable``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from typing import Protocol
 
 from turnd.core.actions import AllocationEnded
@@ -91,9 +93,17 @@ class UsageLog:
             "kernel_packets_to_client": ended.kernel_packets_to_client,
             "kernel_bytes_to_client": ended.kernel_bytes_to_client,
         }
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         try:
-            with open(path, "a", encoding="utf-8") as handle:  # reopened: survives logrotate
-                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            # Reopened per line: survives logrotate. One O_APPEND write per line: the workers of
+            # a node append to the same file, and no line is cut into another.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                written = os.write(fd, line)
+            finally:
+                os.close(fd)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f"wrote {written} of {len(line)} bytes")
         except OSError as exc:
             self._owner.core.stats["usage.write_failures"] += 1
             event(logging.ERROR, "usage.write_failed", path=path, reason=exc.strerror or str(exc))

@@ -12,16 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from testkit.client import ChannelData, error_code
-from testkit.daemon import PASSWORD, USER, Daemon, start_turnd, wait_for_event
+from testkit.client import error_code
+from testkit.daemon import Daemon, start_turnd, wait_for_event
 from testkit.sync import EchoPeer, TurnClient, wait_until
-from turnd.workers.selector import expected_slot
+from tests.workers.nodes import (
+    PORT_MAX,
+    PORT_MIN,
+    RELAY,
+    WORKERS,
+    client_on,
+    echoed,
+    relaying,
+    worker_pids,
+)
 from turnd.workers.worker import relay_slice
-
-WORKERS = 2
-PORT_MIN, PORT_MAX = 50_000, 50_999
-RELAY = f"[relay]\nport_min = {PORT_MIN}\nport_max = {PORT_MAX}\n"
-CHANNEL = 0x4000
 
 
 @pytest.fixture
@@ -34,47 +38,6 @@ def node(tmp_path: Path) -> Iterator[Daemon]:
     )
     yield daemon
     assert daemon.stop() == 0
-
-
-def worker_pids(daemon: Daemon) -> dict[int, int]:
-    """The PID of each slot's latest worker, from the supervisor's log."""
-    pids: dict[int, int] = {}
-    for entry in daemon.log_events():
-        if entry.get("event") == "worker.started":
-            pids[int(entry["slot"])] = int(entry["pid"])
-    return pids
-
-
-def client_on(daemon: Daemon, slot: int, clients: list[TurnClient]) -> TurnClient:
-    """A client whose source port the selector sends to ``slot``."""
-    while True:
-        client = TurnClient((daemon.host, daemon.port), USER, PASSWORD)
-        clients.append(client)
-        if expected_slot(client.address.host, client.address.port, WORKERS) == slot:
-            return client
-
-
-def relaying(client: TurnClient, peer: EchoPeer) -> TurnClient:
-    """``client`` with an allocation, a permission and a channel to ``peer``."""
-    assert error_code(client.allocate()) is None
-    assert error_code(client.channel_bind(CHANNEL, peer.address)) is None
-    return client
-
-
-def echoed(client: TurnClient, payload: bytes) -> bool:
-    client.send_channel_data(CHANNEL, payload)
-    while (got := client.receive(timeout=2.0)) is not None:
-        if got == ChannelData(CHANNEL, payload):
-            return True
-    return False
-
-
-@pytest.fixture
-def clients() -> Iterator[list[TurnClient]]:
-    made: list[TurnClient] = []
-    yield made
-    for client in made:
-        client.close()
 
 
 def test_each_flow_is_served_by_the_worker_the_selector_names(

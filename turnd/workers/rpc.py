@@ -9,6 +9,7 @@ notice has no ``id`` and no answer. Either end may send either kind. The framing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
@@ -136,10 +137,8 @@ class Channel:
             reply: dict[str, Any] = {"id": ident, "result": result}
         except Exception as exc:  # the error goes back to the caller, the channel stays
             reply = {"id": ident, "error": f"{type(exc).__name__}: {exc}"}
-        try:
+        with contextlib.suppress(ChannelClosed):  # nobody is left to answer
             self._send(reply)
-        except ChannelClosed:
-            pass
 
     def close(self) -> None:
         """Close the socket and fail the calls still waiting."""

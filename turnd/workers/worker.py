@@ -28,6 +28,7 @@ from turnd.config import Config, load_config
 from turnd.logs import event
 from turnd.service import TurnService
 from turnd.workers.rpc import Channel
+from turnd.workers.worker_ops import WorkerOps
 
 #: The environment variable that carries a worker's boot settings.
 BOOT_ENV = "TURND_WORKER_BOOT"
@@ -87,6 +88,7 @@ class Worker:
         quotas = self.service.core.quotas
         quotas.on_change = self._quota_changed
         self.service.credentials.on_revoke = self._revoked
+        self.ops = WorkerOps(self.service)
 
     def _quota_changed(self, username: str, host: str, delta: int) -> None:
         self.channel.notify("quota", {"username": username, "host": host, "delta": delta})
@@ -110,9 +112,7 @@ class Worker:
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         """A request from the supervisor (turnctl and the metrics, fanned out)."""
-        from turnd.workers.worker_ops import WorkerOps
-
-        return WorkerOps(self.service).handle(op, args)
+        return self.ops.handle(op, args)
 
     async def run(self) -> None:
         await self.channel.open()

@@ -1,11 +1,92 @@
-"""TEMPORARY stand-in."""
+"""A worker's answers to its supervisor: the control operations of its own service, the ones the
+fan-out (:class:`turnd.workers.views.FanOutOps`) needs besides, and its metrics.
 
-from typing import Any
+Every request names an operation of :data:`OPERATIONS` and carries its arguments by name; what
+it answers is JSON-ready. A ValueError (of whatever subclass) goes back as ``ValueError`` and
+a MintRefused as itself, so the supervisor refuses them as a single process would
+(:func:`turnd.workers.views.raise_remote`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.exposition import generate_latest
+
+from auth.credentials import MintRefused
+from turnd.metrics import registry_for
+from turnd.operations import Operations
+
+if TYPE_CHECKING:
+    from turnd.service import TurnService
+
+#: Each operation and the names of its arguments, in the order its method takes them.
+OPERATIONS: dict[str, tuple[str, ...]] = {
+    "status": (),
+    "allocations": ("user", "client", "transport"),
+    "allocation": ("allocation_id",),
+    "kill": ("allocation_id",),
+    "users": (),
+    "add_user": ("name", "password"),
+    "remove_user": ("name",),
+    "secrets": (),
+    "add_secret": ("value",),
+    "retire_secret": ("secret_id",),
+    "keys": (),
+    "add_key": ("key_id", "token"),
+    "remove_key": ("key_id",),
+    "reload": (),
+    "drain": ("on",),
+    "revoke": ("username", "persist"),
+    "mint": ("ttl", "ident"),
+    "cluster_nodes": (),
+    "cluster_table": (),
+    "cluster_owner": ("transport", "client", "server"),
+    "rebuild_credentials": ("unrevoke",),
+    "metrics": (),
+}
 
 
 class WorkerOps:
-    def __init__(self, service: Any) -> None:
+    """One worker's service, operated by the supervisor."""
+
+    def __init__(self, service: TurnService) -> None:
         self.service = service
+        self.operations = Operations(service)
+        self._registry = registry_for(service)
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
-        raise ValueError(op)
+        """The answer to ``op``; ValueError for an unknown one or a missing argument."""
+        names = OPERATIONS.get(op)
+        if names is None:
+            raise ValueError(f"no such operation: {op!r}")
+        missing = [name for name in names if name not in args]
+        if missing:
+            raise ValueError(f"{op}: missing {', '.join(missing)}")
+        method: Callable[..., Any] = getattr(self, op, None) or getattr(self.operations, op)
+        try:
+            return method(*(args[name] for name in names))
+        except MintRefused:
+            raise
+        except ValueError as exc:  # whatever its subclass: the supervisor refuses it as such
+            raise ValueError(str(exc)) from exc
+
+    def revoke(self, username: str, persist: bool) -> int:
+        """Revoke here; the supervisor asks the other workers itself (no fan-out from here),
+        and only one of them writes the state file (``persist``)."""
+        credentials = self.service.credentials
+        return credentials.revoke(str(username), broadcast=False, persist=bool(persist))
+
+    def rebuild_credentials(self, unrevoke: str | None) -> None:
+        """Read the users, secrets and keys another worker changed; accept ``unrevoke`` again
+        (a user added back), leaving the state file to that worker."""
+        credentials = self.service.credentials
+        if unrevoke is not None:
+            credentials.unrevoke(str(unrevoke), persist=False)
+        credentials.rebuild_authenticator()
+        self.service.refresh_api()
+
+    def metrics(self) -> str:
+        """This worker's scrape, in the text exposition format."""
+        return generate_latest(self._registry).decode()
