@@ -180,7 +180,7 @@ def _print_allocations(found: Any) -> None:
         + ((a.get("worker", "-"),) if workers else ())
         for a in found
     ]
-    typer.echo(table(rows, headers + ["WORKER"] if workers else headers))
+    typer.echo(table(rows, [*headers, "WORKER"] if workers else headers))
 
 
 def _listed(value: Any) -> list[Any]:
