@@ -56,7 +56,7 @@ from stun.hotpath import (
     parse_send,
 )
 from stun.message import Message, MessageClass, Method, decode
-from turnd.core import allocate, dispatch, permissions, routes, tcp_relay, teardown
+from turnd.core import allocate, dispatch, handoff, permissions, routes, tcp_relay, teardown
 from turnd.core.actions import (
     UDP,
     Action,
@@ -345,6 +345,18 @@ class TurnServer:
         for alloc in [a for a in self.allocations.values() if a.username == username]:
             actions += teardown.delete(self, alloc, now, "revoked")
         return actions
+
+    def export_allocations(self, now: float) -> list[dict[str, Any]]:
+        """Records of the allocations that can move to another core (turnd.core.handoff)."""
+        return handoff.export_allocations(self, now)
+
+    def import_allocations(self, records: list[dict[str, Any]], now: float) -> list[Allocation]:
+        """Take over the allocations of ``records`` (ValueError: none taken)."""
+        return handoff.import_allocations(self, records, now)
+
+    def forget_exported(self, five_tuples: list[FiveTuple]) -> list[Address]:
+        """Drop allocations another core took over, without ending them; their relays."""
+        return handoff.forget_exported(self, five_tuples)
 
     # --- plumbing ----------------------------------------------------------------------------
 

@@ -118,14 +118,14 @@ def delete(
     five_tuple = alloc.five_tuple
     del server.allocations[five_tuple]
     server.quotas.forget(alloc.username, five_tuple.client.host)
-    _forget_timers(server, alloc, len(gone))
+    forget_timers(server, alloc, len(gone))
     stats["allocations.ended." + reason] += 1
     if close_connection and five_tuple.transport.is_stream and reason != "deleted":
         actions.append(CloseConnection(five_tuple))
     return actions
 
 
-def _forget_timers(server: TurnServer, alloc: Allocation, relays: int) -> None:
+def forget_timers(server: TurnServer, alloc: Allocation, relays: int) -> None:
     """``alloc`` ended: empty what its timers look at (so a late one does nothing, and a
     channel timer schedules no reuse delay), count its heap entries as stale (one per relay,
     permission, channel and cooling number), so that an ended allocation is freed once stale
