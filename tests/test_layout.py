@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: Packages whose every module the Layout lists, one line each under the package's line.
-LISTED_PACKAGES = ("turnd", "turnd/core", "turnd/fastpath")
+LISTED_PACKAGES = ("turnd", "turnd/core", "turnd/fastpath", "turnd/workers")
 #: Backticked words of the list that are not names of code (a command's name).
 NOT_CODE = frozenset({"turnctl"})
 
