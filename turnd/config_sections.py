@@ -142,6 +142,12 @@ class ServerConfig:
     whole life; the relay port range is split evenly, so each worker holds its share of
     ``relay.port_max - relay.port_min + 1`` ports. Read at start."""
 
+    upgrade_linger: int = attrs.field(default=3600, metadata=_kind(Int(0, 86400)))
+    """Seconds a worker replaced by an upgrade in place (turnctl upgrade, SIGUSR2) goes on
+    serving the TCP and TLS connections it holds, which cannot move to its successor, before
+    it ends them; it exits as soon as the last one closes. Default 3600; 0 ends them at once.
+    UDP allocations move to the successor whatever this says."""
+
     log_level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=_kind(Choice(LogLevel)))
     """Least severe level logged: debug, info, warning or error. Default "info"."""
 

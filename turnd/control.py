@@ -26,6 +26,8 @@ Routes (all under /v1)::
     DELETE /secrets/{id}                204 | 404 | 409 (the last one, or not a runtime one)
     POST   /reload                      200 {ok, error} | 409 {ok: false, error}
     POST   /drain  {"on": bool}         200 {draining, allocations}
+    POST   /upgrade                     200 {workers: [{slot, old_pid, pid, moved, window_ms,
+                                        lingering}]} | 409 (one process, or a slot failed)
     POST   /revoke/{username}           200 {"ended": n}
     POST   /credentials  {"ttl", "id"?} 201 {"iceServers": [...]} | 409
     GET    /cluster/nodes               200 {enabled, node_id, nodes, counters}
@@ -134,6 +136,11 @@ class ControlOps(Protocol):
 
     def drain(self, on: bool) -> Answer[dict[str, Any]]:
         """Refuse (or accept again) new allocations: {draining, allocations}."""
+
+    def upgrade(self) -> Answer[dict[str, Any]]:
+        """Replace every worker in place by one of the installed code, handing over its UDP
+        allocations: per slot {slot, old_pid, pid, moved, window_ms, lingering}. ValueError
+        when it cannot (one process; a slot that failed, named)."""
 
     def revoke(self, username: str) -> Answer[int]:
         """End every allocation of ``username``; how many ended."""
@@ -339,6 +346,9 @@ class _Routes:
         on = _field(await _body(request), "on", bool)
         return web.json_response(await _settle(self.ops.drain(on)))
 
+    async def upgrade(self, _: web.Request) -> web.Response:
+        return web.json_response(await _or_refuse(409, self.ops.upgrade))
+
     async def revoke(self, request: web.Request) -> web.Response:
         ended = await _settle(self.ops.revoke(request.match_info["username"]))
         return web.json_response({"ended": ended})
@@ -416,6 +426,7 @@ def make_app(ops: ControlOps, token: str | None) -> web.Application:
             _route("DELETE", "/v1/keys/{id}", routes.remove_key),
             _route("POST", "/v1/reload", routes.reload),
             _route("POST", "/v1/drain", routes.drain),
+            _route("POST", "/v1/upgrade", routes.upgrade),
             _route("POST", "/v1/revoke/{username}", routes.revoke),
             _route("POST", "/v1/credentials", routes.credentials),
             _route("GET", "/v1/cluster/nodes", routes.cluster_nodes),

@@ -104,9 +104,16 @@ class Listeners:
         self.tls_context: ssl.SSLContext | None = None
         self.tls_error = ""
         self._inherited: Mapping[tuple[str, str, int], socket.socket] | None = None
+        #: Inherited UDP listeners bound but not read yet (``hold_udp``): (bound, socket).
+        self.held: list[tuple[Address, socket.socket]] = []
+        self._hold_udp = False
 
     async def start(
-        self, config: Config, inherited: Mapping[tuple[str, str, int], socket.socket] | None = None
+        self,
+        config: Config,
+        inherited: Mapping[tuple[str, str, int], socket.socket] | None = None,
+        *,
+        hold_udp: bool = False,
     ) -> None:
         """Start every listener of ``config``; a failed one is reported, not raised, but for
         an operator's own TLS certificate that cannot serve (StartupError).
@@ -114,8 +121,11 @@ class Listeners:
         ``inherited`` holds sockets bound already, by (transport, address, configured port): a
         worker's share of the supervisor's listeners (turnd.workers). They are served as they
         are; a listener missing from it is one the supervisor could not bind, so it is skipped.
+        With ``hold_udp``, the inherited UDP ones count as bound but are not read until
+        :meth:`take_held` (a worker taking over another's allocations reads them once it has).
         """
         self._inherited = inherited
+        self._hold_udp = hold_udp
         listen = config.server.listen
         if any(listener.transport is ListenerTransport.TLS for listener in listen):
             self._load_tls(config)
@@ -150,7 +160,10 @@ class Listeners:
             return
         if isinstance(adopted, socket.socket):
             bound = Address(host, adopted.getsockname()[1])
-            await self._path.listen_udp(bound, adopted)
+            if self._hold_udp:
+                self.held.append((bound, adopted))
+            else:
+                await self._path.listen_udp(bound, adopted)
             self.bound.append(("udp", bound))
             return
         try:
@@ -207,6 +220,11 @@ class Listeners:
         if not isinstance(adopted, socket.socket):
             self.report(kind.value, host, bound.port, True)
 
+    def take_held(self) -> list[tuple[Address, socket.socket]]:
+        """The UDP listeners held at start, to serve (they are the caller's now)."""
+        held, self.held = self.held, []
+        return held
+
     def report(self, transport: str, host: str, port: int, ok: bool, reason: str = "") -> None:
         self.reports.append(ListenerReport(transport, host, port, ok, reason))
         if ok:
@@ -247,3 +265,6 @@ class Listeners:
         for listener in self._tls_listeners:
             listener.close()
         self._tls_listeners.clear()
+        for _, sock in self.held:
+            sock.close()
+        self.held.clear()

@@ -296,6 +296,13 @@ class Operations:
         error = self.service.reload_from_source()
         return {"ok": error is None, "error": error}
 
+    def upgrade(self) -> dict[str, Any]:
+        raise ValueError(
+            "this turnd is one process (server.workers = 1): an upgrade in place needs workers "
+            "under a supervisor; set server.workers = 0 (one per core) or 2 or more, and "
+            "restart once"
+        )
+
     def drain(self, on: bool) -> dict[str, Any]:
         core = self.service.core
         core.set_draining(on, time.time())

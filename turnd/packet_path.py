@@ -17,11 +17,14 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import attrs
 
 from stun.addresses import Address, AddressFamily
 from turnd.config import Config
@@ -318,17 +321,21 @@ class PacketPath:
         self.spawn(self._adopt_relay(action.ticket, relay, sock))
 
     async def _adopt_relay(self, ticket: int, relay: Address, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _RelayDatagrams(self, relay), sock=sock
-            )
+            await self.serve_relay(relay, sock)
         except OSError:
             sock.close()
             self.relay_result(ticket, False)
             return
-        self._relays[relay] = transport
         self.relay_result(ticket, True)
+
+    async def serve_relay(self, relay: Address, sock: socket.socket) -> None:
+        """Relay the peer datagrams of the bound socket ``sock`` (the relay ``relay``)."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _RelayDatagrams(self, relay), sock=sock
+        )
+        self._relays[relay] = transport
 
     def relay_result(self, ticket: int, ok: bool) -> None:
         """The socket for an ``OpenRelay`` is bound (``ok``) or not: tell the core."""
@@ -371,6 +378,67 @@ class PacketPath:
             return
         self.execute(actions)
 
+    # --- handing allocations over (turnd.workers.handoff) -------------------------------------
+
+    def pause(self, relays: list[Address]) -> Paused:
+        """Stop reading the UDP listeners and the relay sockets of ``relays``, and stop the
+        timer, so that what arrives waits in the kernel's queues: the sockets, each a duplicate
+        of the one read until now, to hand over or to :meth:`resume`. TCP and TLS connections
+        are served on."""
+        listeners = {bound: _detach(transport) for bound, transport in self._listeners.items()}
+        self._listeners.clear()
+        moved = {
+            relay: _detach(self._relays.pop(relay)) for relay in relays if relay in self._relays
+        }
+        self.hold_timer()
+        return Paused(listeners, moved)
+
+    async def resume(self, paused: Paused) -> None:
+        """Read again what :meth:`pause` stopped (a hand-off called off)."""
+        await self.serve_together(paused.listeners, paused.relays)
+        paused.listeners.clear()
+        paused.relays.clear()
+        self.release_timer()
+
+    async def serve_together(
+        self, listeners: dict[Address, socket.socket], relays: dict[Address, socket.socket]
+    ) -> None:
+        """Serve UDP listeners and relay sockets that have packets waiting, as one: a packet
+        read from one of them before the last is served waits, and is handled after, in order
+        (a reply to a client needs its listener, a datagram to a peer its relay)."""
+        early: list[tuple[asyncio.DatagramProtocol, bytes, tuple[Any, ...]]] = []
+        held: list[asyncio.DatagramProtocol] = []
+
+        def holding(protocol: asyncio.DatagramProtocol) -> asyncio.DatagramProtocol:
+            # An attribute of the instance, deleted below: the class's method then serves, with
+            # no test on the hot path.
+            protocol.datagram_received = lambda data, addr: early.append((protocol, data, addr))  # type: ignore[method-assign]
+            held.append(protocol)
+            return protocol
+
+        for bound, sock in listeners.items():
+            self._listeners[bound] = await _endpoint(holding(_ClientDatagrams(self, bound)), sock)
+        for relay, sock in relays.items():
+            self._relays[relay] = await _endpoint(holding(_RelayDatagrams(self, relay)), sock)
+        for protocol in held:
+            del protocol.datagram_received
+        for protocol, data, addr in early:
+            protocol.datagram_received(data, addr)
+
+    def hold_timer(self) -> None:
+        """No timer runs until :meth:`release_timer`: the core's state is being handed over."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # A deadline before any other makes _arm_timer return at once: no test on the hot path.
+        self._timer_when = float("-inf")
+
+    def release_timer(self) -> None:
+        """Run the timer again, from the core's next deadline (allocations may have come)."""
+        if self._timer is None:
+            self._timer_when = None
+        self._arm_timer()
+
     # --- the one timer -----------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
@@ -409,6 +477,39 @@ class PacketPath:
         self._listeners.clear()
         self._relays.clear()
         self._reserved.clear()
+
+
+@attrs.define(eq=False)
+class Paused:
+    """The sockets :meth:`PacketPath.pause` stopped reading: UDP listeners by bound address,
+    relays by relay address."""
+
+    listeners: dict[Address, socket.socket]
+    relays: dict[Address, socket.socket]
+
+    def close(self) -> None:
+        """Close this process's copies (the hand-off is done: another process reads them)."""
+        for sock in [*self.listeners.values(), *self.relays.values()]:
+            sock.close()
+        self.listeners.clear()
+        self.relays.clear()
+
+
+async def _endpoint(
+    protocol: asyncio.DatagramProtocol, sock: socket.socket
+) -> asyncio.DatagramTransport:
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: protocol, sock=sock
+    )
+    return transport
+
+
+def _detach(transport: asyncio.BaseTransport) -> socket.socket:
+    """A duplicate of ``transport``'s socket; the transport is closed, so nothing reads it here
+    (uvloop's datagram transports cannot pause reading)."""
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    transport.close()
+    return socket.socket(fileno=fd)
 
 
 def set_buffers(sock: socket.socket) -> None:

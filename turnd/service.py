@@ -62,10 +62,14 @@ class TurnService:
         relay_ipv4: str | None = None,
         config_source: Callable[[], Config] | None = None,
         inherited: Mapping[tuple[str, str, int], socket.socket] | None = None,
+        hold_udp: bool = False,
     ) -> None:
         self.config = config
         #: Listener sockets bound by a supervisor, when this service is one of its workers.
         self.inherited = inherited
+        #: Whether the inherited UDP listeners wait, unread, until a worker that takes over
+        #: another's allocations has them (turnd.workers.handoff).
+        self.hold_udp = hold_udp
         self.started = time.time()
         #: Produces a fresh configuration for reloads (SIGHUP, turnctl reload).
         self.config_source = config_source
@@ -84,7 +88,8 @@ class TurnService:
             lambda action: self.revoke(action.username, broadcast=False),
         )
         self.listeners = Listeners(self.packets)
-        self.side = SideServers(self)
+        # A worker's credential endpoint shares its port with the worker it replaces.
+        self.side = SideServers(self, reuse_port=inherited is not None)
         # Packet errors go straight to the packet path (ClusterHost).
         self.internal_error = self.packets.internal_error
         #: This node's cluster I/O, when [cluster] lists nodes (DESIGN.md "The cluster").
@@ -151,7 +156,7 @@ class TurnService:
                 await self.cluster.start()
             except ClusterError as exc:
                 raise StartupError(str(exc)) from exc
-        await self.listeners.start(self.config, self.inherited)
+        await self.listeners.start(self.config, self.inherited, hold_udp=self.hold_udp)
         await self.side.start()
         if not self.bound:
             raise StartupError(

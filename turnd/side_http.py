@@ -110,14 +110,19 @@ class TCPSite(web.TCPSite):
         *,
         name: str,
         limits: SideLimits,
+        reuse_port: bool = False,
     ) -> None:
-        super().__init__(app_runner, host, port, reuse_address=True)
+        super().__init__(app_runner, host, port, reuse_address=True, reuse_port=reuse_port)
         self._cap_args = (name, limits.max_connections, limits.stats)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         self._server = await asyncio.get_running_loop().create_server(
-            _capped(self._runner, self._cap_args), self._host, self._port, reuse_address=True
+            _capped(self._runner, self._cap_args),
+            self._host,
+            self._port,
+            reuse_address=True,
+            reuse_port=self._reuse_port,
         )
 
 

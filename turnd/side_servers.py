@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 class SideServers:
     """The metrics, credential endpoint and control servers of one service."""
 
-    def __init__(self, owner: SideOwner) -> None:
+    def __init__(self, owner: SideOwner, *, reuse_port: bool = False) -> None:
         self._owner = owner
+        #: Bind with SO_REUSEPORT (a worker: its successor binds the same ports before it goes).
+        self._reuse_port = reuse_port
         self._metrics: Any = None  # aiohttp AppRunner of the metrics listener
         self._api: Any = None  # aiohttp Application of the credential endpoint
         self._api_runner: Any = None
@@ -129,7 +131,14 @@ class SideServers:
         limits = self.side_limits()
         runner = side_http.runner(app, limits, **runner_options)
         await runner.setup()
-        site = side_http.TCPSite(runner, endpoint.host, endpoint.port, name=name, limits=limits)
+        site = side_http.TCPSite(
+            runner,
+            endpoint.host,
+            endpoint.port,
+            name=name,
+            limits=limits,
+            reuse_port=self._reuse_port,
+        )
         try:
             await site.start()
         except OSError as exc:

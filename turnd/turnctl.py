@@ -17,6 +17,7 @@ import time
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
+import attrs
 import typer
 
 from turnd import turnctl_cluster, turnctl_credentials
@@ -270,6 +271,35 @@ def drain(
 def reload(ctx: typer.Context) -> None:
     """Reload the configuration, secrets and TLS certificates (as SIGHUP does)."""
     answer(ctx, "POST", "/v1/reload", lambda _: typer.echo("reloaded"), failure="reload failed: ")
+
+
+#: Seconds turnctl upgrade waits: every worker is started and handed over in turn.
+UPGRADE_TIMEOUT = 600.0
+
+
+@app.command()
+def upgrade(ctx: typer.Context) -> None:
+    """Replace every worker by one started from the installed code, handing over its live UDP
+    allocations; TCP/TLS connections stay with the old worker until they end (as SIGUSR2)."""
+
+    def render(found: Any) -> None:
+        rows = [
+            (
+                w["slot"],
+                w["old_pid"],
+                w["pid"],
+                w["moved"],
+                f"{w['window_ms']} ms",
+                "-" if w["lingering"] is None else w["lingering"],
+            )
+            for w in found["workers"]
+        ]
+        headers = ("WORKER", "OLD PID", "PID", "MOVED", "WINDOW", "LEFT ON OLD")
+        typer.echo(table(rows, headers))
+
+    daemon: Daemon = ctx.obj
+    ctx.obj = attrs.evolve(daemon, timeout=max(daemon.timeout, UPGRADE_TIMEOUT))
+    answer(ctx, "POST", "/v1/upgrade", render, failure="upgrade failed: ")
 
 
 @app.command()

@@ -100,6 +100,19 @@ def export_allocations(server: TurnServer, now: float) -> list[dict[str, Any]]:
     return records
 
 
+def relay_addresses(records: Iterable[dict[str, Any]]) -> list[Address]:
+    """Every relay address the allocations of ``records`` hold: the sockets to hand over."""
+    return [_address(relay["address"]) for record in records for relay in record["relays"]]
+
+
+def five_tuples(records: Iterable[dict[str, Any]]) -> list[FiveTuple]:
+    """The 5-tuple of each allocation of ``records`` (to :func:`forget_exported` them)."""
+    return [
+        FiveTuple(Transport.UDP, _address(record["client"]), _address(record["server"]))
+        for record in records
+    ]
+
+
 def _rebuild(record: dict[str, Any], server: TurnServer, now: float) -> Allocation:
     if record.get("version") != VERSION:
         raise ValueError(

@@ -13,8 +13,15 @@ on one worker, applied on all). A worker that exits is started again on the same
 pause that grows while it keeps failing; only its own allocations are lost, and the clients of
 its slot wait in its sockets' queues meanwhile.
 
+An upgrade in place (:meth:`Supervisor.upgrade`: turnctl upgrade, SIGUSR2) replaces the workers
+one slot at a time by workers started from the installed code, each taking over its
+predecessor's UDP allocations and relay sockets (:mod:`turnd.workers.handoff`); a predecessor
+goes on serving its TCP and TLS connections until they end or ``server.upgrade_linger`` runs
+out. The supervisor itself runs on as it is: a change to it takes a restart.
+
 Signals: SIGTERM and SIGINT stop every worker and then the supervisor; SIGHUP reloads every
-worker. systemd sees the supervisor as the main PID: READY=1 once every worker serves.
+worker; SIGUSR2 upgrades them. systemd sees the supervisor as the main PID: READY=1 once every
+worker serves.
 """
 
 from __future__ import annotations
@@ -55,6 +62,13 @@ MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0
 #: Seconds a stopping worker has to end before it is killed.
 STOP_TIMEOUT = 20.0
+#: Seconds each step of a hand-off (export, import) may take before the upgrade is called off.
+HANDOFF_TIMEOUT = 60.0
+
+
+class UpgradeFailed(ValueError):
+    """An upgrade in place stopped at one slot; the slots before it run the new code, that
+    one and the rest the old (a 409 with this message)."""
 
 
 def usable_cores() -> int:
@@ -92,6 +106,8 @@ class Slot:
     listeners: list[tuple[str, str, int, socket.socket]] = attrs.field(factory=list)
     process: asyncio.subprocess.Process | None = None
     channel: Channel | None = None
+    #: The supervisor's end of the worker's fd channel (SOCK_SEQPACKET): sockets go over it.
+    fds: socket.socket | None = None
     up: bool = False
     restarts: int = 0
     started: float | None = None
@@ -122,6 +138,9 @@ class Supervisor:
         self._config_path = config_path
         self._overrides = {key: str(value) for key, value in overrides.items()}
         self.places = [Slot(index) for index in range(count)]
+        #: Workers replaced by an upgrade, serving their last TCP/TLS connections.
+        self.lingering: list[Slot] = []
+        self._upgrading = asyncio.Lock()
         self.started = time.time()
         self.stopping = False
         #: The bound listeners: (transport, host, port) once each, for the status line.
@@ -186,11 +205,16 @@ class Supervisor:
 
     # --- workers -----------------------------------------------------------------------------
 
-    async def _spawn(self, slot: Slot) -> None:
-        """Start the worker of ``slot`` on its sockets, with a fresh channel."""
+    async def _spawn(self, slot: Slot, receive: socket.socket | None = None) -> None:
+        """Start the worker of ``slot`` on its sockets, with a fresh channel and fd channel;
+        ``receive``: the socket it takes a predecessor's relay sockets from (an upgrade)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds_ours, fds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        passed = [theirs, fds_theirs] + ([receive] if receive is not None else [])
         fds = [sock.fileno() for *_, sock in slot.listeners]
         boot = {
+            "fds": fds_theirs.fileno(),
+            "receive": receive.fileno() if receive is not None else None,
             "slot": slot.index,
             "count": self.count,
             "config_path": self._config_path,
@@ -208,12 +232,17 @@ class Supervisor:
                 "turnd.workers.worker",
                 "--channel",
                 str(theirs.fileno()),
-                pass_fds=[theirs.fileno(), *fds],
+                pass_fds=[*(sock.fileno() for sock in passed), *fds],
                 env=env,
                 start_new_session=True,  # Ctrl-C in a terminal is the supervisor's to act on
             )
+        except BaseException:
+            fds_ours.close()
+            raise
         finally:
             theirs.close()
+            fds_theirs.close()
+        slot.fds = fds_ours
         slot.ready = asyncio.Event()
         slot.started = time.time()
         slot.users.clear()
@@ -238,7 +267,7 @@ class Supervisor:
     def _elsewhere(self, slot: Slot) -> dict[str, Any]:
         users: Counter[str] = Counter()
         hosts: Counter[str] = Counter()
-        for other in self.places:
+        for other in [*self.places, *self.lingering]:
             if other is not slot:
                 users.update(other.users)
                 hosts.update(other.hosts)
@@ -268,11 +297,13 @@ class Supervisor:
         else:
             event(logging.WARNING, "worker.unknown_notice", slot=slot.index, op=op)
 
-    def _others(self, slot: Slot) -> list[Slot]:
-        return [o for o in self.places if o is not slot and o.channel is not None]
+    def _others(self, slot: Slot | None) -> list[Slot]:
+        every = [*self.places, *self.lingering]
+        return [o for o in every if o is not slot and o.channel is not None]
 
-    def _share_counts(self, changed: Slot) -> None:
-        """Tell every worker but ``changed`` the node's counts anew (``changed`` came or went)."""
+    def _share_counts(self, changed: Slot | None) -> None:
+        """Tell every worker but ``changed`` the node's counts anew (``changed`` came or went;
+        None: tell every one)."""
         for other in self._others(changed):
             assert other.channel is not None
             other.channel.notify("elsewhere_all", self._elsewhere(other))
@@ -292,13 +323,7 @@ class Supervisor:
             assert slot.process is not None
             status = await slot.process.wait()
             lived = time.time() - (slot.started or time.time())
-            slot.up = False
-            if slot.channel is not None:
-                slot.channel.close()
-                slot.channel = None
-            slot.users.clear()
-            slot.hosts.clear()
-            self._share_counts(slot)
+            self._gone(slot)
             if self.stopping:
                 return
             event(
@@ -322,41 +347,51 @@ class Supervisor:
                 event(logging.ERROR, "worker.spawn_failed", slot=slot.index, reason=str(exc))
                 continue
 
+    def _gone(self, slot: Slot) -> None:
+        """The worker of ``slot`` has exited: close its channels, forget its counts."""
+        slot.up = False
+        if slot.channel is not None:
+            slot.channel.close()
+            slot.channel = None
+        if slot.fds is not None:
+            slot.fds.close()
+            slot.fds = None
+        slot.users.clear()
+        slot.hosts.clear()
+        self._share_counts(slot)
+
+    async def _until_ready(self, slot: Slot) -> None:
+        """Wait until the worker just started on ``slot`` serves; StartupError when it exits
+        first or takes over :data:`READY_TIMEOUT`."""
+        assert slot.process is not None
+        ready = asyncio.ensure_future(slot.ready.wait())
+        exited = asyncio.ensure_future(slot.process.wait())
+        try:
+            await asyncio.wait(
+                [ready, exited], timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if slot.ready.is_set():
+            return
+        if slot.process.returncode is not None:
+            raise StartupError(
+                f"worker {slot.index} exited with status {slot.process.returncode} before it "
+                "served (its log lines above say why)"
+            )
+        raise StartupError(f"worker {slot.index} did not serve within {READY_TIMEOUT:.0f} s")
+
     async def start(self) -> None:
         """Bind, start every worker and wait until each serves (StartupError if one cannot)."""
         self.bind()
-        for slot in self.places:
-            await self._spawn(slot)
-        waits = {slot.index: asyncio.ensure_future(slot.ready.wait()) for slot in self.places}
-        exits = {
-            slot.index: asyncio.ensure_future(slot.process.wait())
-            for slot in self.places
-            if slot.process is not None
-        }
-        deadline = time.monotonic() + READY_TIMEOUT
         try:
-            while not all(wait.done() for wait in waits.values()):
-                pending = [w for w in waits.values() if not w.done()] + list(exits.values())
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StartupError(
-                        f"workers {sorted(i for i, w in waits.items() if not w.done())} did "
-                        f"not serve within {READY_TIMEOUT:.0f} s"
-                    )
-                await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                for index, exit_ in exits.items():
-                    if exit_.done():
-                        raise StartupError(
-                            f"worker {index} exited with status {exit_.result()} before it "
-                            "served (its log lines above say why)"
-                        )
+            for slot in self.places:
+                await self._spawn(slot)
+            await asyncio.gather(*(self._until_ready(slot) for slot in self.places))
         except BaseException:
-            for task in [*waits.values(), *exits.values()]:
-                task.cancel()
             await self.stop()
             raise
-        for task in exits.values():
-            task.cancel()
         self._watchers = [
             asyncio.get_running_loop().create_task(self._watch(slot)) for slot in self.places
         ]
@@ -441,7 +476,8 @@ class Supervisor:
         self.stopping = True
         for watcher in self._watchers:
             watcher.cancel()
-        running = [s.process for s in self.places if s.process is not None]
+        every = [*self.places, *self.lingering]
+        running = [s.process for s in every if s.process is not None]
         for process in running:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -452,11 +488,14 @@ class Supervisor:
                 event(logging.ERROR, "worker.killed", pid=process.pid, timeout=STOP_TIMEOUT)
                 process.kill()
                 await process.wait()
-        for slot in self.places:
+        for slot in every:
             slot.up = False
             if slot.channel is not None:
                 slot.channel.close()
                 slot.channel = None
+            if slot.fds is not None:
+                slot.fds.close()
+                slot.fds = None
         from turnd.control import stop_control
 
         await stop_control(self._side)
@@ -486,6 +525,127 @@ class Supervisor:
         except RemoteError as exc:
             raise_remote(slot, str(exc))
 
+    # --- upgrading in place ------------------------------------------------------------------
+
+    async def upgrade(self) -> dict[str, Any]:
+        """Replace every worker, one slot at a time, by one started from the installed code
+        that takes over its UDP allocations (:mod:`turnd.workers.handoff`). For each slot: the
+        PIDs, the allocations moved, the hand-off window, what the old worker serves on.
+        UpgradeFailed (409) when a slot cannot be upgraded: it and the ones after it run on
+        as they were."""
+        if self._upgrading.locked():
+            raise ValueError("an upgrade is under way already")
+        async with self._upgrading:
+            done: list[dict[str, Any]] = []
+            for index in range(self.count):
+                try:
+                    done.append(await self._upgrade_slot(index))
+                except (StartupError, ValueError, OSError, RuntimeError) as exc:
+                    upgraded = ", ".join(str(d["slot"]) for d in done) or "none"
+                    event(logging.ERROR, "upgrade.failed", str(exc), slot=index)
+                    raise UpgradeFailed(
+                        f"worker {index}: {exc}; upgraded: {upgraded} (the others run the old "
+                        "code: fix the cause and upgrade again)"
+                    ) from exc
+            event(
+                logging.INFO,
+                "upgrade.done",
+                workers=self.count,
+                moved=sum(d["moved"] for d in done),
+                window_ms=max(d["window_ms"] for d in done),
+            )
+            return {"workers": done}
+
+    async def _upgrade_slot(self, index: int) -> dict[str, Any]:
+        old = self.places[index]
+        if not old.up or old.channel is None or old.fds is None or old.process is None:
+            raise ValueError("it is restarting: upgrade again once it serves")
+        give, take = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        new = Slot(index, listeners=old.listeners, restarts=old.restarts)
+        try:
+            try:
+                await self._spawn(new, receive=take)
+            finally:
+                take.close()
+            await self._until_ready(new)
+            socket.send_fds(old.fds, [b"handoff"], [give.fileno()])
+        except BaseException:
+            await self._discard(new)
+            raise
+        finally:
+            give.close()
+        assert new.channel is not None and new.process is not None
+        began = time.monotonic()
+        try:
+            exported = await old.channel.call("handoff_export", {}, timeout=HANDOFF_TIMEOUT)
+            taken = await new.channel.call(
+                "handoff_import", {"records": exported["records"]}, timeout=HANDOFF_TIMEOUT
+            )
+        except (RemoteError, ChannelClosed, TimeoutError) as exc:
+            await self._discard(new)
+            await self._resume(old)
+            raise RuntimeError(f"the hand-off failed: {exc}") from exc
+        window = time.monotonic() - began
+        # The successor serves the slot; the old worker serves what could not move, then goes.
+        self._watchers[index].cancel()
+        self.places[index] = new
+        self.lingering.append(old)
+        old.up = False
+        self._watchers[index] = asyncio.get_running_loop().create_task(self._watch(new))
+        try:
+            left = await old.channel.call("handoff_commit", {}, timeout=HANDOFF_TIMEOUT)
+        except (RemoteError, ChannelClosed, TimeoutError) as exc:
+            event(logging.WARNING, "upgrade.commit_failed", slot=index, reason=str(exc))
+            left = {"left": None}
+        asyncio.get_running_loop().create_task(self._retire(old))
+        self._share_counts(None)
+        result = {
+            "slot": index,
+            "old_pid": old.process.pid,
+            "pid": new.process.pid,
+            "moved": int(taken["imported"]),
+            "window_ms": round(window * 1000, 1),
+            "lingering": left.get("left"),
+        }
+        event(logging.INFO, "upgrade.slot", **result)
+        return result
+
+    async def _discard(self, slot: Slot) -> None:
+        """Kill a successor that will not take over (it has read none of the slot's UDP
+        sockets yet)."""
+        process = slot.process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        self._gone(slot)
+
+    async def _resume(self, slot: Slot) -> None:
+        """Have the worker of ``slot`` read its sockets again after a failed hand-off; one that
+        cannot is killed, and restarted by its watcher (its allocations are lost)."""
+        assert slot.channel is not None
+        try:
+            await slot.channel.call("handoff_abort", {}, timeout=HANDOFF_TIMEOUT)
+        except (RemoteError, ChannelClosed, TimeoutError) as exc:
+            event(logging.ERROR, "upgrade.resume_failed", slot=slot.index, reason=str(exc))
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.kill()
+
+    async def _retire(self, slot: Slot) -> None:
+        """Wait for a replaced worker to exit (it does once its connections are gone), killing
+        it past the linger."""
+        assert slot.process is not None
+        linger = self.config.server.upgrade_linger + STOP_TIMEOUT
+        try:
+            await asyncio.wait_for(slot.process.wait(), linger)
+        except TimeoutError:
+            event(logging.ERROR, "worker.killed", pid=slot.process.pid, timeout=linger)
+            slot.process.kill()
+            await slot.process.wait()
+        if slot in self.lingering:
+            self.lingering.remove(slot)
+        self._gone(slot)
+        event(logging.INFO, "upgrade.retired", slot=slot.index, pid=slot.process.pid)
+
     # --- running -----------------------------------------------------------------------------
 
     def status_line(self) -> str:
@@ -502,7 +662,7 @@ class Supervisor:
         return "; ".join(f"worker {k}: {v}" for k, v in failures.items()) or None
 
     async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT; SIGHUP reloads every worker."""
+        """Run until SIGTERM or SIGINT; SIGHUP reloads every worker, SIGUSR2 upgrades them."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[None]] = set()
@@ -515,14 +675,24 @@ class Supervisor:
             finally:
                 systemd.ready(f"reload refused: {error}" if error else self.status_line())
 
-        def on_reload() -> None:
-            task = loop.create_task(reload())
+        async def upgrade() -> None:
+            systemd.reloading("upgrading the workers in place")
+            try:
+                await self.upgrade()
+            except ValueError as exc:  # logged as upgrade.failed
+                event(logging.ERROR, "upgrade.refused", str(exc))
+            finally:
+                systemd.ready(self.status_line())
+
+        def run(job: Any) -> None:
+            task = loop.create_task(job())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        loop.add_signal_handler(signal.SIGHUP, run, reload)
+        loop.add_signal_handler(signal.SIGUSR2, run, upgrade)
         systemd.ready(self.status_line())
         try:
             await stop.wait()

@@ -65,6 +65,9 @@ class WorkerCalls(Protocol):
     async def call(self, slot: int, op: str, args: dict[str, Any]) -> Any:
         """Worker ``slot``'s answer to ``op``; WorkerUnavailable, or what it raised."""
 
+    async def upgrade(self) -> dict[str, Any]:
+        """Replace every worker in place (turnd.workers.supervisor.Supervisor.upgrade)."""
+
 
 def raise_remote(slot: int, text: str) -> None:
     """Raise again the error worker ``slot`` answered with (``"Type: message"``): a ValueError or
@@ -222,6 +225,9 @@ class FanOutOps:
                 failed[str(slot)] = str(result.get("error"))
         errors = sorted(set(failed.values()))
         return {"ok": not failed, "error": "; ".join(errors) or None, "failed": failed}
+
+    async def upgrade(self) -> dict[str, Any]:
+        return await self.calls.upgrade()
 
     async def drain(self, on: bool) -> dict[str, Any]:
         answers = await self._ask(self._every(), "drain", on=on)

@@ -1,11 +1,14 @@
 """One worker process: a whole :class:`turnd.service.TurnService` over the supervisor's sockets.
 
 Started by the supervisor as ``python -m turnd.workers.worker --channel FD`` with its boot
-settings in ``$TURND_WORKER_BOOT`` (JSON: the configuration source, its slot, the worker count
-and the inherited listener sockets' fd numbers). It serves its share of the listeners and its
-slice of the relay ports, answers the supervisor's requests (:class:`WorkerOps`) and tells it of
-every allocation count its quotas take or give back, and of revocations made here. It stops on
-SIGTERM, or when the channel closes (its supervisor is gone).
+settings in ``$TURND_WORKER_BOOT`` (JSON: the configuration source, its slot, the worker count,
+the inherited listener sockets' fd numbers, its fd channel's, and, for a worker started by an
+upgrade, the socket it receives its predecessor's relay sockets on). It serves its share of the
+listeners and its slice of the relay ports, answers the supervisor's requests
+(:class:`WorkerOps`) and tells it of every allocation count its quotas take or give back, and
+of revocations made here. It stops on SIGTERM, or when the channel closes (its supervisor is
+gone), or once it has handed its allocations over and its last TCP/TLS connection has closed
+(:mod:`turnd.workers.handoff`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -25,8 +29,10 @@ import attrs
 from turnd import logs
 from turnd.assembly import StartupError, resolve_secrets
 from turnd.config import Config, load_config
+from turnd.core.handoff import movable
 from turnd.logs import event
 from turnd.service import TurnService
+from turnd.workers.handoff import Handoff
 from turnd.workers.rpc import Channel
 from turnd.workers.worker_ops import WorkerOps
 
@@ -80,7 +86,14 @@ class Worker:
             (transport, host, port): socket.socket(fileno=fd)
             for transport, host, port, fd in boot["listeners"]
         }
-        self.service = TurnService(config, config_source=fresh_config, inherited=inherited)
+        self._fds = _socket_or_none(boot.get("fds"))
+        self._receiving = _socket_or_none(boot.get("receive"))
+        self.service = TurnService(
+            config,
+            config_source=fresh_config,
+            inherited=inherited,
+            hold_udp=self._receiving is not None,
+        )
         self.stopped = asyncio.Event()
         self.channel = Channel(
             socket.socket(fileno=channel_fd), self.handle, self.notice, name="supervisor"
@@ -88,7 +101,7 @@ class Worker:
         quotas = self.service.core.quotas
         quotas.on_change = self._quota_changed
         self.service.credentials.on_revoke = self._revoked
-        self.ops = WorkerOps(self.service)
+        self.ops = WorkerOps(self.service, self._handed_over)
 
     def _quota_changed(self, username: str, host: str, delta: int) -> None:
         self.channel.notify("quota", {"username": username, "host": host, "delta": delta})
@@ -114,7 +127,32 @@ class Worker:
         """A request from the supervisor (turnctl and the metrics, fanned out)."""
         return self.ops.handle(op, args)
 
+    def _handed_over(self) -> None:
+        """Its UDP allocations are the successor's now: serve what is left, then stop."""
+        asyncio.get_running_loop().create_task(self._linger())
+
+    async def _linger(self) -> None:
+        service = self.service
+        service.listeners.close()  # its successor accepts the new connections
+        deadline = time.monotonic() + service.config.server.upgrade_linger
+        # What could not move: TCP/TLS connections and their allocations (a UDP one made here
+        # after the hand-off began has no listener left, and its client asks the successor).
+        while sum(service.stream_counts().values()) or any(
+            not movable(alloc) for alloc in service.core.allocations.values()
+        ):
+            if time.monotonic() >= deadline:
+                event(
+                    logging.INFO,
+                    "handoff.linger_over",
+                    allocations=len(service.core.allocations),
+                    connections=sum(service.stream_counts().values()),
+                )
+                break
+            await asyncio.sleep(1.0)
+        self.stopped.set()
+
     async def run(self) -> None:
+        self.ops.handoff = Handoff(self.service, self._fds, self._receiving)
         await self.channel.open()
         reader = asyncio.get_running_loop().create_task(self.channel.run())
         reader.add_done_callback(lambda _: self.stopped.set())
@@ -139,6 +177,10 @@ class Worker:
         await self.stopped.wait()
         await self.service.stop()
         self.channel.close()
+
+
+def _socket_or_none(fd: int | None) -> socket.socket | None:
+    return socket.socket(fileno=fd) if fd is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from turnd.operations import Operations
 
 if TYPE_CHECKING:
     from turnd.service import TurnService
+    from turnd.workers.handoff import Handoff
 
 #: Each operation and the names of its arguments, in the order its method takes them.
 OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -45,16 +46,23 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "cluster_owner": ("transport", "client", "server"),
     "rebuild_credentials": ("unrevoke",),
     "metrics": (),
+    "handoff_export": (),
+    "handoff_import": ("records",),
+    "handoff_commit": (),
+    "handoff_abort": (),
 }
 
 
 class WorkerOps:
     """One worker's service, operated by the supervisor."""
 
-    def __init__(self, service: TurnService) -> None:
+    def __init__(self, service: TurnService, handed_over: Callable[[], None]) -> None:
         self.service = service
         self.operations = Operations(service)
         self._registry = registry_for(service)
+        #: This worker's side of an upgrade in place, once its event loop runs.
+        self.handoff: Handoff | None = None
+        self._handed_over = handed_over
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         """The answer to ``op``; ValueError for an unknown one or a missing argument."""
@@ -90,3 +98,28 @@ class WorkerOps:
     def metrics(self) -> str:
         """This worker's scrape, in the text exposition format."""
         return generate_latest(self._registry).decode()
+
+    # --- an upgrade in place (turnd.workers.handoff) -----------------------------------------
+
+    def _handoff(self) -> Handoff:
+        if self.handoff is None:
+            raise ValueError("this worker is still starting")
+        return self.handoff
+
+    def handoff_export(self) -> dict[str, Any]:
+        """Stop reading what can move, send its sockets; its records."""
+        return self._handoff().export()
+
+    async def handoff_import(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Take over the predecessor's ``records`` and the sockets it sent."""
+        return await self._handoff().take(records)
+
+    def handoff_commit(self) -> dict[str, Any]:
+        """The successor serves: forget what moved, serve what is left, then stop."""
+        done = self._handoff().commit()
+        self._handed_over()
+        return done
+
+    async def handoff_abort(self) -> None:
+        """The successor is gone: serve on."""
+        await self._handoff().abort()
