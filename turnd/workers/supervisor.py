@@ -116,6 +116,16 @@ class Slot:
     users: Counter[str] = attrs.field(factory=Counter)
     hosts: Counter[str] = attrs.field(factory=Counter)
 
+    def close_channels(self) -> None:
+        """Its worker is gone (or going): close the channel and the fd channel to it."""
+        self.up = False
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.fds is not None:
+            self.fds.close()
+            self.fds = None
+
     def info(self) -> WorkerInfo:
         pid = self.process.pid if self.process is not None else None
         return WorkerInfo(self.index, pid, self.up, self.restarts, self.started)
@@ -349,13 +359,7 @@ class Supervisor:
 
     def _gone(self, slot: Slot) -> None:
         """The worker of ``slot`` has exited: close its channels, forget its counts."""
-        slot.up = False
-        if slot.channel is not None:
-            slot.channel.close()
-            slot.channel = None
-        if slot.fds is not None:
-            slot.fds.close()
-            slot.fds = None
+        slot.close_channels()
         slot.users.clear()
         slot.hosts.clear()
         self._share_counts(slot)
@@ -489,13 +493,7 @@ class Supervisor:
                 process.kill()
                 await process.wait()
         for slot in every:
-            slot.up = False
-            if slot.channel is not None:
-                slot.channel.close()
-                slot.channel = None
-            if slot.fds is not None:
-                slot.fds.close()
-                slot.fds = None
+            slot.close_channels()
         from turnd.control import stop_control
 
         await stop_control(self._side)
