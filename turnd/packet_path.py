@@ -193,11 +193,7 @@ class PacketPath:
 
     async def listen_udp(self, bound: Address, sock: socket.socket) -> None:
         """Serve clients on the bound UDP socket ``sock`` (bound at ``bound``)."""
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _ClientDatagrams(self, bound), sock=sock
-        )
-        self._listeners[bound] = transport
+        self._listeners[bound] = await _endpoint(_ClientDatagrams(self, bound), sock)
 
     def internal_error(self, where: str) -> None:
         """A bug surfaced while handling one packet: log it, count it, carry on."""
@@ -331,11 +327,7 @@ class PacketPath:
 
     async def serve_relay(self, relay: Address, sock: socket.socket) -> None:
         """Relay the peer datagrams of the bound socket ``sock`` (the relay ``relay``)."""
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _RelayDatagrams(self, relay), sock=sock
-        )
-        self._relays[relay] = transport
+        self._relays[relay] = await _endpoint(_RelayDatagrams(self, relay), sock)
 
     def relay_result(self, ticket: int, ok: bool) -> None:
         """The socket for an ``OpenRelay`` is bound (``ok``) or not: tell the core."""
