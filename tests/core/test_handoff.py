@@ -98,6 +98,20 @@ def test_kernel_routes_are_taken_back_before_export_and_handed_to_the_new_cache(
     assert relay.kernel_packets_to_peer == 1 and relay.packets_to_peer == 1
 
 
+def test_a_hand_off_called_off_gives_the_routes_back_to_the_old_cache() -> None:
+    old = World(routes=True)
+    alice = old.client()
+    alice.allocate(UDP, at.Lifetime(3600))
+    alice.channel_bind(CH, PEER)
+    assert old.routes is not None and len(old.routes.installed) == 1
+    records = old.server.export_allocations(old.now)
+    assert old.routes.installed == set()  # the packets come to the sockets for the hand-off
+    five_tuples = [alice.five_tuple]
+    assert old.server.resume_exported(five_tuples, old.now) == 1  # type: ignore[list-item]
+    assert len(old.routes.installed) == 1
+    assert len(records) == 1 and alice.five_tuple in old.server.allocations
+
+
 def test_a_stream_clients_allocation_stays() -> None:
     old = World()
     bob = old.client("bob", "bob-pw", transport=Transport.TCP)

@@ -174,3 +174,34 @@ def test_a_single_process_refuses_to_upgrade_and_says_what_to_do(tmp_path: Path)
         assert "server.workers" in output and "one process" in output
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_failed_upgrade_leaves_every_worker_serving_and_says_which_one_failed(
+    node: Daemon, clients: list[TurnClient]
+) -> None:
+    """With the config file broken after the start, turnctl upgrade exits 1 with the file's
+    error before it starts any worker, and the old workers relay on, PIDs unchanged."""
+    with EchoPeer() as peer:
+        on = [relaying(client_on(node, slot, clients), peer) for slot in range(WORKERS)]
+        before = [w["pid"] for w in turnctl(node, "status")["workers"]]
+        good = node.config_path.read_text()
+        node.config_path.write_text(good + "\n[relay\n")
+        try:
+            with Relayer(on) as relayer:
+                output = turnctl(node, "upgrade", code=1)
+                relayer.more()
+        finally:
+            node.config_path.write_text(good)
+        assert relayer.lost == [], f"{len(relayer.lost)} of {relayer.sent} datagrams lost"
+        assert "no worker was upgraded" in output, output
+        assert f"TOML syntax error (in {node.config_path})" in output, output
+        assert [w["pid"] for w in turnctl(node, "status")["workers"]] == before
+        assert all(alive(pid) for pid in before)
+        for client in on:
+            assert error_code(client.refresh()) is None
+        # Fixed, the same upgrade goes through.
+        upgraded = turnctl(node, "upgrade")["workers"]
+        assert [w["old_pid"] for w in upgraded] == before
+        assert [w["moved"] for w in upgraded] == [1] * WORKERS
+        for client in on:
+            assert echoed(client, b"after the second upgrade")

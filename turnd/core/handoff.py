@@ -185,6 +185,20 @@ def import_allocations(
     return rebuilt
 
 
+def resume_exported(server: TurnServer, five_tuples: Iterable[FiveTuple], now: float) -> int:
+    """A hand-off was called off: the exported allocations of ``five_tuples`` stay here, so
+    their channels go back to this core's kernel fast path, if any. The routes installed."""
+    installed = 0
+    for five_tuple in five_tuples:
+        alloc = server.allocations.get(five_tuple)
+        if alloc is None:
+            continue
+        for binding in list(alloc.channels.values()):
+            routes.install(server, alloc, binding, now)
+        installed += len(alloc.routes)
+    return installed
+
+
 def forget_exported(server: TurnServer, five_tuples: Iterable[FiveTuple]) -> list[Address]:
     """Remove the allocations of ``five_tuples`` (now another core's) without ending them: no
     usage, no CloseRelay (the caller hands their sockets over). Their relay addresses."""

@@ -354,6 +354,10 @@ class TurnServer:
         """Take over the allocations of ``records`` (ValueError: none taken)."""
         return handoff.import_allocations(self, records, now)
 
+    def resume_exported(self, five_tuples: list[FiveTuple], now: float) -> int:
+        """Keep allocations whose hand-off was called off (their kernel routes again)."""
+        return handoff.resume_exported(self, five_tuples, now)
+
     def forget_exported(self, five_tuples: list[FiveTuple]) -> list[Address]:
         """Drop allocations another core took over, without ending them; their relays."""
         return handoff.forget_exported(self, five_tuples)

@@ -61,17 +61,32 @@ def send_sockets(channel: socket.socket, sockets: dict[str, socket.socket]) -> i
 
 
 def receive_one(channel: socket.socket, timeout: float) -> socket.socket:
-    """The one socket sent over ``channel`` (the supervisor's fd channel); OSError if none."""
+    """The latest socket sent over ``channel`` (the supervisor's fd channel); OSError if none.
+    Any sent before it belong to hand-offs called off before they began: they are closed."""
     channel.settimeout(timeout)
+    latest: socket.socket | None = None
     try:
-        _, fds, flags, _ = socket.recv_fds(channel, 64, 1)
+        while True:
+            try:
+                data, fds, flags, _ = socket.recv_fds(channel, 64, 1)
+            except (BlockingIOError, TimeoutError):
+                break
+            if not data and not fds:  # the supervisor's end is closed
+                break
+            received = [socket.socket(fileno=fd) for fd in fds]
+            if len(received) != 1 or flags & socket.MSG_CTRUNC:
+                for sock in received:
+                    sock.close()
+                continue
+            if latest is not None:
+                latest.close()
+            latest = received[0]
+            channel.setblocking(False)
     finally:
         channel.setblocking(False)
-    if len(fds) != 1 or flags & socket.MSG_CTRUNC:
-        for fd in fds:
-            socket.socket(fileno=fd).close()
+    if latest is None:
         raise OSError("the supervisor sent no hand-off socket")
-    return socket.socket(fileno=fds[0])
+    return latest
 
 
 class SocketReceiver:
@@ -130,6 +145,12 @@ class SocketReceiver:
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
+
+    def close(self) -> None:
+        """Stop reading and close the channel and every socket received."""
+        if not self._done.is_set():
+            self._finish("the worker stopped")
+        self.close_unclaimed()
 
 
 class Handoff:
@@ -197,9 +218,26 @@ class Handoff:
         if self._paused is None:
             return
         paused, self._paused = self._paused, None
-        self._records = []
+        records, self._records = self._records, []
         await self.service.packets.resume(paused)
-        event(logging.WARNING, "handoff.aborted", "serving on: the successor took nothing")
+        routes = self.service.core.resume_exported(records_of.five_tuples(records), time.time())
+        self.service.packets.release_timer()
+        event(
+            logging.WARNING,
+            "handoff.aborted",
+            "serving on: the successor took nothing",
+            allocations=len(records),
+            kernel_routes=routes,
+        )
+
+    def close(self) -> None:
+        """The worker is stopping: close its fd channel and any receiver not yet used."""
+        if self._fds is not None:
+            self._fds.close()
+            self._fds = None
+        if self._receiver is not None:
+            self._receiver.close()
+            self._receiver = None
 
     # --- taking ------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from turnd import logs, systemd
-from turnd.assembly import StartupError
+from turnd.assembly import StartupError, resolve_secrets
 from turnd.config import Config
 from turnd.config import Transport as ListenerTransport
 from turnd.listeners import bind_datagram, bind_failure_reason, bind_stream
@@ -534,6 +534,7 @@ class Supervisor:
         if self._upgrading.locked():
             raise ValueError("an upgrade is under way already")
         async with self._upgrading:
+            self._check_config()
             done: list[dict[str, Any]] = []
             for index in range(self.count):
                 try:
@@ -553,6 +554,24 @@ class Supervisor:
                 window_ms=max(d["window_ms"] for d in done),
             )
             return {"workers": done}
+
+    def _check_config(self) -> None:
+        """Load the configuration as a new worker will, before any is started: a broken file
+        fails the upgrade with its own message, and no worker is touched."""
+        from turnd.config import ConfigError, load_config
+        from turnd.state import StateError
+        from turnd.tls import TlsError, check_configured
+
+        try:
+            config = load_config(self._config_path, os.environ, self._overrides)
+            resolve_secrets(config)
+            check_configured(config)
+        except (ConfigError, StateError, TlsError) as exc:
+            event(logging.ERROR, "upgrade.failed", str(exc), slot=None)
+            raise UpgradeFailed(
+                f"the configuration cannot be loaded: {exc}; no worker was upgraded (all run "
+                "as they were: fix it, check it with `turnd check-config`, upgrade again)"
+            ) from exc
 
     async def _upgrade_slot(self, index: int) -> dict[str, Any]:
         old = self.places[index]

@@ -28,10 +28,11 @@ import attrs
 
 from turnd import logs
 from turnd.assembly import StartupError, resolve_secrets
-from turnd.config import Config, load_config
+from turnd.config import Config, ConfigError, load_config
 from turnd.core.handoff import movable
 from turnd.logs import event
 from turnd.service import TurnService
+from turnd.state import StateError
 from turnd.workers.handoff import Handoff
 from turnd.workers.rpc import Channel
 from turnd.workers.worker_ops import WorkerOps
@@ -176,6 +177,7 @@ class Worker:
         )
         await self.stopped.wait()
         await self.service.stop()
+        self.ops.handoff.close()
         self.channel.close()
 
 
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(Worker(boot, options.channel).run())
-    except StartupError as exc:
+    except (StartupError, ConfigError, StateError) as exc:
         event(logging.ERROR, "worker.failed", str(exc), slot=boot["slot"])
         return 1
     return 0
