@@ -115,6 +115,8 @@ class Slot:
     #: The worker's allocations by username and by client IP, as it last told (quotas).
     users: Counter[str] = attrs.field(factory=Counter)
     hosts: Counter[str] = attrs.field(factory=Counter)
+    #: Notices for this worker held while its slot is handed over (:meth:`Supervisor._pass_on`).
+    holding: list[tuple[str, dict[str, Any]]] | None = None
 
     def close_channels(self) -> None:
         """Its worker is gone (or going): close the channel and the fd channel to it."""
@@ -300,12 +302,40 @@ class Supervisor:
             for other in self._others(slot):
                 assert other.channel is not None
                 other.channel.notify("elsewhere", args)
+        elif op == "forward":  # a datagram of a flow whose allocation another worker holds
+            self._pass_on(slot, "forwarded", args)
+        elif op == "unpin":
+            self._pass_on(slot, "unpin", args)
         elif op == "revoked":
             username = str(args["username"])
             for other in self._others(slot):
                 asyncio.get_running_loop().create_task(self._revoke_on(other, username))
         else:
             event(logging.WARNING, "worker.unknown_notice", slot=slot.index, op=op)
+
+    def _pass_on(self, sender: Slot, op: str, args: dict[str, Any]) -> None:
+        """Hand a notice of ``sender`` to the worker of the slot it names: at once, or after
+        the slot's hand-off when it is being upgraded; dropped (and counted) when that worker
+        is down."""
+        index = args.get("slot")
+        target = self.places[index] if isinstance(index, int) and 0 <= index < self.count else None
+        message = {**args, "from": sender.index}
+        if target is not None and target.holding is not None:
+            target.holding.append((op, message))
+            return
+        passed = target is not None and target.channel is not None
+        if passed and target is not None and target.channel is not None:
+            passed = target.channel.notify(op, message)
+        if not passed and op == "forwarded" and sender.channel is not None:
+            sender.channel.notify("forward_dropped")  # counted there, with its drops
+
+    def _release(self, held: Slot, to: Slot) -> None:
+        """Pass on what was held for ``held`` during its hand-off, to ``to`` (its successor, or
+        itself when the hand-off failed)."""
+        notices, held.holding = held.holding or [], None
+        for op, message in notices:
+            if to.channel is None or not to.channel.notify(op, message):
+                break
 
     def _others(self, slot: Slot | None) -> list[Slot]:
         every = [*self.places, *self.lingering]
@@ -593,19 +623,24 @@ class Supervisor:
             give.close()
         assert new.channel is not None and new.process is not None
         began = time.monotonic()
+        old.holding = []
         try:
             exported = await old.channel.call("handoff_export", {}, timeout=HANDOFF_TIMEOUT)
             taken = await new.channel.call(
-                "handoff_import", {"records": exported["records"]}, timeout=HANDOFF_TIMEOUT
+                "handoff_import",
+                {"records": exported["records"], "pins": exported.get("pins", [])},
+                timeout=HANDOFF_TIMEOUT,
             )
         except (RemoteError, ChannelClosed, TimeoutError) as exc:
             await self._discard(new)
             await self._resume(old)
+            self._release(old, old)
             raise RuntimeError(f"the hand-off failed: {exc}") from exc
         window = time.monotonic() - began
         # The successor serves the slot; the old worker serves what could not move, then goes.
         self._watchers[index].cancel()
         self.places[index] = new
+        self._release(old, new)
         self.lingering.append(old)
         old.up = False
         self._watchers[index] = asyncio.get_running_loop().create_task(self._watch(new))

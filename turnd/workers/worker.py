@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from base64 import b64decode, b64encode
 from typing import Any
 
 import attrs
@@ -29,11 +30,19 @@ import attrs
 from turnd import logs
 from turnd.assembly import StartupError, resolve_secrets
 from turnd.config import Config, ConfigError, load_config
+from turnd.core.actions import FiveTuple
 from turnd.core.handoff import movable
 from turnd.logs import event
 from turnd.service import TurnService
 from turnd.state import StateError
 from turnd.workers.handoff import Handoff
+from turnd.workers.pins import (
+    ALLOCATE_REQUEST,
+    WorkerEntry,
+    flow_fields,
+    flow_of,
+    reservation_prefix,
+)
 from turnd.workers.rpc import Channel
 from turnd.workers.worker_ops import WorkerOps
 
@@ -99,10 +108,33 @@ class Worker:
         self.channel = Channel(
             socket.socket(fileno=channel_fd), self.handle, self.notice, name="supervisor"
         )
-        quotas = self.service.core.quotas
-        quotas.on_change = self._quota_changed
+        core = self.service.core
+        core.settings = attrs.evolve(
+            core.settings, reservation_prefix=reservation_prefix(self.slot)
+        )
+        self.entry = WorkerEntry(core, self.slot, self.count, self._forward)
+        self.service.packets.entry = self.entry
+        core.quotas.on_change = self._quota_changed
         self.service.credentials.on_revoke = self._revoked
-        self.ops = WorkerOps(self.service, self._handed_over)
+        self.ops = WorkerOps(self.service, self._handed_over, self.entry)
+
+    def _forward(self, slot: int, flow: FiveTuple, data: bytes, sent: int) -> bool:
+        """Datagram number ``sent`` of a flow pinned to ``slot``: to that worker, through the
+        supervisor."""
+        client, server = flow_fields(flow)
+        args = {"slot": slot, "client": client, "server": server, "sent": sent}
+        return self.channel.notify("forward", {**args, "data": b64encode(data).decode()})
+
+    def _forwarded(self, args: dict[str, Any]) -> None:
+        """A datagram another worker received of a flow whose allocation is here (or was): it
+        is served as if it had come here, and answered from this worker's listener socket. A
+        datagram other than an Allocate that finds no allocation of its flow here ends the pin
+        (the allocation ended, or this worker restarted)."""
+        flow, data = flow_of(args["client"], args["server"]), b64decode(args["data"])
+        self.service.packets.client_message(flow, data)
+        if flow not in self.service.core.allocations and data[:2] != ALLOCATE_REQUEST:
+            fields = {key: args[key] for key in ("client", "server", "sent")}
+            self.channel.notify("unpin", {"slot": args["from"], **fields})
 
     def _quota_changed(self, username: str, host: str, delta: int) -> None:
         self.channel.notify("quota", {"username": username, "host": host, "delta": delta})
@@ -111,7 +143,8 @@ class Worker:
         self.channel.notify("revoked", {"username": username})
 
     def notice(self, op: str, args: dict[str, Any]) -> None:
-        """A notice from the supervisor: another worker's allocation counts."""
+        """A notice from the supervisor: another worker's allocation counts, a datagram of a
+        flow pinned here, a pin to give up."""
         quotas = self.service.core.quotas
         if op == "elsewhere":
             quotas.count_elsewhere(str(args["username"]), str(args["host"]), int(args["delta"]))
@@ -121,6 +154,12 @@ class Worker:
             quotas.elsewhere_user.update(args["users"])
             quotas.elsewhere_ip.update(args["hosts"])
             quotas.elsewhere_total = int(args["total"])
+        elif op == "forwarded":
+            self._forwarded(args)
+        elif op == "forward_dropped":  # the worker it was for is down
+            self.service.core.stats["drop.worker_unavailable"] += 1
+        elif op == "unpin":
+            self.entry.unpin(flow_of(args["client"], args["server"]), int(args["sent"]))
         elif op == "stop":
             self.stopped.set()
 

@@ -21,6 +21,7 @@ from turnd.operations import Operations
 if TYPE_CHECKING:
     from turnd.service import TurnService
     from turnd.workers.handoff import Handoff
+    from turnd.workers.pins import WorkerEntry
 
 #: Each operation and the names of its arguments, in the order its method takes them.
 OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -47,7 +48,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "rebuild_credentials": ("unrevoke",),
     "metrics": (),
     "handoff_export": (),
-    "handoff_import": ("records",),
+    "handoff_import": ("records", "pins"),
     "handoff_commit": (),
     "handoff_abort": (),
 }
@@ -56,8 +57,11 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 class WorkerOps:
     """One worker's service, operated by the supervisor."""
 
-    def __init__(self, service: TurnService, handed_over: Callable[[], None]) -> None:
+    def __init__(
+        self, service: TurnService, handed_over: Callable[[], None], entry: WorkerEntry
+    ) -> None:
         self.service = service
+        self.entry = entry
         self.operations = Operations(service)
         self._registry = registry_for(service)
         #: This worker's side of an upgrade in place, once its event loop runs.
@@ -107,11 +111,15 @@ class WorkerOps:
         return self.handoff
 
     def handoff_export(self) -> dict[str, Any]:
-        """Stop reading what can move, send its sockets; its records."""
-        return self._handoff().export()
+        """Stop reading what can move, send its sockets; its records and its pins (flows whose
+        allocation another worker holds, :mod:`turnd.workers.pins`)."""
+        return {**self._handoff().export(), "pins": self.entry.export_pins()}
 
-    async def handoff_import(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Take over the predecessor's ``records`` and the sockets it sent."""
+    async def handoff_import(
+        self, records: list[dict[str, Any]], pins: list[list[Any]]
+    ) -> dict[str, Any]:
+        """Take over the predecessor's ``records``, the sockets it sent, and its pins."""
+        self.entry.import_pins(pins)
         return await self._handoff().take(records)
 
     def handoff_commit(self) -> dict[str, Any]:

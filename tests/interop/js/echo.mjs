@@ -10,9 +10,14 @@
 // Returns what the stack itself reports, never a verdict: how many messages were sent, how many
 // the answering side received, how many echoes came back byte-exact and in order, and, where the
 // stack has getStats, which relay protocol each side's selected local candidate used.
+//
+// Two options make a lost datagram visible and spread the run over time: "unreliable" opens the
+// channel with maxRetransmits 0 (SCTP resends nothing, so a datagram the relay loses is a message
+// lost; the count is echoed < messages), and "intervalMs" waits that long between messages.
 
 export async function echoThroughRelay(RTCPeerConnection, job) {
   const { iceServer, messages, size, timeoutMs } = job;
+  const intervalMs = job.intervalMs || 0;
   const config = { iceTransportPolicy: "relay", iceServers: [iceServer], ...(job.extraConfig || {}) };
   const result = {
     opened: false,
@@ -63,7 +68,10 @@ export async function echoThroughRelay(RTCPeerConnection, job) {
         channel.send(message.data);
       };
     };
-    const channel = offerer.createDataChannel("echo");
+    const channel = offerer.createDataChannel(
+      "echo",
+      job.unreliable ? { ordered: true, maxRetransmits: 0 } : {},
+    );
     const opened = new Promise((resolve) => {
       channel.onopen = () => resolve();
     });
@@ -91,6 +99,9 @@ export async function echoThroughRelay(RTCPeerConnection, job) {
       channel.send(payload(i));
       result.sent += 1;
       result.bytesSent += size;
+      if (intervalMs) {
+        await new Promise((resolve) => setTimeout(resolve, intervalMs));
+      }
     }
     await within(allBack, `echoes (${result.echoed} of ${messages} so far)`);
     for (const pc of [offerer, answerer]) {
