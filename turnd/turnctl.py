@@ -125,8 +125,19 @@ def _print_status(found: Any) -> None:
             )
             for w in workers
         ]
+        states += [
+            (w["slot"], w["pid"], "replaced, serving its last connections", "-", w["allocations"])
+            for w in found.get("lingering") or []
+        ]
         typer.echo("workers")
         typer.echo(indent(table(states, ("SLOT", "PID", "STATE", "RESTARTS", "ALLOCATIONS"))))
+
+
+def _worker_of(view: dict[str, Any]) -> str:
+    """Which worker holds an allocation: its slot, and the PID of a replaced one."""
+    if "old_pid" in view:
+        return f"{view['worker']} (old, pid {view['old_pid']})"
+    return str(view.get("worker", "-"))
 
 
 def _fastpath_line(view: dict[str, Any]) -> str:
@@ -178,7 +189,7 @@ def _print_allocations(found: Any) -> None:
             size(a["bytes_to_peer"]),
             size(a["bytes_to_client"]),
         )
-        + ((a.get("worker", "-"),) if workers else ())
+        + ((_worker_of(a),) if workers else ())
         for a in found
     ]
     typer.echo(table(rows, [*headers, "WORKER"] if workers else headers))

@@ -102,9 +102,13 @@ def test_an_upgrade_moves_every_udp_allocation_without_losing_a_datagram(
         ]
         before = {a["client"]: a for a in turnctl(node, "allocations", "list")}
         with Relayer(on) as relayer:
+            counted = node.scrape()
             upgraded = turnctl(node, "upgrade")["workers"]
             relayer.more()
         assert relayer.lost == [], f"{len(relayer.lost)} of {relayer.sent} datagrams lost"
+        # The counters move with the allocations: the node's totals do not start over.
+        key = ("turnd_relayed_packets_total", (("direction", "to_peer"),))
+        assert node.scrape()[key] >= counted[key] + 50
 
         assert [w["slot"] for w in upgraded] == list(range(WORKERS))
         assert [w["moved"] for w in upgraded] == [PER_SLOT] * WORKERS
@@ -158,9 +162,23 @@ def test_a_tcp_allocation_stays_with_its_old_worker_until_it_ends(
         assert echoed(tcp, b"served by the old worker")
         assert echoed(udp, b"served by the new one")
         assert error_code(tcp.refresh()) is None
+        # The operator sees the old worker and what it holds, and one scrape counts it all.
+        [old] = turnctl(node, "status")["lingering"]
+        assert (old["pid"], old["allocations"]) == (lingering["old_pid"], 1)
+        held = [a for a in turnctl(node, "allocations", "list") if "old_pid" in a]
+        assert [(a["transport"], a["old_pid"]) for a in held] == [("tcp", lingering["old_pid"])]
+        while_lingering = node.scrape()
+        assert while_lingering[("turnd_workers_lingering", ())] == 1
+        assert while_lingering[("turnd_allocations", (("relay", "udp"), ("transport", "tcp")))] == 1
         tcp.close()
         assert wait_until(lambda: not alive(lingering["old_pid"]))
         assert wait_for_event(node, "upgrade.retired", count=WORKERS)
+        # Its counts went to its slot's new worker as it exited: the node's counters go on.
+        after = node.scrape()
+        assert after[("turnd_workers_lingering", ())] == 0
+        for direction in ("to_peer", "to_client"):
+            key = ("turnd_relayed_packets_total", (("direction", direction),))
+            assert after[key] >= while_lingering[key] > 0
 
         fresh = TurnClient((node.host, node.ports["tcp"][0]), USER, PASSWORD, transport="tcp")
         clients.append(fresh)

@@ -43,6 +43,12 @@ class Workers:
         self.calls.append((slot, op, args))
         return self.answers[slot][op](args)
 
+    def old_workers(self) -> list[WorkerInfo]:
+        return []
+
+    async def call_old(self, pid: int, op: str, args: dict[str, Any]) -> Any:
+        raise WorkerUnavailable(-1, "no old worker here")
+
     def on_all(self, op: str, answer: Answerer) -> None:
         for table in self.answers:
             table[op] = answer

@@ -166,6 +166,8 @@ class Handoff:
         self._fds = fds
         self._receiver = SocketReceiver(receiving) if receiving is not None else None
         self._records: list[dict[str, Any]] = []
+        #: The counters as they were exported (the successor took them over at its import).
+        self._stats: dict[str, int] = {}
         self._paused: Paused | None = None
         self.started: float | None = None
 
@@ -198,13 +200,20 @@ class Handoff:
             sockets=len(self._paused.relays),
             messages=messages,
         )
-        return {"records": records}
+        self._stats = dict(core.stats)
+        return {"records": records, "stats": self._stats}
 
     def commit(self) -> dict[str, Any]:
         """The successor has them: forget the allocations that moved, close this copy."""
         if self._paused is None:
             raise ValueError("no hand-off is under way")
-        moved = self.service.core.forget_exported(records_of.five_tuples(self._records))
+        core = self.service.core
+        moved = core.forget_exported(records_of.five_tuples(self._records))
+        for key, value in self._stats.items():  # the successor counts on from these
+            core.stats[key] -= value
+            if core.stats[key] <= 0:
+                del core.stats[key]
+        self._stats = {}
         self._paused.close()
         self._paused = None
         self._records = []
@@ -219,6 +228,7 @@ class Handoff:
             return
         paused, self._paused = self._paused, None
         records, self._records = self._records, []
+        self._stats = {}
         await self.service.packets.resume(paused)
         routes = self.service.core.resume_exported(records_of.five_tuples(records), time.time())
         self.service.packets.release_timer()

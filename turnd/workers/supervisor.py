@@ -306,6 +306,9 @@ class Supervisor:
             self._pass_on(slot, "forwarded", args)
         elif op == "unpin":
             self._pass_on(slot, "unpin", args)
+        elif op == "final_stats":  # a replaced worker's last counts, to its slot's worker
+            if not self._pass_on(slot, "add_stats", {**args, "slot": slot.index}):
+                event(logging.WARNING, "upgrade.counts_lost", slot=slot.index, pid=args.get("pid"))
         elif op == "revoked":
             username = str(args["username"])
             for other in self._others(slot):
@@ -313,7 +316,7 @@ class Supervisor:
         else:
             event(logging.WARNING, "worker.unknown_notice", slot=slot.index, op=op)
 
-    def _pass_on(self, sender: Slot, op: str, args: dict[str, Any]) -> None:
+    def _pass_on(self, sender: Slot, op: str, args: dict[str, Any]) -> bool:
         """Hand a notice of ``sender`` to the worker of the slot it names: at once, or after
         the slot's hand-off when it is being upgraded; dropped (and counted) when that worker
         is down."""
@@ -322,12 +325,13 @@ class Supervisor:
         message = {**args, "from": sender.index}
         if target is not None and target.holding is not None:
             target.holding.append((op, message))
-            return
+            return True
         passed = target is not None and target.channel is not None
         if passed and target is not None and target.channel is not None:
             passed = target.channel.notify(op, message)
         if not passed and op == "forwarded" and sender.channel is not None:
             sender.channel.notify("forward_dropped")  # counted there, with its drops
+        return passed
 
     def _release(self, held: Slot, to: Slot) -> None:
         """Pass on what was held for ``held`` during its hand-off, to ``to`` (its successor, or
@@ -553,6 +557,22 @@ class Supervisor:
         except RemoteError as exc:
             raise_remote(slot, str(exc))
 
+    def old_workers(self) -> list[WorkerInfo]:
+        """The workers an upgrade replaced that still serve their last TCP/TLS connections."""
+        return [slot.info() for slot in self.lingering if slot.channel is not None]
+
+    async def call_old(self, pid: int, op: str, args: dict[str, Any]) -> Any:
+        """Ask the replaced worker of ``pid``, as :meth:`call` asks a slot's."""
+        slot = next((s for s in self.lingering if s.process and s.process.pid == pid), None)
+        if slot is None or slot.channel is None:
+            raise WorkerUnavailable(-1, f"the old worker {pid} is gone")
+        try:
+            return await slot.channel.call(op, args)
+        except (ChannelClosed, TimeoutError) as exc:
+            raise WorkerUnavailable(slot.index, f"no answer ({exc or type(exc).__name__})") from exc
+        except RemoteError as exc:
+            raise_remote(slot.index, str(exc))
+
     # --- upgrading in place ------------------------------------------------------------------
 
     async def upgrade(self) -> dict[str, Any]:
@@ -628,7 +648,11 @@ class Supervisor:
             exported = await old.channel.call("handoff_export", {}, timeout=HANDOFF_TIMEOUT)
             taken = await new.channel.call(
                 "handoff_import",
-                {"records": exported["records"], "pins": exported.get("pins", [])},
+                {
+                    "records": exported["records"],
+                    "pins": exported.get("pins", []),
+                    "stats": exported.get("stats", {}),
+                },
                 timeout=HANDOFF_TIMEOUT,
             )
         except (RemoteError, ChannelClosed, TimeoutError) as exc:

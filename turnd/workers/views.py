@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -67,6 +67,12 @@ class WorkerCalls(Protocol):
 
     async def upgrade(self) -> dict[str, Any]:
         """Replace every worker in place (turnd.workers.supervisor.Supervisor.upgrade)."""
+
+    def old_workers(self) -> list[WorkerInfo]:
+        """Workers an upgrade replaced that serve their last TCP/TLS connections."""
+
+    async def call_old(self, pid: int, op: str, args: dict[str, Any]) -> Any:
+        """The answer of the replaced worker ``pid``; WorkerUnavailable once it is gone."""
 
 
 def raise_remote(slot: int, text: str) -> None:
@@ -121,6 +127,25 @@ class FanOutOps:
             raise OpsUnavailable("no worker is up: every worker is restarting")
         return await self._ask(up, op, **args)
 
+    async def _ask_old(self, op: str, **args: Any) -> dict[WorkerInfo, Any]:
+        """``op`` asked of every replaced worker still serving: each one's answer (one that
+        went meanwhile is left out)."""
+        old = self.calls.old_workers()
+        if not old:
+            return {}
+        answers = await asyncio.gather(
+            *(self.calls.call_old(info.pid or 0, op, args) for info in old),
+            return_exceptions=True,
+        )
+        found: dict[WorkerInfo, Any] = {}
+        for info, answer in zip(old, answers, strict=True):
+            if isinstance(answer, WorkerUnavailable):
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            found[info] = answer
+        return found
+
     async def _change_shared(self, op: str, unrevoke: str | None = None, **args: Any) -> Any:
         """Make a change to the shared credentials on the primary worker, then have every
         other worker read them again. Every worker must be up: one that is not would serve
@@ -161,25 +186,46 @@ class FanOutOps:
                 }
                 for info in self.calls.slots()
             ],
+            "lingering": [
+                {
+                    "slot": info.slot,
+                    "pid": info.pid,
+                    "allocations": answer["allocations"],
+                    "connections": answer["connections"],
+                }
+                for info, answer in (await self._ask_old("status")).items()
+            ],
         }
 
     async def allocations(
         self, user: str | None, client: str | None, transport: str | None
     ) -> list[dict[str, Any]]:
-        answers = await self._ask_up("allocations", user=user, client=client, transport=transport)
+        asked = {"user": user, "client": client, "transport": transport}
+        answers = await self._ask_up("allocations", **asked)
         found = [{**view, "worker": slot} for slot, views in answers.items() for view in views]
+        for info, views in (await self._ask_old("allocations", **asked)).items():
+            found += [{**view, "worker": info.slot, "old_pid": info.pid} for view in views]
         return sorted(found, key=lambda view: view["started"])
 
     async def allocation(self, allocation_id: str) -> dict[str, Any] | None:
         answers = await self._ask_up("allocation", allocation_id=allocation_id)
-        return next(
+        found = next(
             ({**view, "worker": slot} for slot, view in sorted(answers.items()) if view),
             None,
         )
+        if found is None:
+            old = await self._ask_old("allocation", allocation_id=allocation_id)
+            found = next(
+                ({**view, "worker": info.slot, "old_pid": info.pid} for info, view in old.items()
+                 if view),
+                None,
+            )  # fmt: skip
+        return found
 
     async def kill(self, allocation_id: str) -> bool:
         answers = await self._ask_up("kill", allocation_id=allocation_id)
-        return any(answers.values())
+        old = await self._ask_old("kill", allocation_id=allocation_id)
+        return any(answers.values()) or any(old.values())
 
     async def users(self) -> list[str]:
         return list(await self.calls.call(self._primary(), "users", {}))
@@ -245,7 +291,8 @@ class FanOutOps:
         )
         others = [slot for slot in self._up() if slot != primary]
         answers = await self._ask(others, "revoke", username=username, persist=False)
-        return ended + sum(int(n) for n in answers.values())
+        old = await self._ask_old("revoke", username=username, persist=False)
+        return ended + sum(int(n) for n in [*answers.values(), *old.values()])
 
     async def mint(self, ttl: int, ident: str) -> dict[str, Any]:
         return dict(await self.calls.call(self._primary(), "mint", {"ttl": ttl, "ident": ident}))
@@ -281,7 +328,8 @@ class FanOutOps:
             for slot, result in zip(up, results, strict=True)
             if isinstance(result, str)
         }
-        return merge_metrics(texts, self.calls.slots())
+        old = [text for text in (await self._ask_old("metrics")).values() if isinstance(text, str)]
+        return merge_metrics(texts, self.calls.slots(), old)
 
 
 def _merge_fastpath(views: list[dict[str, Any]]) -> dict[str, Any]:
@@ -317,15 +365,19 @@ class _Merged(Collector):
         yield from self.families
 
 
-def merge_metrics(texts: Mapping[int, str], workers: Iterable[WorkerInfo]) -> str:
-    """One exposition of the workers' scrapes (``texts``, by slot): each series summed across
-    the workers (the largest value for a state such as turnd_fastpath_active), then
-    turnd_worker_up, turnd_worker_restarts_total and turnd_worker_allocations by ``worker``."""
+def merge_metrics(
+    texts: Mapping[int, str], workers: Iterable[WorkerInfo], old: Sequence[str] = ()
+) -> str:
+    """One exposition of the workers' scrapes (``texts``, by slot, and ``old``: the replaced
+    workers still serving): each series summed across them (the largest value for a state
+    such as turnd_fastpath_active), then turnd_worker_up, turnd_worker_restarts_total and
+    turnd_worker_allocations by ``worker``, and turnd_workers_lingering."""
     order: list[str] = []
     kinds: dict[str, tuple[str, str]] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     allocations: dict[int, float] = {}
-    for slot, text in sorted(texts.items()):
+    scrapes = [*sorted(texts.items()), *((None, text) for text in old)]
+    for slot, text in scrapes:
         for family in text_string_to_metric_families(text):
             if family.name not in kinds:
                 order.append(family.name)
@@ -336,7 +388,7 @@ def merge_metrics(texts: Mapping[int, str], workers: Iterable[WorkerInfo]) -> st
                 if sample.name.endswith("_created"):
                     continue  # per-process creation times: not a node's
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if family.name == "turnd_allocations":
+                if family.name == "turnd_allocations" and slot is not None:
                     allocations[slot] = allocations.get(slot, 0.0) + sample.value
                 if family.name in _MAX_FAMILIES:
                     series[key] = max(series.get(key, sample.value), sample.value)
@@ -367,7 +419,12 @@ def merge_metrics(texts: Mapping[int, str], workers: Iterable[WorkerInfo]) -> st
         restarts.add_metric(label, info.restarts)
         if answered:
             held.add_metric(label, allocations.get(info.slot, 0.0))
-    families += [up, restarts, held]
+    lingering = GaugeMetricFamily(
+        "turnd_workers_lingering",
+        "Workers an upgrade replaced that still serve their last TCP/TLS connections.",
+        value=len(old),
+    )
+    families += [up, restarts, held, lingering]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(families))
     return generate_latest(registry).decode()

@@ -105,6 +105,8 @@ class Worker:
             hold_udp=self._receiving is not None,
         )
         self.stopped = asyncio.Event()
+        #: An upgrade gave its UDP allocations to a successor (it serves what is left).
+        self.handed_over = False
         self.channel = Channel(
             socket.socket(fileno=channel_fd), self.handle, self.notice, name="supervisor"
         )
@@ -156,6 +158,9 @@ class Worker:
             quotas.elsewhere_total = int(args["total"])
         elif op == "forwarded":
             self._forwarded(args)
+        elif op == "add_stats":  # the last counts of the worker this one replaced
+            counts = {str(key): int(value) for key, value in args["stats"].items()}
+            self.service.core.stats.update(counts)
         elif op == "forward_dropped":  # the worker it was for is down
             self.service.core.stats["drop.worker_unavailable"] += 1
         elif op == "unpin":
@@ -169,6 +174,7 @@ class Worker:
 
     def _handed_over(self) -> None:
         """Its UDP allocations are the successor's now: serve what is left, then stop."""
+        self.handed_over = True
         asyncio.get_running_loop().create_task(self._linger())
 
     async def _linger(self) -> None:
@@ -217,6 +223,9 @@ class Worker:
         await self.stopped.wait()
         await self.service.stop()
         self.ops.handoff.close()
+        if self.handed_over:  # what it counted since, for the slot's worker to count on
+            stats = dict(self.service.core.stats)
+            self.channel.notify("final_stats", {"pid": os.getpid(), "stats": stats})
         self.channel.close()
 
 

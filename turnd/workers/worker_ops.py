@@ -48,7 +48,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "rebuild_credentials": ("unrevoke",),
     "metrics": (),
     "handoff_export": (),
-    "handoff_import": ("records", "pins"),
+    "handoff_import": ("records", "pins", "stats"),
     "handoff_commit": (),
     "handoff_abort": (),
 }
@@ -116,11 +116,14 @@ class WorkerOps:
         return {**self._handoff().export(), "pins": self.entry.export_pins()}
 
     async def handoff_import(
-        self, records: list[dict[str, Any]], pins: list[list[Any]]
+        self, records: list[dict[str, Any]], pins: list[list[Any]], stats: dict[str, int]
     ) -> dict[str, Any]:
-        """Take over the predecessor's ``records``, the sockets it sent, and its pins."""
+        """Take over the predecessor's ``records``, the sockets it sent, its pins and its
+        counters (so that the node's counters go on from where they were)."""
+        taken = await self._handoff().take(records)
         self.entry.import_pins(pins)
-        return await self._handoff().take(records)
+        self.service.core.stats.update({str(k): int(v) for k, v in stats.items()})
+        return taken
 
     def handoff_commit(self) -> dict[str, Any]:
         """The successor serves: forget what moved, serve what is left, then stop."""
