@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from turnd.config import Config
-from turnd.packet_path import SOCKET_BUFFER_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD_DIR = REPO / "systemd"
@@ -197,8 +196,9 @@ def test_sysctl_buffers_cover_what_turnd_asks_for() -> None:
     settings = parse_sysctl(SYSCTL.read_text())
     for key in ("rmem_max", "wmem_max", "rmem_default", "wmem_default"):
         assert int(settings[f"net.core.{key}"]) > 212_992, f"{key}: no larger than Linux's default"
-    assert int(settings["net.core.rmem_max"]) >= SOCKET_BUFFER_BYTES
-    assert int(settings["net.core.wmem_max"]) >= SOCKET_BUFFER_BYTES
+    defaults = Config().server  # what turnd asks for unless told otherwise
+    assert int(settings["net.core.rmem_max"]) >= defaults.socket_rcvbuf
+    assert int(settings["net.core.wmem_max"]) >= defaults.socket_sndbuf
 
 
 def test_ephemeral_ports_stay_below_the_relay_range() -> None:

@@ -148,6 +148,18 @@ class ServerConfig:
     it ends them; it exits as soon as the last one closes. Default 3600; 0 ends them at once.
     UDP allocations move to the successor whatever this says."""
 
+    socket_rcvbuf: int = attrs.field(default=4 * 1024 * 1024, metadata=_kind(Int(0, 1 << 30)))
+    """Bytes of receive buffer asked for on every UDP listener and relay socket (SO_RCVBUF):
+    what a burst may queue while turnd is busy before the kernel drops it (counted as
+    UdpRcvbufErrors). Default 4 MiB; 0 keeps the kernel's default. Linux caps it at
+    net.core.rmem_max (208 KiB unless raised: systemd/turnd-sysctl.conf raises it to 16 MiB);
+    turnd logs socket.buffers_capped at start when it gets less. Read at start and for each
+    new relay socket."""
+
+    socket_sndbuf: int = attrs.field(default=4 * 1024 * 1024, metadata=_kind(Int(0, 1 << 30)))
+    """Bytes of send buffer asked for on every UDP listener and relay socket (SO_SNDBUF),
+    capped by net.core.wmem_max. Default 4 MiB; 0 keeps the kernel's default."""
+
     log_level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=_kind(Choice(LogLevel)))
     """Least severe level logged: debug, info, warning or error. Default "info"."""
 

@@ -23,7 +23,7 @@ from turnd.config import Config
 from turnd.config import Transport as ListenerTransport
 from turnd.core.actions import Transport
 from turnd.logs import event
-from turnd.packet_path import PacketPath, set_buffers
+from turnd.packet_path import PacketPath, buffer_sizes, set_buffers
 from turnd.streams import ClientStream, serve_tls
 
 #: Pending TCP/TLS connections the kernel queues per listener before accept.
@@ -73,9 +73,11 @@ def bind_stream(host: str, port: int, *, reuseport: bool = False) -> socket.sock
     return sock
 
 
-def bind_datagram(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
-    """A UDP listener socket on ``host``:``port`` with the relay buffers (OSError when it cannot
-    be bound)."""
+def bind_datagram(
+    host: str, port: int, sizes: tuple[int, int], *, reuseport: bool = False
+) -> socket.socket:
+    """A UDP listener socket on ``host``:``port`` with buffers of ``sizes`` (receive, send;
+    OSError when it cannot be bound)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -83,7 +85,7 @@ def bind_datagram(host: str, port: int, *, reuseport: bool = False) -> socket.so
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        set_buffers(sock)
+        set_buffers(sock, sizes)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -141,7 +143,7 @@ class Listeners:
         for address in config.listen_addresses():
             for listener in listen:
                 if listener.transport is ListenerTransport.UDP:
-                    await self._start_udp(str(address), listener.port)
+                    await self._start_udp(str(address), listener.port, buffer_sizes(config))
                 else:
                     await self._start_stream(
                         Transport(listener.transport.value), str(address), listener.port, timeout
@@ -154,7 +156,7 @@ class Listeners:
             return True
         return self._inherited.get((transport, host, port))
 
-    async def _start_udp(self, host: str, port: int) -> None:
+    async def _start_udp(self, host: str, port: int, sizes: tuple[int, int]) -> None:
         adopted = self._adopted("udp", host, port)
         if adopted is None:
             return
@@ -167,7 +169,7 @@ class Listeners:
             self.bound.append(("udp", bound))
             return
         try:
-            sock = bind_datagram(host, port)
+            sock = bind_datagram(host, port, sizes)
         except OSError as exc:
             self.report("udp", host, port, False, bind_failure_reason(exc, port))
             return

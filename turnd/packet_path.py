@@ -56,9 +56,6 @@ if TYPE_CHECKING:
 
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
-#: Socket buffer asked for on listeners and relays: bursts of a few hundred packets must not be
-#: dropped by the kernel while the event loop is busy (the kernel caps it at net.core.rmem_max).
-SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 #: Sources whose FiveTuple (listeners) or Address (relays) objects are kept, so that a datagram
@@ -301,12 +298,13 @@ class PacketPath:
                 self.relay_result(action.ticket, False)
                 return
         else:
-            sock = _bind_relay(relay, self.core.stats)
+            sizes = buffer_sizes(self._config())
+            sock = _bind_relay(relay, self.core.stats, sizes)
             if sock is None:
                 self.relay_result(action.ticket, False)
                 return
             if action.reserve:
-                spare = _bind_relay(Address(relay.host, relay.port + 1), self.core.stats)
+                spare = _bind_relay(Address(relay.host, relay.port + 1), self.core.stats, sizes)
                 if spare is None:
                     sock.close()
                     self.relay_result(action.ticket, False)
@@ -504,10 +502,51 @@ def _detach(transport: asyncio.BaseTransport) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
-def set_buffers(sock: socket.socket) -> None:
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):  # the kernel caps it; a refusal is harmless
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+def buffer_sizes(config: Config) -> tuple[int, int]:
+    """The receive and send buffers ``[server] socket_rcvbuf/socket_sndbuf`` ask for (0: the
+    kernel's default)."""
+    return config.server.socket_rcvbuf, config.server.socket_sndbuf
+
+
+def set_buffers(sock: socket.socket, sizes: tuple[int, int]) -> None:
+    """Ask for ``sizes`` (receive, send) on a listener or relay socket; the kernel caps each at
+    net.core.rmem_max / wmem_max (:func:`granted_buffers` says what it gives)."""
+    for option, size in zip((socket.SO_RCVBUF, socket.SO_SNDBUF), sizes, strict=True):
+        if size:
+            with contextlib.suppress(OSError):  # the kernel caps it; a refusal is harmless
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def granted_buffers(sizes: tuple[int, int]) -> tuple[int, int]:
+    """What the kernel gives a UDP socket that asks for ``sizes``: half of what getsockopt
+    says (Linux doubles the request for its own bookkeeping, after capping it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        set_buffers(probe, sizes)
+        return (
+            probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2,
+            probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2,
+        )
+
+
+def check_buffers(config: Config) -> None:
+    """Log once when the kernel grants less than the configured buffers, with the fix."""
+    sizes = buffer_sizes(config)
+    granted = granted_buffers(sizes)
+    short = [
+        f"{name} {got} of {asked} bytes (raise {cap})"
+        for name, asked, got, cap in zip(
+            ("socket_rcvbuf", "socket_sndbuf"), sizes, granted,
+            ("net.core.rmem_max", "net.core.wmem_max"), strict=True,
+        )
+        if asked and got < asked
+    ]  # fmt: skip
+    if short:
+        event(
+            logging.WARNING,
+            "socket.buffers_capped",
+            "the kernel caps the socket buffers: " + "; ".join(short) + " — install "
+            "systemd/turnd-sysctl.conf as /etc/sysctl.d/60-turnd.conf and run sysctl --system",
+        )
 
 
 def relay_socket_failed(stats: Counter[str], relay: Address, exc: OSError) -> None:
@@ -523,7 +562,9 @@ def relay_socket_failed(stats: Counter[str], relay: Address, exc: OSError) -> No
     )
 
 
-def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
+def _bind_relay(
+    relay: Address, stats: Counter[str], sizes: tuple[int, int]
+) -> socket.socket | None:
     """A bound, non-blocking UDP socket on ``relay``, or None (the core then retries another
     port or answers 508). A socket that cannot even be created (EMFILE, ENFILE, ENOBUFS: the
     process or the host is out of descriptors or buffers) is counted and logged by its errno, so
@@ -535,7 +576,7 @@ def _bind_relay(relay: Address, stats: Counter[str]) -> socket.socket | None:
         relay_socket_failed(stats, relay, exc)
         return None
     try:
-        set_buffers(sock)
+        set_buffers(sock, sizes)
         sock.bind((relay.host, relay.port))
         sock.setblocking(False)
     except OSError:

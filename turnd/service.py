@@ -42,7 +42,7 @@ from turnd.core.actions import Action
 from turnd.credential_state import CredentialState
 from turnd.listeners import Listeners
 from turnd.logs import event
-from turnd.packet_path import PacketPath
+from turnd.packet_path import PacketPath, check_buffers
 from turnd.side_servers import SideServers
 from turnd.state import StateError
 from turnd.usage import UsageLog
@@ -156,6 +156,8 @@ class TurnService:
                 await self.cluster.start()
             except ClusterError as exc:
                 raise StartupError(str(exc)) from exc
+        if self.inherited is None:  # a worker's supervisor checked them already
+            check_buffers(self.config)
         await self.listeners.start(self.config, self.inherited, hold_udp=self.hold_udp)
         await self.side.start()
         if not self.bound:

@@ -28,9 +28,9 @@ def _loopback_v6() -> bool:
 def test_every_flow_lands_on_the_socket_the_selector_names(host: str) -> None:
     if host == "::1" and not _loopback_v6():
         pytest.skip("no IPv6 loopback here")
-    group = [bind_datagram(host, 0, reuseport=True)]
+    group = [bind_datagram(host, 0, (0, 0), reuseport=True)]
     port = group[0].getsockname()[1]
-    group += [bind_datagram(host, port, reuseport=True) for _ in range(GROUP - 1)]
+    group += [bind_datagram(host, port, (0, 0), reuseport=True) for _ in range(GROUP - 1)]
     attach(group[0], GROUP)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     landed: dict[int, int] = {}

@@ -45,6 +45,7 @@ from turnd.config import Config
 from turnd.config import Transport as ListenerTransport
 from turnd.listeners import bind_datagram, bind_failure_reason, bind_stream
 from turnd.logs import event
+from turnd.packet_path import buffer_sizes, check_buffers
 from turnd.workers import selector
 from turnd.workers.rpc import Channel, ChannelClosed, RemoteError
 from turnd.workers.views import WorkerInfo, WorkerUnavailable, raise_remote
@@ -167,6 +168,7 @@ class Supervisor:
         """Bind each listener once per slot (SO_REUSEPORT, in slot order) and put the selector
         on the UDP groups. A listener that cannot be bound is logged and left out; StartupError
         when none can be."""
+        check_buffers(self.config)
         failures: list[str] = []
         for address in self.config.listen_addresses():
             host = str(address)
@@ -202,7 +204,7 @@ class Supervisor:
         try:
             for _ in range(self.count):
                 if kind is ListenerTransport.UDP:
-                    sock = bind_datagram(host, port, reuseport=True)
+                    sock = bind_datagram(host, port, buffer_sizes(self.config), reuseport=True)
                 else:
                     sock = bind_stream(host, port, reuseport=True)
                 group.append(sock)
