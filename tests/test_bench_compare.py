@@ -14,11 +14,13 @@ import subprocess
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 from bench import compare
-from bench.compare import loads, procfs, servers
+from bench.compare import loads, procfs, report, servers
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -479,3 +481,40 @@ def test_spread_gives_each_server_s_lowest_and_highest_round_for_fast_path_rows(
         "coturn 10.0-16.0"
     )
     assert not any("TCP" in line or "allocations" in line for line in lines)  # n/a rows
+
+
+def test_workers_make_a_pass_at_one_and_at_n_and_coturn_follows() -> None:
+    options, *_ = compare.parse_options(["--workers", "4"])
+    assert options.passes == (1, 4)
+    assert options.threads("turnd") == options.threads("coturn") == 1  # the first pass
+    four = attrs.evolve(options, workers=4)
+    assert four.threads("turnd") == four.threads("coturn") == 4
+    options, *_ = compare.parse_options(["--workers", "4", "--coturn-relay-threads", "2"])
+    assert attrs.evolve(options, workers=4).threads("coturn") == 2
+    assert compare.parse_options([])[0].passes == (1,)
+
+
+def test_the_server_family_is_a_process_and_its_descendants() -> None:
+    with subprocess.Popen(["sleep", "30"]) as child:
+        try:
+            assert set(procfs.family(os.getpid())) >= {os.getpid(), child.pid}
+            assert procfs.family(child.pid) == [child.pid]
+            assert procfs.family_cpu_seconds(os.getpid()) >= procfs.cpu_seconds(os.getpid())
+            assert procfs.family_rss_bytes(os.getpid()) > procfs.rss_bytes(os.getpid())
+        finally:
+            child.kill()
+
+
+def test_scaling_divides_each_throughput_row_of_the_n_pass_by_the_one_pass() -> None:
+    def one_pass(turnd: float, coturn: float) -> dict[str, Any]:
+        row = report.Row(
+            "Highest packet rate at ≤ 0.1 % loss (UDP channels, paced)",
+            "client packets per second", "pkt/s", "higher", {"turnd": turnd, "coturn": coturn},
+        )  # fmt: skip
+        rss = report.Row("RSS per idle allocation", "at 1000", "B", "lower", {"turnd": 1.0})
+        return {"table": [report.table_entry(r, ["turnd", "coturn"]) for r in (row, rss)]}
+
+    lines = report.scaling({1: one_pass(1000, 2000), 2: one_pass(1800, 3000)}, ["turnd", "coturn"])
+    assert len(lines) == 2  # the heading and the rate row; RSS is not a throughput
+    assert "turnd 1,000 -> 1,800 (1.80x)" in lines[1] and "(1.50x)" in lines[1]
+    assert report.scaling({1: one_pass(1, 1)}, ["turnd"]) == []

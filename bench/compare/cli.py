@@ -24,6 +24,7 @@ from bench.compare.report import (
     default_json_path,
     explain,
     format_table,
+    scaling,
     spread,
     table_entry,
     write_json,
@@ -71,9 +72,7 @@ def _general_loads(
     """The loads that share one server instance, in order."""
     work.mkdir()
     try:
-        server = STARTERS[kind](
-            work, DEFAULT_PORT_RANGE, GENERAL_CAPACITY, options.coturn_relay_threads
-        )
+        server = STARTERS[kind](work, DEFAULT_PORT_RANGE, GENERAL_CAPACITY, options.threads(kind))
     except Exception as exc:
         return {"server": _failure(f"{kind} start", exc)}
     results: dict[str, Any] = {
@@ -89,6 +88,52 @@ def _general_loads(
     finally:
         server.stop()
     return results
+
+
+def _run_pass(
+    options: Options,
+    servers: Sequence[str],
+    metrics: Sequence[str],
+    peer: EchoPeer,
+    tmp: Path,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Every round of one worker count, then its table and explanation printed: the results
+    (medians), the rounds and the table rows."""
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, options.rounds + 1):
+        if options.rounds > 1:
+            print(f"round {number} of {options.rounds}", flush=True)
+        one: dict[str, Any] = {}
+        for kind in servers:
+            work = tmp / f"{kind}-{options.workers}-{number}"
+            work.mkdir()
+            one[kind] = measure_server(kind, peer, work, options, metrics)
+        rounds.append(one)
+    results = median_of(rounds)
+    rows = build_rows(results)
+    print()
+    if len(options.passes) > 1:
+        print(f"turnd workers = {options.workers}, coturn relay-threads = "
+              f"{options.threads('coturn')}:")  # fmt: skip
+    print(format_table(rows, servers))
+    if options.rounds > 1 and (lines := spread(rounds, rows)):
+        print(f"\nSpread between rounds (lowest-highest of {options.rounds}):")
+        print("\n".join(lines))
+    print()
+    for line in explain(results, irq_time_accounting(), rounds):
+        print(line)
+    if options.rounds > 1:
+        print(
+            f"each figure is the median of {options.rounds} rounds ({', '.join(servers)} in "
+            "turn); every round's figures are in the JSON file under 'rounds'"
+        )
+    return {
+        "workers": options.workers,
+        "results": results,
+        "rounds": rounds if options.rounds > 1 else [],
+        "table": [table_entry(r, servers) for r in rows],
+    }
 
 
 def _failure(what: str, exc: Exception) -> dict[str, str]:
@@ -126,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for note in notes:
         print(f"note: {note}")
-    rounds: list[dict[str, Any]] = []
+    passes: dict[int, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         relaying = any(m in FASTPATH_METRICS for m in metrics)
         why = stack.enter_context(bpf_stats()) if relaying else ""
@@ -134,38 +179,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             notes.append(why)
             print(f"note: {why}")
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-compare-"))
-        peer = start_echo_peer(lifetime=LOAD_DEADLINE * 10 * options.rounds)
+        lifetime = LOAD_DEADLINE * 10 * options.rounds * len(options.passes)
+        peer = start_echo_peer(lifetime=lifetime)
         print(f"echo peer: {peer.kind} on {peer.address[0]}:{peer.address[1]}")
         try:
-            for number in range(1, options.rounds + 1):
-                if options.rounds > 1:
-                    print(f"round {number} of {options.rounds}", flush=True)
-                one: dict[str, Any] = {}
-                for kind in servers:
-                    work = Path(tmp) / f"{kind}-{number}"
-                    work.mkdir()
-                    one[kind] = measure_server(kind, peer, work, options, metrics)
-                rounds.append(one)
+            for workers in options.passes:
+                chosen = attrs.evolve(options, workers=workers)
+                if len(options.passes) > 1:
+                    print(f"pass: turnd workers = {workers}, coturn relay-threads = "
+                          f"{chosen.threads('coturn')}", flush=True)  # fmt: skip
+                passes[workers] = _run_pass(chosen, servers, metrics, peer, Path(tmp), notes)
         finally:
             peer.stop()
-    results = median_of(rounds)
-    if options.rounds > 1:
-        notes.append(
-            f"each figure is the median of {options.rounds} rounds ({', '.join(servers)} in turn);"
-            " every round's figures are in the JSON file under 'rounds'"
-        )
+    if len(passes) > 1:
+        print()
+        for line in scaling(passes, servers):
+            print(line)
     elapsed = (datetime.now(UTC) - started).total_seconds()
-    rows = build_rows(results)
-    print()
-    print(format_table(rows, servers))
-    if options.rounds > 1 and (lines := spread(rounds, rows)):
-        print(f"\nSpread between rounds (lowest-highest of {options.rounds}):")
-        print("\n".join(lines))
-    print()
-    for line in explain(results, irq_time_accounting(), rounds):
-        print(line)
-    for note in notes[-1:] if options.rounds > 1 else []:
-        print(note)
+    last = passes[options.passes[-1]]
     document = {
         "started": started.isoformat(),
         "elapsed_s": elapsed,
@@ -181,9 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
         "servers": servers,
         "notes": notes,
-        "table": [table_entry(r, servers) for r in rows],
-        "results": results,
-        "rounds": rounds if options.rounds > 1 else [],
+        "table": last["table"],
+        "results": last["results"],
+        "rounds": last["rounds"],
+        "passes": {str(workers): one for workers, one in passes.items()},
     }
     path = write_json(json_path or default_json_path(started), document)
     print(f"\nresults: {path}  ({elapsed:.0f} s)")

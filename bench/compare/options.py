@@ -33,6 +33,19 @@ class Options:
     coturn_relay_threads: int
     rss_port_range: tuple[int, int] | None
     rounds: int = 1
+    #: turnd's [server] workers for this pass (coturn gets as many relay threads, unless
+    #: --coturn-relay-threads says otherwise).
+    workers: int = 1
+    #: The worker counts to measure, one pass each (``--workers N``: 1 and N).
+    passes: tuple[int, ...] = (1,)
+    #: --coturn-relay-threads as given (None: as many as turnd's workers).
+    coturn_threads_given: int | None = None
+
+    def threads(self, kind: str) -> int:
+        """The processes (turnd) or relay threads (coturn) ``kind`` runs with in this pass."""
+        if kind == "coturn" and self.coturn_threads_given is not None:
+            return self.coturn_threads_given
+        return self.workers
 
 
 def parse_options(
@@ -59,7 +72,16 @@ def parse_options(
     )
     parser.add_argument("--rate-start", type=int, default=2000, help="first paced rate, pkt/s")
     parser.add_argument("--bisect-steps", type=int, help="bisection steps (4, quick 2)")
-    parser.add_argument("--coturn-relay-threads", type=int, default=1, help="default 1")
+    parser.add_argument(
+        "--coturn-relay-threads", type=int, help="default: as many as turnd's workers (1)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also measure turnd with [server] workers = N and coturn with N relay threads: "
+        "a pass at 1 and one at N, and the scaling between them (default 1: one pass)",
+    )
     parser.add_argument("--rss-port-range", help="LOW-HIGH relay ports for the RSS load")
     parser.add_argument(
         "--only",
@@ -101,9 +123,11 @@ def parse_options(
         bisect_steps=args.bisect_steps if args.bisect_steps is not None else (2 if quick else 4),
         uclient_clients=4 if quick else 10,
         uclient_messages=1000 if quick else 5000,
-        coturn_relay_threads=args.coturn_relay_threads,
+        coturn_relay_threads=args.coturn_relay_threads or 1,
         rss_port_range=port_range,
         rounds=max(1, args.rounds),
+        passes=(1, args.workers) if args.workers > 1 else (1,),
+        coturn_threads_given=args.coturn_relay_threads,
     )
     chosen = {name for names in args.server or [["all"]] for name in names}
     servers = [s for s in SERVERS if chosen & {s, "both", "all"}]

@@ -30,6 +30,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (a supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = parse_stat(Path(f"/proc/{entry}/stat").read_text())[0]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        found.append(one)
+        todo += children.get(one, [])
+    return found
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (a worker that exited meanwhile
+    is not counted: none does during a load)."""
+    total = 0.0
+    for one in family(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(one)
+    return total
+
+
+def family_rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` and its descendants, summed (pages shared between them count in each)."""
+    return sum(rss_bytes(one) for one in family(pid))
+
+
+def family_open_files(pid: int) -> int:
+    """Descriptors ``pid`` and its descendants hold, summed."""
+    return sum(open_files(one) for one in family(pid))
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of process ``pid`` in bytes (VmRSS of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -124,6 +163,15 @@ def bpf_programs(pid: int) -> dict[int, tuple[int, int]]:
                 int(info.get("run_cnt", 0)),
             )
     return programs
+
+
+def family_programs(pid: int) -> dict[int, tuple[int, int]]:
+    """:func:`bpf_programs` of ``pid`` and its descendants (each worker loads its own)."""
+    found: dict[int, tuple[int, int]] = {}
+    for one in family(pid):
+        with contextlib.suppress(OSError):
+            found.update(bpf_programs(one))
+    return found
 
 
 def named_programs(name: str = FASTPATH_PROGRAM) -> dict[int, tuple[int, int]] | None:
@@ -225,8 +273,8 @@ class Meter:
         # bpftool is a waited-for child: run it before the generator's CPU is read.
         self.named = named_programs() if thorough else None
         self.tenants = tenant_cpu(os.getpid()) if thorough else None
-        self.programs = bpf_programs(pid)
-        self.server = cpu_seconds(pid)
+        self.programs = family_programs(pid)
+        self.server = family_cpu_seconds(pid)
         self.peer = cpu_seconds(peer_pid) if peer_pid else 0.0
         self.client = own_cpu_seconds()
         self.host = host_cpu()
@@ -237,8 +285,8 @@ class Meter:
         host = host_cpu()
         client = own_cpu_seconds() - self.client
         peer = cpu_seconds(self.peer_pid) - self.peer if self.peer_pid else 0.0
-        server = cpu_seconds(self.pid) - self.server
-        programs = bpf_programs(self.pid)
+        server = family_cpu_seconds(self.pid) - self.server
+        programs = family_programs(self.pid)
         bpf_ns, bpf_runs = _delta(programs, self.programs)
         figures = {
             "server_cpu_s": server,
@@ -254,7 +302,8 @@ class Meter:
         }
         if self.tenants is not None:
             now = tenant_cpu(os.getpid())
-            tenants = sum(now[pid] - self.tenants.get(pid, 0.0) for pid in now if pid != self.pid)
+            server = set(family(self.pid))  # a supervisor's workers are the server too
+            tenants = sum(now[p] - self.tenants.get(p, 0.0) for p in now if p not in server)
             figures["tenants_cpu_s"] = tenants
             figures["host_own_cpu_s"] = figures["host_busy_cpu_s"] - tenants
         if self.named is not None and (named := named_programs()) is not None:

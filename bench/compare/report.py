@@ -12,6 +12,7 @@ import collections
 import itertools
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -416,3 +417,47 @@ def _relay_loads(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]
     loads = [(f"cpu {k}", v) for k, v in (_get(result, "cpu") or {}).items()]
     loads.append(("uclient", _get(result, "uclient") or {}))
     return [(name, figures) for name, figures in loads if isinstance(figures, Mapping)]
+
+
+#: The table groups the scaling section compares between passes (throughput, and its cost).
+SCALING_GROUPS = (
+    "Highest packet rate",
+    "Server CPU per relayed packet",
+    "STUN Binding",
+    "Authenticated",
+)
+
+
+def scaling(passes: Mapping[int, Mapping[str, Any]], servers: Sequence[str]) -> list[str]:
+    """Per server and row of the throughput and CPU groups: the figure at 1 worker (coturn: 1
+    relay thread), at N, and N's over 1's, from each pass's table."""
+    counts = sorted(passes)
+    if len(counts) < 2:
+        return []
+    low, high = counts[0], counts[-1]
+    first = {(e["group"], e["label"]): e for e in passes[low]["table"]}
+    lines = [
+        f"Scaling: {high} turnd workers / 1, coturn {high} relay threads / 1 (the load generator "
+        f"is one Python process on these {os.cpu_count()} CPUs: where it is the floor, so is "
+        "the scaling; run where there are cores to spare for it)"
+    ]
+    for entry in passes[high]["table"]:
+        group = str(entry["group"])
+        if not group.startswith(SCALING_GROUPS):
+            continue
+        before = first.get((group, entry["label"]))
+        if before is None:
+            continue
+        cells = []
+        for server in servers:
+            one, many = before["values"].get(server), entry["values"].get(server)
+            if one is None or many is None:
+                continue
+            factor = ratio(many, one)
+            cells.append(
+                f"{server} {format_number(one)} -> {format_number(many)}"
+                + (f" ({factor:.2f}x)" if factor is not None else "")
+            )
+        if cells:
+            lines.append(f"  {entry['label']} [{entry['unit']}]: " + "; ".join(cells))
+    return lines

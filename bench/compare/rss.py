@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.compare.options import Options
-from bench.compare.procfs import open_files, rss_bytes
+from bench.compare.procfs import family_open_files, family_rss_bytes
 from bench.compare.servers import DEFAULT_PORT_RANGE, STARTERS
 from bench.compare.stats import per
 from bench.compare.traffic import LOAD_DEADLINE, allocate_many
@@ -56,12 +56,12 @@ def measure_rss(kind: str, work: Path, options: Options) -> dict[str, Any]:
     ports = port_range[1] - port_range[0] + 1
     file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     top = max(options.allocations)
-    server = STARTERS[kind](work, port_range, top + RSS_WARMUP, options.coturn_relay_threads)
+    server = STARTERS[kind](work, port_range, top + RSS_WARMUP, options.threads(kind))
     levels: list[dict[str, Any]] = []
     try:
         allocate_many(server, window=32, count=RSS_WARMUP, seconds=60, delete=True)
         time.sleep(RSS_SETTLE)
-        baseline, base_files = rss_bytes(server.pid), open_files(server.pid)
+        baseline, base_files = family_rss_bytes(server.pid), family_open_files(server.pid)
         made, files_each = 0, 1.0
         failures: collections.Counter[str] = collections.Counter()
         for level in sorted(options.allocations):
@@ -84,7 +84,7 @@ def measure_rss(kind: str, work: Path, options: Options) -> dict[str, Any]:
                 made += run.completed
                 failures.update(run.failures)
             time.sleep(RSS_SETTLE)
-            rss, files = rss_bytes(server.pid), open_files(server.pid)
+            rss, files = family_rss_bytes(server.pid), family_open_files(server.pid)
             files_each = max((files - base_files) / made, 1.0) if made else files_each
             entry |= {
                 "achieved": made,

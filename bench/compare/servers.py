@@ -103,11 +103,17 @@ unauthenticated_burst = {UNLIMITED_RATE}
 def start_turnd_server(
     work: Path, port_range: tuple[int, int], allocations: int, threads: int, fastpath: str = "off"
 ) -> Server:
-    """turnd on UDP, TCP and TLS (self-signed) with the limits raised to ``allocations`` and
-    ``[fastpath] mode`` = ``fastpath``."""
-    del threads  # turnd is one process with one event loop
+    """turnd on UDP, TCP and TLS (self-signed) with the limits raised to ``allocations``,
+    ``[fastpath] mode`` = ``fastpath`` and ``[server] workers`` = ``threads``."""
     extra = turnd_extra(port_range, allocations, fastpath)
-    daemon = start_turnd(work, extra, listen='["udp:0", "tcp:0", "tls:0"]')
+    many = threads > 1
+    daemon = start_turnd(
+        work,
+        extra,
+        listen='["udp:0", "tcp:0", "tls:0"]',
+        env={"TURND_SERVER_WORKERS": str(threads)},
+        ready="workers.ready" if many else "service.started",
+    )
     server = Server(
         name=FASTPATH if fastpath == "on" else "turnd",
         pid=daemon.process.pid,
@@ -119,7 +125,9 @@ def start_turnd_server(
             f"relay ports {port_range[0]}-{port_range[1]}",
             f"limits.max_allocations(_per_user, _per_ip) = {allocations}",
             f"limits.unauthenticated_rate/burst = {UNLIMITED_RATE} (coturn has no such limit)",
-            "one event loop (uvloop when installed)",
+            f"{threads} worker processes (SO_REUSEPORT), each one event loop"
+            if many
+            else "one event loop (uvloop when installed)",
             f'fastpath.mode = "{fastpath}"',
         ],
         control=daemon.control_socket,
