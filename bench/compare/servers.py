@@ -78,6 +78,9 @@ def raise_file_limit(wanted: int) -> int:
 #: turnd's per-source limit on unauthenticated answers, raised out of the way: every load comes
 #: from 127.0.0.1, and coturn has no such limit to compare with.
 UNLIMITED_RATE = 10_000_000
+#: And its byte credit for answers larger than their requests (a Binding answer, a 401), which
+#: a flood of Bindings from one address spends in a moment: out of the way for the same reason.
+UNLIMITED_CREDIT = 1 << 40
 
 
 def turnd_extra(port_range: tuple[int, int], allocations: int, fastpath: str) -> str:
@@ -97,6 +100,7 @@ max_allocations_per_user = {allocations}
 max_allocations_per_ip = {allocations}
 unauthenticated_rate = {UNLIMITED_RATE}
 unauthenticated_burst = {UNLIMITED_RATE}
+unauthenticated_credit = {UNLIMITED_CREDIT}
 """
 
 
@@ -124,7 +128,8 @@ def start_turnd_server(
         settings=[
             f"relay ports {port_range[0]}-{port_range[1]}",
             f"limits.max_allocations(_per_user, _per_ip) = {allocations}",
-            f"limits.unauthenticated_rate/burst = {UNLIMITED_RATE} (coturn has no such limit)",
+            f"limits.unauthenticated_rate/burst = {UNLIMITED_RATE}, _credit = {UNLIMITED_CREDIT}"
+            " (coturn has no such limits)",
             f"{threads} worker processes (SO_REUSEPORT), each one event loop"
             if many
             else "one event loop (uvloop when installed)",
