@@ -662,6 +662,9 @@ class Supervisor:
             await self._resume(old)
             self._release(old, old)
             raise RuntimeError(f"the hand-off failed: {exc}") from exc
+        except BaseException:  # cancelled (the supervisor stops): hold nothing back
+            self._release(old, old)
+            raise
         window = time.monotonic() - began
         # The successor serves the slot; the old worker serves what could not move, then goes.
         self._watchers[index].cancel()
