@@ -243,13 +243,15 @@ class PacketPath:
         if closing is not None:
             closing.close()
 
-    def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
+    def client_message(
+        self, five_tuple: FiveTuple, data: bytes, entry: EntryPoint | None = None
+    ) -> None:
         """One client message of ``five_tuple``: a UDP datagram or a frame of a TCP/TLS
         connection, carried out as the entry point (the core, or the cluster node) says
         (``TurnServer.client_message``: relayed data and bare Binding answers come back as
         plain tuples and bytes, the hot path; everything else as actions)."""
         try:
-            out = self.entry.client_message(five_tuple, data, time.time())
+            out = (entry or self.entry).client_message(five_tuple, data, time.time())
         except Exception:
             self.internal_error("client message")
             return

@@ -89,3 +89,17 @@ def test_a_token_naming_no_worker_gets_508(node: Daemon, clients: list[TurnClien
     assert error_code(client.allocate(UDP, made_up)) == 508
     other = at.ReservationToken(b"\x00\x00" + bytes(6))  # worker 0's form, but never handed out
     assert error_code(client.allocate(UDP, other)) == 508
+
+
+def test_tokens_of_both_workers_from_one_flow_do_not_bounce_between_them(
+    node: Daemon, clients: list[TurnClient]
+) -> None:
+    """Worker 1 pins the flow to worker 0 (a token of 0's); the flow then sends a token of 1's.
+    Worker 0 serves what is forwarded to it in its own core (508: no such reservation), and
+    never forwards it back: each datagram crosses once."""
+    client = client_on(node, 1, clients)
+    for slot in (0, 1, 0, 1):
+        token = at.ReservationToken(slot.to_bytes(2, "big") + bytes(6))
+        assert error_code(client.allocate(UDP, token)) == 508
+    forwarded = node.scrape()[("turnd_events_total", (("event", "workers.forwarded"),))]
+    assert 4 <= forwarded <= 8  # each Allocate (and its 401) once, not back and forth

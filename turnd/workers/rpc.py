@@ -123,7 +123,10 @@ class Channel:
         op, args = str(message["op"]), message.get("args") or {}
         if ident is None:
             if self._on_notice is not None:
-                self._on_notice(op, args)
+                try:
+                    self._on_notice(op, args)
+                except Exception as exc:  # a bad notice is dropped; the channel reads on
+                    event(logging.ERROR, "workers.bad_notice", str(exc), channel=self.name, op=op)
             return
         asyncio.get_running_loop().create_task(self._answer(ident, op, args))
 

@@ -48,10 +48,14 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "rebuild_credentials": ("unrevoke",),
     "metrics": (),
     "handoff_export": (),
-    "handoff_import": ("records", "pins", "stats"),
+    "handoff_import": ("records",),
     "handoff_commit": (),
     "handoff_abort": (),
 }
+
+
+#: Arguments an operation takes when given (a supervisor of an earlier release leaves them out).
+OPTIONAL: dict[str, tuple[str, ...]] = {"handoff_import": ("pins", "stats")}
 
 
 class WorkerOps:
@@ -78,7 +82,8 @@ class WorkerOps:
             raise ValueError(f"{op}: missing {', '.join(missing)}")
         method: Callable[..., Any] = getattr(self, op, None) or getattr(self.operations, op)
         try:
-            return method(*(args[name] for name in names))
+            extra = {name: args[name] for name in OPTIONAL.get(op, ()) if name in args}
+            return method(*(args[name] for name in names), **extra)
         except MintRefused:
             raise
         except ValueError as exc:  # whatever its subclass: the supervisor refuses it as such
@@ -116,13 +121,16 @@ class WorkerOps:
         return {**self._handoff().export(), "pins": self.entry.export_pins()}
 
     async def handoff_import(
-        self, records: list[dict[str, Any]], pins: list[list[Any]], stats: dict[str, int]
+        self,
+        records: list[dict[str, Any]],
+        pins: list[list[Any]] | None = None,
+        stats: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """Take over the predecessor's ``records``, the sockets it sent, its pins and its
         counters (so that the node's counters go on from where they were)."""
         taken = await self._handoff().take(records)
-        self.entry.import_pins(pins)
-        self.service.core.stats.update({str(k): int(v) for k, v in stats.items()})
+        self.entry.import_pins(pins or [])
+        self.service.core.stats.update({str(k): int(v) for k, v in (stats or {}).items()})
         return taken
 
     def handoff_commit(self) -> dict[str, Any]:
