@@ -243,15 +243,13 @@ class PacketPath:
         if closing is not None:
             closing.close()
 
-    def client_message(
-        self, five_tuple: FiveTuple, data: bytes, entry: EntryPoint | None = None
-    ) -> None:
+    def client_message(self, five_tuple: FiveTuple, data: bytes) -> None:
         """One client message of ``five_tuple``: a UDP datagram or a frame of a TCP/TLS
         connection, carried out as the entry point (the core, or the cluster node) says
         (``TurnServer.client_message``: relayed data and bare Binding answers come back as
         plain tuples and bytes, the hot path; everything else as actions)."""
         try:
-            out = (entry or self.entry).client_message(five_tuple, data, time.time())
+            out = self.entry.client_message(five_tuple, data, time.time())
         except Exception:
             self.internal_error("client message")
             return
@@ -533,7 +531,10 @@ def granted_buffers(sizes: tuple[int, int]) -> tuple[int, int]:
 def check_buffers(config: Config) -> None:
     """Log once when the kernel grants less than the configured buffers, with the fix."""
     sizes = buffer_sizes(config)
-    granted = granted_buffers(sizes)
+    try:
+        granted = granted_buffers(sizes)
+    except OSError:  # no IPv4 socket on this host: the check is a courtesy, not a condition
+        return
     short = [
         f"{name} {got} of {asked} bytes (raise {cap})"
         for name, asked, got, cap in zip(

@@ -65,23 +65,31 @@ class WorkerEntry:
         self.stats: Counter[str] = core.stats
 
     def client_message(self, five_tuple: FiveTuple, data: bytes, now: float) -> ClientOutcome:
-        core = self.core
-        if five_tuple in core.allocations or five_tuple.transport is not UDP:
-            return core.client_message(five_tuple, data, now)
-        pin = self.pins.get(five_tuple) if self.pins else None
+        # The hot path: with no pin, only an Allocate can make one; everything else is the core's
+        # at the cost of one comparison.
+        if (self.pins or data[:2] == ALLOCATE_REQUEST) and self._forwarded(five_tuple, data):
+            return None
+        return self.core.client_message(five_tuple, data, now)
+
+    def _forwarded(self, five_tuple: FiveTuple, data: bytes) -> bool:
+        """Send a datagram of a flow pinned to another worker there (pinning it first when it
+        is an Allocate redeeming that worker's reservation); False: the core's to handle."""
+        if five_tuple.transport is not UDP or five_tuple in self.core.allocations:
+            return False
+        pin = self.pins.get(five_tuple)
         if pin is None and data[:2] == ALLOCATE_REQUEST:
             holder = self._token_holder(data)
             if holder is not None:
                 pin = self.pin(five_tuple, holder)
         if pin is None:
-            return core.client_message(five_tuple, data, now)
+            return False
         self._sent += 1
         pin[1] = self._sent
         if self.forward(pin[0], five_tuple, data, self._sent):
             self.stats["workers.forwarded"] += 1
         else:
             self.stats["drop.worker_unavailable"] += 1
-        return None
+        return True
 
     def peer_message(self, relay: Address, peer: Address, data: bytes, now: float) -> PeerOutcome:
         return self.core.peer_message(relay, peer, data, now)

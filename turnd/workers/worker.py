@@ -133,9 +133,15 @@ class Worker:
         datagram other than an Allocate that finds no allocation of its flow here ends the pin
         (the allocation ended, or this worker restarted)."""
         flow, data = flow_of(args["client"], args["server"]), b64decode(args["data"])
-        # The core itself, not this worker's entry: a forwarded datagram is never pinned or
-        # forwarded again (two workers would pass it back and forth for ever).
-        self.service.packets.client_message(flow, data, entry=self.service.core)
+        # Through the core itself, not this worker's entry: a forwarded datagram is never
+        # pinned or forwarded again (two workers would pass it back and forth for ever). The
+        # call is synchronous, so no other datagram sees the entry swapped.
+        packets = self.service.packets
+        packets.entry = self.service.core
+        try:
+            packets.client_message(flow, data)
+        finally:
+            packets.entry = self.entry
         if flow not in self.service.core.allocations and data[:2] != ALLOCATE_REQUEST:
             fields = {key: args[key] for key in ("client", "server", "sent")}
             self.channel.notify("unpin", {"slot": args["from"], **fields})
